@@ -1,0 +1,67 @@
+"""Input checks and helpers shared by every loss (the loss contract of DESIGN.md).
+
+``logits`` are ``N×C×S…`` (any number of spatial dims); a hard ``target`` is int64 ``N×S…`` whose
+values lie in ``[0, C)`` or equal ``ignore_index``. ``C == 1`` means a binary problem (sigmoid of the
+single channel; target in {0, 1, ignore}). Errors are ``ValueError`` naming the offending values.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+
+def at_least_float32(x: Tensor) -> Tensor:
+    """Upcast half/bfloat16 to float32 for reductions; float32 and float64 stay as they are."""
+    return x if x.dtype in (torch.float32, torch.float64) else x.float()
+
+
+def check_hard_target(logits: Tensor, target: Tensor, ignore_index: int, check_values: bool = True) -> None:
+    """Validate shapes and dtypes (always) and target values (when ``check_values``; one host sync)."""
+    if logits.dim() < 3:
+        raise ValueError(f"logits must be N×C×spatial…, got shape {tuple(logits.shape)}")
+    if not logits.is_floating_point():
+        raise ValueError(f"logits must be a floating-point tensor, got {logits.dtype}")
+    if target.is_floating_point() or target.dtype == torch.bool:
+        raise ValueError(
+            f"target must be an integer class-index tensor (int64), got {target.dtype}; "
+            "convert masks with .long() (soft targets are only accepted by soft-target losses)"
+        )
+    expected = (logits.shape[0], *logits.shape[2:])
+    if tuple(target.shape) != expected:
+        raise ValueError(
+            f"target shape {tuple(target.shape)} does not match logits {tuple(logits.shape)}: "
+            f"expected {expected} (N×spatial, without the class dimension)"
+        )
+    if check_values:
+        num_classes = max(logits.shape[1], 2)
+        bad = (target < 0) | (target >= num_classes)
+        bad &= target != ignore_index
+        if bool(bad.any()):
+            values = torch.unique(target[bad]).tolist()[:10]
+            raise ValueError(
+                f"target holds values {values} outside [0, {num_classes}) that are not "
+                f"ignore_index={ignore_index}; fix the label mapping or set ignore_index"
+            )
+
+
+def check_class_vector(name: str, vector: Tensor | None, num_classes: int) -> None:
+    """A per-class vector (class weights, focal α) must have one entry per class."""
+    if vector is not None and vector.numel() != num_classes:
+        raise ValueError(
+            f"{name} has {vector.numel()} entries but the logits have C={num_classes} classes; give one value per class"
+        )
+
+
+def as_class_tensor(values) -> Tensor | None:
+    """Convert a list/tuple/tensor (e.g. from a Hydra config) to a float32 tensor, None stays None."""
+    if values is None:
+        return None
+    return torch.as_tensor(list(values) if not isinstance(values, Tensor) else values, dtype=torch.float32)
+
+
+def valid_mask(target: Tensor, ignore_index: int) -> tuple[Tensor, Tensor]:
+    """Return ``(valid, safe_target)``: a bool mask of non-ignored pixels and the target with ignored
+    pixels replaced by 0, safe for gather/one_hot (their contribution must be masked by ``valid``)."""
+    valid = target != ignore_index
+    return valid, torch.where(valid, target, torch.zeros_like(target))
