@@ -1,0 +1,122 @@
+"""Cityscapes (Cordts et al., "The Cityscapes Dataset for Semantic Urban Scene Understanding", CVPR 2016).
+
+Official layout under ``root``::
+
+    leftImg8bit/{train,val,test}/<city>/<city>_<seq>_<frame>_leftImg8bit.png
+    gtFine/{train,val,test}/<city>/<city>_<seq>_<frame>_gtFine_labelIds.png
+
+Masks are read as labelIds and mapped to the 19 benchmark trainIds; every other id becomes 255
+(ignore). Without a transform an item is ``{"image": uint8 3×H×W, "mask": int64 H×W, "name": str}``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+from torch.utils.data import Dataset
+
+from segloss.data.cityscapes_labels import CLASS_NAMES, IGNORE_INDEX, LABELS, PALETTE, label_to_train_lut
+from segloss.errors import DatasetFormatError, DatasetNotFoundError
+
+IMAGE_SUFFIX, MASK_SUFFIX = "_leftImg8bit.png", "_gtFine_labelIds.png"
+LAYOUT = "leftImg8bit/{train,val}/<city>/*_leftImg8bit.png and gtFine/{train,val}/<city>/*_gtFine_labelIds.png"
+SOURCE = (
+    "https://www.cityscapes-dataset.com/downloads/ (free registration; leftImg8bit_trainvaltest.zip and "
+    "gtFine_trainvaltest.zip, unzipped into the same folder)"
+)
+
+
+def read_image(path: Path) -> torch.Tensor:
+    """An RGB image file as a uint8 tensor 3×H×W; names the file if it cannot be decoded."""
+    try:
+        with Image.open(path) as img:
+            array = np.asarray(img.convert("RGB"))
+    except (OSError, SyntaxError, ValueError) as err:
+        raise DatasetFormatError(f"cannot read image {path}: {err}") from err
+    return torch.from_numpy(array.copy()).permute(2, 0, 1)
+
+
+def read_label_png(path: Path) -> np.ndarray:
+    """A single-channel label PNG as its raw index values (palette PNGs are read as indices)."""
+    try:
+        with Image.open(path) as img:
+            if img.mode not in ("L", "P", "I", "I;16"):
+                raise DatasetFormatError(
+                    f"label file {path} is a {img.mode} image; expected a single-channel index PNG "
+                    "(for Cityscapes the *_gtFine_labelIds.png files, not *_gtFine_color.png)"
+                )
+            return np.asarray(img)
+    except (OSError, SyntaxError) as err:
+        raise DatasetFormatError(f"cannot read label file {path}: {err}") from err
+
+
+class CityscapesDataset(Dataset):
+    """Cityscapes fine annotations as 19 trainIds (255 = ignore).
+
+    Args:
+        root: folder holding ``leftImg8bit/`` and ``gtFine/``.
+        split: ``train``, ``val`` or ``test``.
+        transform: callable on the item dict (see :mod:`segloss.data.transforms`), or None.
+    """
+
+    CLASS_NAMES = CLASS_NAMES
+    PALETTE = PALETTE
+    IGNORE_INDEX = IGNORE_INDEX
+    _LUT = label_to_train_lut()
+    _KNOWN = np.isin(np.arange(256), [label_id for label_id, *_ in LABELS] + [255])
+
+    def __init__(self, root: str | Path, split: str = "train", transform: Callable | None = None) -> None:
+        self.root, self.split, self.transform = Path(root).expanduser(), split, transform
+        self.samples = self._index()
+
+    def _index(self) -> list[tuple[Path, Path]]:
+        image_dir = self.root / "leftImg8bit" / self.split
+        if not self.root.is_dir():
+            raise DatasetNotFoundError("Cityscapes", self.root, "the folder does not exist", LAYOUT, SOURCE)
+        if not image_dir.is_dir():
+            raise DatasetNotFoundError("Cityscapes", self.root, f"there is no {image_dir}", LAYOUT, SOURCE)
+        images = sorted(image_dir.glob(f"*/*{IMAGE_SUFFIX}"))
+        if not images:
+            raise DatasetNotFoundError(
+                "Cityscapes", self.root, f"no *{IMAGE_SUFFIX} files in {image_dir}/<city>/", LAYOUT, SOURCE
+            )
+        samples = []
+        missing = []
+        for image in images:
+            stem = image.name[: -len(IMAGE_SUFFIX)]
+            mask = self.root / "gtFine" / self.split / image.parent.name / f"{stem}{MASK_SUFFIX}"
+            (samples if mask.is_file() else missing).append((image, mask))
+        if missing:
+            shown = ", ".join(str(m) for _, m in missing[:3])
+            raise DatasetFormatError(
+                f"{len(missing)} of {len(images)} images in {image_dir} have no label file, e.g. {shown}; "
+                "unzip gtFine_trainvaltest.zip next to leftImg8bit/"
+            )
+        return samples
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    def load_mask(self, index: int) -> torch.Tensor:
+        """The trainId mask (int64 H×W) of sample ``index``, without reading the image."""
+        mask_path = self.samples[index][1]
+        label_ids = read_label_png(mask_path)
+        if not self._KNOWN[label_ids].all():
+            bad = sorted(set(np.unique(label_ids).tolist()) - set(np.flatnonzero(self._KNOWN).tolist()))
+            raise DatasetFormatError(f"{mask_path} holds values {bad[:10]} that are not Cityscapes labelIds")
+        return torch.from_numpy(self._LUT[label_ids].astype(np.int64))
+
+    def __getitem__(self, index: int) -> dict:
+        image_path, mask_path = self.samples[index]
+        image = read_image(image_path)
+        mask = self.load_mask(index)
+        if tuple(mask.shape) != tuple(image.shape[1:]):
+            raise DatasetFormatError(
+                f"image {image_path} is {tuple(image.shape[1:])} but its mask {mask_path} is {tuple(mask.shape)}"
+            )
+        sample = {"image": image, "mask": mask, "name": image_path.name[: -len(IMAGE_SUFFIX)]}
+        return self.transform(sample) if self.transform is not None else sample

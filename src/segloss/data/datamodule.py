@@ -1,0 +1,113 @@
+"""``SegmentationDataModule``: one DataModule for every dataset class with ``Dataset(root, split, transform)``."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+import lightning.pytorch as L
+from torch.utils.data import DataLoader, Dataset
+
+from segloss.errors import ConfigError
+
+
+class SegmentationDataModule(L.LightningDataModule):
+    """Builds train/val(/test) datasets from ``root`` and serves batches of the segloss contract
+    ``{"image": float N×3×H×W, "mask": int64 N×H×W, "name": [str]}``.
+
+    Args:
+        dataset: a dataset factory ``dataset(root=, split=, transform=)`` (a Hydra ``_partial_``).
+        root: the dataset folder.
+        num_classes, class_names, ignore_index: the label space (checked against the dataset class).
+        train_transform / eval_transform: joint transforms (see :mod:`segloss.data.transforms`).
+        batch_size: batch size of the training loader; ``val_batch_size`` defaults to it.
+        splits: names of the train, val and (optional) test splits on disk.
+        generator: optional object with ``ensure(root)`` that creates a synthetic dataset when missing.
+    """
+
+    def __init__(
+        self,
+        dataset: Callable[..., Dataset],
+        root: str,
+        num_classes: int,
+        class_names: Sequence[str],
+        ignore_index: int = 255,
+        train_transform: Callable | None = None,
+        eval_transform: Callable | None = None,
+        batch_size: int = 8,
+        val_batch_size: int | None = None,
+        num_workers: int = 2,
+        pin_memory: bool = False,
+        persistent_workers: bool = False,
+        splits: dict[str, str | None] | None = None,
+        generator=None,
+    ) -> None:
+        super().__init__()
+        if len(class_names) != num_classes:
+            raise ConfigError(
+                f"data.class_names has {len(class_names)} names but data.num_classes={num_classes}; "
+                "give one name per class"
+            )
+        if 0 <= ignore_index < num_classes:
+            raise ConfigError(
+                f"ignore_index={ignore_index} is a valid class id for num_classes={num_classes}; "
+                "use a value outside [0, num_classes), e.g. 255"
+            )
+        self.dataset, self.root, self.generator = dataset, Path(root).expanduser(), generator
+        self.num_classes, self.class_names, self.ignore_index = num_classes, list(class_names), ignore_index
+        self.train_transform, self.eval_transform = train_transform, eval_transform
+        self.batch_size, self.val_batch_size = batch_size, val_batch_size or batch_size
+        self.loader_kwargs = {
+            "num_workers": num_workers,
+            "pin_memory": pin_memory,
+            "persistent_workers": persistent_workers and num_workers > 0,
+        }
+        self.splits = {"train": "train", "val": "val", "test": None, **(splits or {})}
+        self.datasets: dict[str, Dataset] = {}
+
+    def prepare_data(self) -> None:
+        if self.generator is not None:
+            self.generator.ensure(self.root)
+
+    def verify(self) -> None:
+        """Fail now, with the dataset's own message, if the data is missing or malformed."""
+        self.prepare_data()
+        self.setup("fit")
+
+    def _build(self, stage: str, transform: Callable | None) -> Dataset:
+        if stage not in self.datasets:
+            self.datasets[stage] = self.dataset(root=self.root, split=self.splits[stage], transform=transform)
+            names = getattr(self.datasets[stage], "CLASS_NAMES", None)
+            if names is not None and len(names) != self.num_classes:
+                raise ConfigError(
+                    f"data.num_classes={self.num_classes} but {type(self.datasets[stage]).__name__} has "
+                    f"{len(names)} classes; fix data.num_classes/class_names"
+                )
+        return self.datasets[stage]
+
+    def setup(self, stage: str | None = None) -> None:
+        if stage in (None, "fit"):
+            self._build("train", self.train_transform)
+        if stage in (None, "fit", "validate"):
+            self._build("val", self.eval_transform)
+        if stage in (None, "test"):
+            if self.splits["test"] is None:
+                raise ConfigError(
+                    f"the data config for {self.root} has no test split (data.splits.test is null); "
+                    "set data.splits.test to a labelled split, or evaluate with split=val"
+                )
+            self._build("test", self.eval_transform)
+
+    def _loader(self, stage: str, batch_size: int, shuffle: bool) -> DataLoader:
+        return DataLoader(
+            self.datasets[stage], batch_size=batch_size, shuffle=shuffle, drop_last=shuffle, **self.loader_kwargs
+        )
+
+    def train_dataloader(self) -> DataLoader:
+        return self._loader("train", self.batch_size, shuffle=True)
+
+    def val_dataloader(self) -> DataLoader:
+        return self._loader("val", self.val_batch_size, shuffle=False)
+
+    def test_dataloader(self) -> DataLoader:
+        return self._loader("test", self.val_batch_size, shuffle=False)

@@ -1,0 +1,46 @@
+"""One pass over a split's labels: pixel counts per class, cached outside the dataset folder."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+
+import torch
+from torch.utils.data import Dataset
+
+
+def _mask(dataset: Dataset, index: int) -> torch.Tensor:
+    load = getattr(dataset, "load_mask", None)
+    return load(index) if load is not None else dataset[index]["mask"]
+
+
+def label_counts(dataset: Dataset, num_classes: int, ignore_index: int = 255) -> dict[str, list[float]]:
+    """``{"counts": n_c, "image_pixels": pixels of the images containing c}`` over the dataset's
+    untransformed masks (ignored pixels count nowhere)."""
+    counts = torch.zeros(num_classes, dtype=torch.float64)
+    image_pixels = torch.zeros(num_classes, dtype=torch.float64)
+    for index in range(len(dataset)):
+        mask = _mask(dataset, index)
+        valid = mask[mask != ignore_index]
+        per_class = torch.bincount(valid.flatten(), minlength=num_classes)[:num_classes].double()
+        counts += per_class
+        image_pixels += (per_class > 0).double() * valid.numel()
+    return {"counts": counts.tolist(), "image_pixels": image_pixels.tolist()}
+
+
+def cached_label_counts(
+    dataset: Dataset, num_classes: int, ignore_index: int, cache_dir: str | Path, key: str
+) -> dict[str, list[float]]:
+    """:func:`label_counts`, cached as JSON in ``cache_dir`` under a hash of ``key`` and the number of
+    samples (a changed dataset gets a new entry). Never writes next to the data."""
+    digest = hashlib.sha256(f"{key}|{len(dataset)}|{num_classes}|{ignore_index}".encode()).hexdigest()[:16]
+    path = Path(cache_dir) / "label_counts" / f"{digest}.json"
+    if path.is_file():
+        return json.loads(path.read_text())
+    stats = label_counts(dataset, num_classes, ignore_index)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps({"key": key, **stats}))
+    tmp.replace(path)
+    return stats

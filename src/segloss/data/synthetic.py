@@ -1,0 +1,103 @@
+"""``synthetic_city``: the embedded default dataset, written to disk in the official Cityscapes layout.
+
+``leftImg8bit/<split>/<city>/<city>_<seq>_<frame>_leftImg8bit.png`` and
+``gtFine/<split>/<city>/<city>_<seq>_<frame>_gtFine_labelIds.png`` with real Cityscapes labelIds,
+so the default run goes through the same loader as the real dataset. Generation is deterministic in
+``seed`` (image i of a split uses its own generator seeded by ``(seed, split, i)``), is written to a
+temporary folder and renamed into place (a killed run leaves nothing half-made), and records its
+parameters in ``synthetic_city.json`` so a folder made with other parameters is never mistaken for it.
+
+Command line: ``segloss-synthetic --root data/synthetic_city`` (the Makefile calls it).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+from segloss.data.synthetic_scene import render_scene
+from segloss.errors import ConfigError
+
+MARKER = "synthetic_city.json"
+CITIES = {"train": ("ashford", "brookvale", "cedarburg"), "val": ("dunmore", "elmstead")}
+SPLIT_KEYS = {"train": 0, "val": 1}
+
+
+@dataclass(frozen=True)
+class SyntheticCity:
+    """Parameters of the generated dataset; ``ensure(root)`` makes it if it is not there yet."""
+
+    num_train: int = 300
+    num_val: int = 60
+    height: int = 128
+    width: int = 256
+    seed: int = 0
+
+    def ensure(self, root: str | Path) -> Path:
+        """Return ``root``, generating the dataset there first if it is missing.
+
+        Raises :class:`ConfigError` if ``root`` holds something else (another dataset or a
+        synthetic_city made with other parameters): nothing is overwritten.
+        """
+        root = Path(root)
+        marker = root / MARKER
+        if marker.is_file():
+            found = json.loads(marker.read_text())
+            if found == asdict(self):
+                return root
+            raise ConfigError(
+                f"{root} holds a synthetic_city made with other parameters ({found}), not {asdict(self)}. "
+                "Delete that folder (make clean-data) or point data.root elsewhere."
+            )
+        if root.exists() and any(root.iterdir()):
+            raise ConfigError(
+                f"{root} exists and is not a generated synthetic_city (no {MARKER}); refusing to write "
+                "into it. Point data.root at an empty or missing folder."
+            )
+        self.write(root)
+        return root
+
+    def write(self, root: Path) -> None:
+        tmp = root.with_name(f".{root.name}.partial")
+        shutil.rmtree(tmp, ignore_errors=True)
+        for split, count in (("train", self.num_train), ("val", self.num_val)):
+            cities = CITIES[split]
+            for i in range(count):
+                rng = np.random.default_rng([self.seed, SPLIT_KEYS[split], i])
+                rgb, label = render_scene(rng, self.height, self.width)
+                city = cities[i % len(cities)]
+                stem = f"{city}_{i // len(cities):06d}_000019"
+                img_dir, gt_dir = tmp / "leftImg8bit" / split / city, tmp / "gtFine" / split / city
+                img_dir.mkdir(parents=True, exist_ok=True)
+                gt_dir.mkdir(parents=True, exist_ok=True)
+                Image.fromarray(rgb).save(img_dir / f"{stem}_leftImg8bit.png", compress_level=1)
+                Image.fromarray(label).save(gt_dir / f"{stem}_gtFine_labelIds.png", compress_level=1)
+        (tmp / MARKER).write_text(json.dumps(asdict(self), indent=2))
+        root.parent.mkdir(parents=True, exist_ok=True)
+        if root.exists():
+            root.rmdir()  # empty by the check in ensure()
+        tmp.rename(root)
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description="Generate the synthetic_city dataset (Cityscapes layout).")
+    parser.add_argument("--root", default="data/synthetic_city", help="output folder")
+    defaults = SyntheticCity()
+    for name in ("num_train", "num_val", "height", "width", "seed"):
+        parser.add_argument(f"--{name.replace('_', '-')}", type=int, default=getattr(defaults, name))
+    args = parser.parse_args(argv)
+    params = SyntheticCity(args.num_train, args.num_val, args.height, args.width, args.seed)
+    start = time.perf_counter()
+    root = params.ensure(args.root)
+    print(f"synthetic_city ready at {root} ({time.perf_counter() - start:.1f} s)")
+
+
+if __name__ == "__main__":
+    main()
