@@ -1,0 +1,38 @@
+"""Segmentation losses. Contract: ``loss(logits N×C×S…, target N×S…) -> 0-dim float32 tensor``.
+
+C = 1 is binary (sigmoid of the single channel); C ≥ 2 is softmax over the classes. Every loss
+reduces in float32, ignores ``ignore_index`` pixels everywhere (numerators, denominators, means,
+sorts, class presence) and returns 0 for an all-ignored batch. Formulas, papers and conventions are
+in each class's docstring and in ``docs/losses.md``.
+"""
+
+from segloss.losses.class_weights import class_weights
+from segloss.losses.compound import CompoundLoss
+from segloss.losses.cross_entropy import BinaryCrossEntropyLoss, CrossEntropyLoss, cross_entropy
+from segloss.losses.focal import FocalLoss, focal_loss
+from segloss.losses.hard_mining import OhemCrossEntropyLoss, TopKCrossEntropyLoss
+from segloss.losses.kl import KLDivLoss
+from segloss.losses.lovasz import LovaszHingeLoss, LovaszSoftmaxLoss
+from segloss.losses.mse import MSELoss
+from segloss.losses.region import DiceLoss, FocalTverskyLoss, GeneralizedDiceLoss, JaccardLoss, TverskyLoss
+
+__all__ = [
+    "BinaryCrossEntropyLoss",
+    "CompoundLoss",
+    "CrossEntropyLoss",
+    "DiceLoss",
+    "FocalLoss",
+    "FocalTverskyLoss",
+    "GeneralizedDiceLoss",
+    "JaccardLoss",
+    "KLDivLoss",
+    "LovaszHingeLoss",
+    "LovaszSoftmaxLoss",
+    "MSELoss",
+    "OhemCrossEntropyLoss",
+    "TopKCrossEntropyLoss",
+    "TverskyLoss",
+    "class_weights",
+    "cross_entropy",
+    "focal_loss",
+]

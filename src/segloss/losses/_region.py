@@ -1,0 +1,108 @@
+"""Shared core of the region (overlap) losses: class probabilities, region sums and class averaging.
+
+Notation (all sums over the non-ignored pixels V): p = softmax(logits) over C ≥ 2 classes, or
+p = sigmoid(logit) of the foreground when C = 1; y = one-hot(target).
+
+    I_c = Σ p_c·y_c      P_c = Σ p_c  (Σ p_c² when ``squared``)      G_c = Σ y_c
+
+Sums run over batch and space (``per_image=False``: "batch" statistics, as nnU-Net) or over space
+only (``per_image=True``), giving shape (C,) or (N, C). I_c and G_c are accumulated with
+``scatter_add`` from the target-class probability, so no N×C×S one-hot tensor is built and nothing
+waits on the host.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from segloss.losses._checks import at_least_float32, check_hard_target, valid_mask
+
+CLASS_MODES = ("all", "present")
+
+
+def class_probabilities(logits: Tensor) -> Tensor:
+    """float32 class probabilities: softmax over C ≥ 2, sigmoid of the foreground when C = 1."""
+    logits = at_least_float32(logits)
+    return logits.sigmoid() if logits.shape[1] == 1 else logits.softmax(dim=1)
+
+
+def region_sums(
+    probs: Tensor, target: Tensor, ignore_index: int, per_image: bool, squared: bool = False
+) -> tuple[Tensor, Tensor, Tensor]:
+    """Return ``(I, P, G)`` of shape (N, C) if ``per_image`` else (C,), in float32."""
+    valid, safe = valid_mask(target, ignore_index)
+    n, c = probs.shape[:2]
+    p = probs.reshape(n, c, -1)
+    v = valid.reshape(n, -1).to(p.dtype)
+    t = safe.reshape(n, -1)
+    p_sum = ((p * p) if squared else p).mul(v.unsqueeze(1)).sum(-1)
+    if c == 1:  # binary: the single class is the foreground
+        y = (t == 1).to(p.dtype) * v
+        inter, ground = (p[:, 0] * y).sum(-1, keepdim=True), y.sum(-1, keepdim=True)
+    else:
+        p_true = p.gather(1, t.unsqueeze(1)).squeeze(1) * v
+        inter = p.new_zeros(n, c).scatter_add_(1, t, p_true)
+        ground = p.new_zeros(n, c).scatter_add_(1, t, v)
+    if not per_image:
+        inter, p_sum, ground = inter.sum(0), p_sum.sum(0), ground.sum(0)
+    return inter, p_sum, ground
+
+
+def class_mean(per_class: Tensor, ground: Tensor, counted_images: Tensor, classes: str) -> Tensor:
+    """Average a (…, C) per-class loss over the counted classes, then over the counted images.
+
+    ``classes="all"``: every class of an image (or batch) that has non-ignored pixels;
+    ``classes="present"``: the classes with G_c > 0. Images with no counted class count nowhere; the
+    result is 0 when nothing is counted (e.g. an all-ignored batch).
+    """
+    if classes == "present":
+        weight = (ground > 0).to(per_class.dtype)
+    else:
+        weight = counted_images.to(per_class.dtype).unsqueeze(-1).expand_as(per_class)
+    per_item = (per_class * weight).sum(-1) / weight.sum(-1).clamp_min(1.0)
+    counted = (weight.sum(-1) > 0).to(per_class.dtype)
+    return (per_item * counted).sum() / counted.sum().clamp_min(1.0)
+
+
+class RegionLossBase(torch.nn.Module):
+    """Region losses averaged per class: subclasses define ``per_class(I, P, G) -> loss_c``.
+
+    Args common to all: ``smooth`` s added to numerator and denominator; ``per_image``;
+    ``classes`` ("all" or "present"); ``include_background`` (drop class 0 when False, C ≥ 2);
+    ``ignore_index``; ``check_values`` (validate target values, one host sync).
+    """
+
+    squared = False
+
+    def __init__(
+        self,
+        smooth: float = 1e-5,
+        per_image: bool = False,
+        classes: str = "all",
+        include_background: bool = True,
+        ignore_index: int = 255,
+        check_values: bool = True,
+    ) -> None:
+        super().__init__()
+        if classes not in CLASS_MODES:
+            raise ValueError(f"classes={classes!r}: choose one of {CLASS_MODES}")
+        if smooth < 0:
+            raise ValueError(f"smooth must be ≥ 0, got {smooth}")
+        self.smooth, self.per_image, self.classes = smooth, per_image, classes
+        self.include_background, self.ignore_index, self.check_values = include_background, ignore_index, check_values
+
+    def per_class(self, inter: Tensor, p_sum: Tensor, ground: Tensor) -> Tensor:
+        raise NotImplementedError
+
+    def forward(self, logits: Tensor, target: Tensor) -> Tensor:
+        check_hard_target(logits, target, self.ignore_index, self.check_values)
+        inter, p_sum, ground = region_sums(
+            class_probabilities(logits), target, self.ignore_index, self.per_image, self.squared
+        )
+        loss = self.per_class(inter, p_sum, ground)
+        if not self.include_background and loss.shape[-1] > 1:
+            loss, ground = loss[..., 1:], ground[..., 1:]
+        valid = target != self.ignore_index
+        counted = valid.flatten(1).any(1) if self.per_image else valid.any()
+        return class_mean(loss, ground, counted, self.classes)

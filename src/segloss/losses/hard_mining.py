@@ -1,0 +1,94 @@
+"""Cross-entropy restricted to the hardest pixels: OHEM (MMSegmentation/HRNet) and TopK (nnU-Net).
+
+Both pick pixels by sorting, with no host synchronisation: the selection is a mask computed from a
+k-th order statistic, so the data-dependent pixel count never has to reach Python.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from segloss.losses._checks import as_class_tensor, at_least_float32, check_class_vector, check_hard_target, valid_mask
+
+
+def _pixel_ce(logits: Tensor, target: Tensor, weight: Tensor | None, ignore_index: int) -> tuple[Tensor, ...]:
+    """Unweighted per-pixel CE (0 on ignored pixels), the pixel weights w_t (0 on ignored) and the valid mask."""
+    logits = at_least_float32(logits)
+    ce = F.cross_entropy(logits, target, ignore_index=ignore_index, reduction="none")
+    valid, safe = valid_mask(target, ignore_index)
+    w = valid.to(logits.dtype) if weight is None else weight.to(logits.device, logits.dtype)[safe] * valid
+    return ce, w, valid
+
+
+class OhemCrossEntropyLoss(torch.nn.Module):
+    """Online hard example mining CE (Shrivastava et al. 2016; the HRNet/MMSegmentation pixel form).
+
+    Keeps the non-ignored pixels whose true-class probability p_t < ``thresh``; if fewer than
+    ``min_kept`` pixels qualify, keeps the ``min_kept`` pixels of lowest p_t instead (all of V if V
+    is smaller). L = Σ_kept w_t·CE / Σ_kept w_t. Defaults thresh = 0.7, min_kept = 100 000 (MMSeg).
+    Pixel selection is over the whole batch.
+    """
+
+    def __init__(
+        self,
+        thresh: float = 0.7,
+        min_kept: int = 100_000,
+        weight: Sequence[float] | Tensor | None = None,
+        ignore_index: int = 255,
+        check_values: bool = True,
+    ) -> None:
+        super().__init__()
+        if not 0 < thresh <= 1 or min_kept < 1:
+            raise ValueError(f"need 0 < thresh ≤ 1 and min_kept ≥ 1, got {thresh}, {min_kept}")
+        self.thresh, self.min_kept, self.ignore_index, self.check_values = thresh, min_kept, ignore_index, check_values
+        self.register_buffer("weight", as_class_tensor(weight), persistent=False)
+
+    def forward(self, logits: Tensor, target: Tensor) -> Tensor:
+        check_hard_target(logits, target, self.ignore_index, self.check_values)
+        check_class_vector("weight", self.weight, logits.shape[1])
+        ce, w, valid = _pixel_ce(logits, target, self.weight, self.ignore_index)
+        with torch.no_grad():
+            _, safe = valid_mask(target, self.ignore_index)
+            p_true = at_least_float32(logits).softmax(1).gather(1, safe.unsqueeze(1)).squeeze(1)
+            p_true = torch.where(valid, p_true, torch.full_like(p_true, float("inf"))).flatten()
+            k = min(self.min_kept, p_true.numel())
+            kth_lowest = torch.topk(p_true, k, largest=False, sorted=True).values[-1]  # inf if |V| < k
+            keep = valid & ((p_true.view_as(valid) < self.thresh) | (p_true.view_as(valid) <= kth_lowest))
+        w = w * keep
+        return (ce * w).sum() / w.sum().clamp_min(torch.finfo(torch.float32).tiny)
+
+
+class TopKCrossEntropyLoss(torch.nn.Module):
+    """TopK loss (nnU-Net; Wu et al. 2016 "bootstrapped CE"): the mean of the largest k % of the
+    per-pixel (weighted) CE values over the non-ignored pixels V. k = 10 by default (nnU-Net).
+    The count is ⌈k/100 · |V|⌉ of the non-ignored pixels (nnU-Net takes k % of all pixels,
+    ignored ones included); selection is over the whole batch.
+    """
+
+    def __init__(
+        self,
+        k: float = 10.0,
+        weight: Sequence[float] | Tensor | None = None,
+        ignore_index: int = 255,
+        check_values: bool = True,
+    ) -> None:
+        super().__init__()
+        if not 0 < k <= 100:
+            raise ValueError(f"k is a percentage in (0, 100], got {k}")
+        self.k, self.ignore_index, self.check_values = k, ignore_index, check_values
+        self.register_buffer("weight", as_class_tensor(weight), persistent=False)
+
+    def forward(self, logits: Tensor, target: Tensor) -> Tensor:
+        check_hard_target(logits, target, self.ignore_index, self.check_values)
+        check_class_vector("weight", self.weight, logits.shape[1])
+        ce, w, valid = _pixel_ce(logits, target, self.weight, self.ignore_index)
+        weighted = ce * w if self.weight is not None else ce
+        values = torch.where(valid, weighted, torch.full_like(weighted, -1.0)).flatten()  # CE ≥ 0 > −1
+        ordered = values.sort(descending=True).values
+        count = torch.ceil(valid.sum() * (self.k / 100.0))
+        rank = torch.arange(ordered.numel(), device=ordered.device)
+        return (ordered * (rank < count)).sum() / count.clamp_min(1)

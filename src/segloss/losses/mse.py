@@ -1,0 +1,33 @@
+"""Mean squared error between class probabilities and the one-hot target."""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from segloss.losses._checks import check_hard_target, valid_mask
+from segloss.losses._region import class_probabilities
+
+
+class MSELoss(torch.nn.Module):
+    """L = mean over non-ignored pixels and classes of (p_c − y_c)², p = softmax (sigmoid for C = 1).
+
+    The classic comparison with cross-entropy: for a sigmoid output p = σ(z), ∂(p − y)²/∂z =
+    2(p − y)·p(1 − p), which vanishes when p saturates at the wrong answer, whereas ∂CE/∂z = p − y
+    does not; MSE therefore learns slowly from confident mistakes (see docs/losses.md).
+    """
+
+    def __init__(self, ignore_index: int = 255, check_values: bool = True) -> None:
+        super().__init__()
+        self.ignore_index, self.check_values = ignore_index, check_values
+
+    def forward(self, logits: Tensor, target: Tensor) -> Tensor:
+        check_hard_target(logits, target, self.ignore_index, self.check_values)
+        probs = class_probabilities(logits)
+        valid, safe = valid_mask(target, self.ignore_index)
+        if probs.shape[1] == 1:
+            onehot = (safe == 1).unsqueeze(1).to(probs.dtype)
+        else:
+            onehot = torch.zeros_like(probs).scatter_(1, safe.unsqueeze(1), 1.0)
+        squared = (probs - onehot).square().sum(1) * valid
+        return squared.sum() / (valid.sum() * probs.shape[1]).clamp_min(1)
