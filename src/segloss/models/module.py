@@ -1,0 +1,148 @@
+"""``SegmentationModule``: the LightningModule that joins a net, a loss and the metrics."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+
+import lightning.pytorch as L
+import torch
+from torch import Tensor, nn
+from torchmetrics import MaxMetric
+
+from segloss.losses import CompoundLoss
+from segloss.metrics import SegmentationMetrics
+
+
+class SegmentationModule(L.LightningModule):
+    """Train/evaluate ``net`` (images → logits N×C×H×W) with ``loss`` (logits, mask → scalar).
+
+    Logs ``train/loss`` (and ``train/loss/<term>`` for a :class:`CompoundLoss`), ``val/loss``,
+    ``val/mIoU``, ``val/acc``, ``val/IoU/<class>`` and
+    ``val/mIoU_best`` (``test/…`` likewise). mIoU is the nan-mean of the per-class IoU accumulated over
+    the whole split, over the classes that occur in its ground truth or predictions (the official
+    Cityscapes convention; see :mod:`segloss.metrics`). Each stage has its own metric objects.
+
+    Args:
+        net: the segmentation network.
+        loss: the loss module (see :mod:`segloss.losses`).
+        optimizer: ``optimizer(params=…)`` factory (a Hydra ``_partial_``); None for evaluation only.
+        scheduler: ``scheduler(optimizer=…, total_steps=…)`` factory stepped every optimizer step, or None.
+        num_classes, ignore_index, class_names: the label space.
+        channels_last: keep the net's weights and inputs in channels-last (NHWC) memory format; on
+            CPU (oneDNN) and on GPUs with tensor cores this runs convolutions faster.
+    """
+
+    def __init__(
+        self,
+        net: nn.Module,
+        loss: nn.Module,
+        optimizer: Callable[..., torch.optim.Optimizer] | None,
+        scheduler: Callable | None = None,
+        num_classes: int = 19,
+        ignore_index: int = 255,
+        class_names: Sequence[str] | None = None,
+        channels_last: bool = False,
+    ) -> None:
+        super().__init__()
+        class_names = list(class_names) if class_names is not None else [str(c) for c in range(num_classes)]
+        if len(class_names) != num_classes:
+            raise ValueError(f"{len(class_names)} class_names given for num_classes={num_classes}")
+        # Only plain values go into the checkpoint, so it loads with torch.load(weights_only=True).
+        self.save_hyperparameters(
+            {"num_classes": num_classes, "ignore_index": ignore_index, "class_names": class_names}
+        )
+        self.channels_last = channels_last
+        self.net = net.to(memory_format=torch.channels_last) if channels_last else net
+        self.loss = loss
+        self.optimizer_factory, self.scheduler_factory = optimizer, scheduler
+        self.class_names = class_names
+        self.train_metrics = SegmentationMetrics(num_classes, ignore_index)
+        self.val_metrics = SegmentationMetrics(num_classes, ignore_index)
+        self.test_metrics = SegmentationMetrics(num_classes, ignore_index)
+        self.val_miou_best = MaxMetric()
+        self.best_results: dict[str, Tensor] | None = None  # per-class results of the best val epoch
+        self.last_results: dict[str, dict[str, Tensor]] = {}
+
+    def stage_metrics(self, stage: str) -> SegmentationMetrics:
+        return getattr(self, f"{stage}_metrics")
+
+    def forward(self, image: Tensor) -> Tensor:
+        if self.channels_last:
+            image = image.contiguous(memory_format=torch.channels_last)
+        return self.net(image)
+
+    def model_step(self, batch: dict) -> tuple[Tensor, Tensor, dict[str, Tensor]]:
+        """Forward and loss: ``(loss, logits, terms)``; ``terms`` holds a compound loss's parts."""
+        logits = self(batch["image"])
+        if isinstance(self.loss, CompoundLoss):
+            loss, terms = self.loss(logits, batch["mask"], return_terms=True)
+            return loss, logits, terms
+        return self.loss(logits, batch["mask"]), logits, {}
+
+    def _log_losses(self, stage: str, loss: Tensor, terms: dict[str, Tensor], batch_size: int) -> None:
+        on_step = stage == "train"
+        opts = {"on_epoch": True, "sync_dist": not on_step, "batch_size": batch_size}
+        self.log(f"{stage}/loss", loss, on_step=on_step, prog_bar=True, **opts)
+        for name, value in terms.items():
+            self.log(f"{stage}/loss/{name}", value, on_step=on_step, **opts)
+
+    def training_step(self, batch: dict, batch_idx: int) -> Tensor:
+        loss, logits, terms = self.model_step(batch)
+        self._log_losses("train", loss, terms, len(logits))
+        self.train_metrics.update(logits.detach().argmax(1), batch["mask"])
+        return loss
+
+    def _eval_step(self, stage: str, batch: dict) -> None:
+        loss, logits, terms = self.model_step(batch)
+        self._log_losses(stage, loss, terms, len(logits))
+        self.stage_metrics(stage).update(logits.argmax(1), batch["mask"])
+
+    def validation_step(self, batch: dict, batch_idx: int) -> None:
+        self._eval_step("val", batch)
+
+    def test_step(self, batch: dict, batch_idx: int) -> None:
+        self._eval_step("test", batch)
+
+    def _log_epoch(self, stage: str) -> dict[str, Tensor]:
+        results = self.stage_metrics(stage).compute()
+        self.stage_metrics(stage).reset()
+        self.log(f"{stage}/mIoU", results["mIoU"], prog_bar=stage != "train")
+        self.log(f"{stage}/acc", results["acc"])
+        if stage != "train":
+            for name, value in zip(self.class_names, results["IoU"]):
+                self.log(f"{stage}/IoU/{name}", value)
+        self.last_results[stage] = results
+        return results
+
+    def on_train_start(self) -> None:
+        # The sanity-check validation must not count towards the best score.
+        self.val_metrics.reset()
+        self.val_miou_best.reset()
+        self.best_results = None
+
+    def on_train_epoch_end(self) -> None:
+        self._log_epoch("train")
+
+    def on_validation_epoch_end(self) -> None:
+        results = self._log_epoch("val")
+        if self.trainer.sanity_checking:
+            return
+        previous = self.val_miou_best.compute() if self.val_miou_best.update_called else None
+        self.val_miou_best.update(results["mIoU"])
+        if previous is None or results["mIoU"] > previous:
+            self.best_results = {k: v.detach().cpu() for k, v in results.items()}
+        self.log("val/mIoU_best", self.val_miou_best.compute(), prog_bar=True)
+
+    def on_test_epoch_end(self) -> None:
+        self._log_epoch("test")
+
+    def configure_optimizers(self):
+        if self.optimizer_factory is None:
+            raise ValueError("SegmentationModule was built without an optimizer; give optimizer=… to train")
+        optimizer = self.optimizer_factory(params=self.parameters())
+        if self.scheduler_factory is None:
+            return optimizer
+        scheduler = self.scheduler_factory(
+            optimizer=optimizer, total_steps=int(self.trainer.estimated_stepping_batches)
+        )
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}

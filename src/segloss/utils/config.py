@@ -1,0 +1,56 @@
+"""Where the configs live, run-time environment defaults and Hydra instantiation helpers."""
+
+from __future__ import annotations
+
+import os
+import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import hydra
+from omegaconf import DictConfig, OmegaConf
+
+from segloss.errors import SeglossError
+
+PROJECT_ROOT = Path(__file__).resolve().parents[3]
+CONFIG_DIR = Path(os.environ.get("SEGLOSS_CONFIG_DIR", PROJECT_ROOT / "configs"))
+
+
+def set_environment() -> None:
+    """Defaults that the configs and loggers read: the project root and W&B offline mode.
+
+    W&B runs offline unless the user chose otherwise (``WANDB_MODE=online`` or ``wandb login``
+    followed by setting the mode); offline runs are written under the run directory.
+    """
+    os.environ.setdefault("PROJECT_ROOT", str(PROJECT_ROOT))
+    os.environ.setdefault("WANDB_MODE", "offline")
+    os.environ.setdefault("WANDB_SILENT", "true")
+
+
+def instantiate_group(cfg: DictConfig | None) -> list:
+    """Instantiate every entry with a ``_target_`` of a config group such as ``callbacks`` or ``logger``."""
+    if not cfg:
+        return []
+    return [hydra.utils.instantiate(c) for c in cfg.values() if isinstance(c, DictConfig) and "_target_" in c]
+
+
+def save_resolved_config(cfg: DictConfig, output_dir: str | Path) -> Path:
+    """Write the fully resolved config next to the run's outputs (``config.yaml``)."""
+    path = Path(output_dir) / "config.yaml"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    OmegaConf.save(cfg, path, resolve=True)
+    return path
+
+
+@contextmanager
+def report_user_errors(exit_code: int = 2) -> Iterator[None]:
+    """Turn a :class:`SeglossError` into its message on stderr and a non-zero exit (no traceback);
+    ``SEGLOSS_TRACEBACK=1`` re-raises for debugging."""
+    try:
+        yield
+    except SeglossError as err:
+        if os.environ.get("SEGLOSS_TRACEBACK"):
+            raise
+        print(f"\nsegloss: error: {err}", file=sys.stderr)
+        sys.exit(exit_code)
