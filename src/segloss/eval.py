@@ -1,0 +1,75 @@
+"""Evaluate a checkpoint: ``python -m segloss.eval ckpt_path=PATH [experiment=NAME] [split=val|test]``.
+
+The net is built from the config (the same experiment as training) and the checkpoint's weights
+are loaded with ``torch.load(weights_only=True)``: a checkpoint is data, never code.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import hydra
+import lightning.pytorch as L
+import torch
+from omegaconf import DictConfig
+
+from segloss.errors import ConfigError
+from segloss.train import build_module
+from segloss.utils.config import CONFIG_DIR, instantiate_group, report_user_errors, set_environment
+from segloss.utils.rich_output import print_results
+
+set_environment()
+
+
+def load_weights(module: L.LightningModule, ckpt_path: str | Path) -> None:
+    """Load a Lightning checkpoint's ``state_dict`` (safely) into ``module``; names what does not fit."""
+    path = Path(ckpt_path).expanduser()
+    if not path.is_file():
+        raise ConfigError(f"checkpoint {path} does not exist; pass ckpt_path=…/checkpoints/<file>.ckpt")
+    checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+    state = checkpoint.get("state_dict", checkpoint)
+    own = module.state_dict()
+    missing = sorted(set(own) - set(state))
+    unexpected = sorted(set(state) - set(own))
+    mismatched = [
+        f"{k}: {tuple(state[k].shape)} in checkpoint vs {tuple(own[k].shape)}"
+        for k in own
+        if k in state and state[k].shape != own[k].shape
+    ]
+    if missing or unexpected or mismatched:
+        raise ConfigError(
+            f"checkpoint {path} does not fit the configured model (wrong model or num_classes?): "
+            f"missing keys {missing[:5]}, unexpected keys {unexpected[:5]}, shape mismatches {mismatched[:5]}"
+        )
+    module.load_state_dict(state)
+
+
+def evaluate(cfg: DictConfig) -> dict:
+    """Evaluate ``cfg.ckpt_path`` on ``cfg.split``; prints and returns the per-class results."""
+    if not cfg.get("ckpt_path"):
+        raise ConfigError("no checkpoint given: run `make eval CKPT=path/to/file.ckpt` (ckpt_path=…)")
+    split = cfg.get("split", "val")
+    if split not in ("val", "test"):
+        raise ConfigError(f"split={split!r}: choose val or test")
+    datamodule = hydra.utils.instantiate(cfg.data)
+    datamodule.prepare_data()
+    module = build_module(cfg, with_optimizer=False)
+    load_weights(module, cfg.ckpt_path)
+    trainer: L.Trainer = hydra.utils.instantiate(
+        cfg.trainer, callbacks=instantiate_group(cfg.get("callbacks")), logger=instantiate_group(cfg.get("logger"))
+    )
+    run = trainer.validate if split == "val" else trainer.test
+    run(module, datamodule=datamodule, verbose=False)
+    results = module.last_results[split]
+    print_results(f"{split} — {Path(cfg.ckpt_path).name}", module.class_names, results)
+    return results
+
+
+@hydra.main(version_base="1.3", config_path=str(CONFIG_DIR), config_name="eval")
+def main(cfg: DictConfig) -> float:
+    with report_user_errors():
+        return float(evaluate(cfg)["mIoU"])
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,145 @@
+"""Train a segmentation model: ``python -m segloss.train [experiment=NAME] [overrides…]``.
+
+Composes ``configs/train.yaml``; writes the run directory (resolved config, checkpoints, CSV
+metrics, offline W&B run, prediction grids) and prints the per-class table of the best epoch.
+"""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+
+import hydra
+import lightning.pytorch as L
+import torch
+from omegaconf import DictConfig, OmegaConf
+
+from segloss.data.label_stats import cached_label_counts
+from segloss.errors import ConfigError
+from segloss.losses import class_weights
+from segloss.losses.class_weights import METHODS
+from segloss.models.module import SegmentationModule
+from segloss.utils.config import (
+    CONFIG_DIR,
+    instantiate_group,
+    report_user_errors,
+    save_resolved_config,
+    set_environment,
+)
+from segloss.utils.rich_output import config_tree, print_results
+
+set_environment()
+
+
+def build_module(cfg: DictConfig, with_optimizer: bool = True, datamodule=None) -> SegmentationModule:
+    """Net, loss (and optimizer/scheduler factories) from their config groups, joined in the module.
+
+    Class-weight settings given by name in the loss config (``weight: median_frequency``) are
+    computed from the training labels of ``datamodule`` (see :func:`resolve_class_weights`).
+    """
+    instantiate = hydra.utils.instantiate
+    loss_cfg = resolve_class_weights(cfg, datamodule)
+    return SegmentationModule(
+        net=instantiate(cfg.model.net),
+        loss=instantiate(loss_cfg),
+        optimizer=instantiate(cfg.optimizer) if with_optimizer else None,
+        scheduler=instantiate(cfg.scheduler) if with_optimizer and cfg.get("scheduler") else None,
+        num_classes=cfg.data.num_classes,
+        ignore_index=cfg.data.ignore_index,
+        class_names=list(cfg.data.class_names),
+        channels_last=cfg.model.get("channels_last", False),
+    )
+
+
+def resolve_class_weights(cfg: DictConfig, datamodule=None) -> DictConfig:
+    """Copy of ``cfg.loss`` where every ``weight``/``alpha`` naming a method of
+    :func:`segloss.losses.class_weights` is replaced by the weights computed from the training split's
+    label counts (one pass over the masks, cached in ``paths.cache_dir``)."""
+    loss_cfg = copy.deepcopy(cfg.loss)
+    nodes = [loss_cfg]
+    while nodes:
+        node = nodes.pop()
+        nodes.extend(value for value in node.values() if isinstance(value, DictConfig))
+        for key in ("weight", "alpha"):
+            method = node.get(key)
+            if isinstance(method, str):
+                if method not in METHODS:
+                    raise ConfigError(f"loss {key}={method!r}: give a list of numbers or one of {METHODS}")
+                if datamodule is None:
+                    raise ConfigError(f"loss {key}={method!r} needs the training data to count labels")
+                node[key] = class_weights_from_data(datamodule, method, cfg.paths.cache_dir).tolist()
+    return loss_cfg
+
+
+def class_weights_from_data(datamodule, method: str, cache_dir: str):
+    """Weights of ``method`` from the (cached) pixel counts of the datamodule's training split."""
+    datamodule.prepare_data()
+    dataset = datamodule.dataset(root=datamodule.root, split=datamodule.splits["train"], transform=None)
+    key = f"{type(dataset).__name__}|{datamodule.root}|{datamodule.splits['train']}"
+    stats = cached_label_counts(dataset, datamodule.num_classes, datamodule.ignore_index, cache_dir, key)
+    return class_weights(torch.tensor(stats["counts"]), method, torch.tensor(stats["image_pixels"]))
+
+
+def check_output_dir(output_dir: Path, resuming: bool) -> None:
+    """A new run never writes over an earlier run's checkpoints."""
+    ckpts = output_dir / "checkpoints"
+    if not resuming and ckpts.is_dir() and any(ckpts.iterdir()):
+        raise ConfigError(
+            f"{ckpts} already holds checkpoints of an earlier run; choose a new paths.output_dir "
+            "(the default makes a fresh, time-stamped one) or resume with ckpt_path=…/last.ckpt"
+        )
+
+
+def finish_wandb() -> None:
+    """Close the W&B run (Lightning leaves it open), so a later run in this process gets its own."""
+    import sys
+
+    wandb = sys.modules.get("wandb")
+    if wandb is not None and wandb.run is not None:
+        wandb.finish()
+
+
+def train(cfg: DictConfig) -> dict:
+    """Run one training described by ``cfg``; returns the best validation results and checkpoint path."""
+    output_dir = Path(cfg.paths.output_dir)
+    check_output_dir(output_dir, resuming=cfg.get("ckpt_path") is not None)
+    if cfg.get("print_config", True):
+        import rich
+
+        rich.print(config_tree(cfg))
+    save_resolved_config(cfg, output_dir)
+    if cfg.get("seed") is not None:
+        L.seed_everything(cfg.seed, workers=True)
+
+    datamodule = hydra.utils.instantiate(cfg.data)
+    datamodule.verify()  # a missing dataset stops here, before any model is built
+    module = build_module(cfg, datamodule=datamodule)
+    loggers = instantiate_group(cfg.get("logger"))
+    trainer: L.Trainer = hydra.utils.instantiate(
+        cfg.trainer, callbacks=instantiate_group(cfg.get("callbacks")), logger=loggers
+    )
+    for logger in loggers:
+        logger.log_hyperparams(OmegaConf.to_container(cfg, resolve=True))
+
+    try:
+        trainer.fit(module, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"))
+    finally:
+        finish_wandb()
+
+    best = module.best_results or module.last_results.get("val")
+    checkpoint = trainer.checkpoint_callback
+    best_path = checkpoint.best_model_path if checkpoint is not None else ""
+    if best is not None:
+        print_results(f"val — best epoch ({Path(best_path).name or 'no checkpoint'})", module.class_names, best)
+    return {"results": best, "best_ckpt": best_path, "output_dir": str(output_dir), "trainer": trainer}
+
+
+@hydra.main(version_base="1.3", config_path=str(CONFIG_DIR), config_name="train")
+def main(cfg: DictConfig) -> float | None:
+    with report_user_errors():
+        out = train(cfg)
+    return float(out["results"]["mIoU"]) if out["results"] is not None else None
+
+
+if __name__ == "__main__":
+    main()
