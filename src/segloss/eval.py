@@ -10,13 +10,14 @@ from pathlib import Path
 
 import hydra
 import lightning.pytorch as L
+import rich
 import torch
 from omegaconf import DictConfig
 
 from segloss.errors import ConfigError
 from segloss.train import build_module
 from segloss.utils.config import CONFIG_DIR, instantiate_group, report_user_errors, set_environment
-from segloss.utils.rich_output import print_results
+from segloss.utils.rich_output import config_tree, print_results
 
 set_environment()
 
@@ -48,6 +49,8 @@ def evaluate(cfg: DictConfig) -> dict:
     """Evaluate ``cfg.ckpt_path`` on ``cfg.split``; prints and returns the per-class results."""
     if not cfg.get("ckpt_path"):
         raise ConfigError("no checkpoint given: run `make eval CKPT=path/to/file.ckpt` (ckpt_path=…)")
+    if cfg.get("print_config", True):
+        rich.print(config_tree(cfg))
     split = cfg.get("split", "val")
     if split not in ("val", "test"):
         raise ConfigError(f"split={split!r}: choose val or test")
