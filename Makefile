@@ -1,0 +1,65 @@
+# segloss — every target installs what it needs into .venv first.
+#   make train [EXP=name] [ARGS="hydra overrides"]    make eval CKPT=path [EXP=name]    make test
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+DATA_DIR ?= $(if $(DATA_ROOT),$(DATA_ROOT),data)
+SYNTHETIC := $(DATA_DIR)/synthetic_city/synthetic_city.json
+EXP_ARG := $(if $(EXP),experiment=$(EXP))
+ifdef DATA_ROOT
+export DATA_ROOT
+endif
+
+.DEFAULT_GOAL := help
+.PHONY: help install data train eval test lint format bench bench-losses clean clean-logs clean-data
+
+help: ## show this help
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN{FS=":.*## "}{printf "  make %-11s %s\n", $$1, $$2}'
+
+$(STAMP): pyproject.toml
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -e ".[dev]"
+	@touch $@
+
+install: $(STAMP) ## create .venv and install segloss with its dev tools
+
+$(SYNTHETIC): | $(STAMP)
+	$(VENV)/bin/segloss-synthetic --root $(DATA_DIR)/synthetic_city
+
+data: $(SYNTHETIC) ## generate the embedded synthetic_city dataset (once)
+
+train: $(STAMP) $(SYNTHETIC) ## train: make train [EXP=focal_cityscapes] [ARGS="trainer.max_epochs=2"]
+	$(PY) -m segloss.train $(EXP_ARG) $(ARGS)
+
+eval: $(STAMP) ## evaluate a checkpoint: make eval CKPT=logs/.../best.ckpt [EXP=name] [ARGS="split=val"]
+	@test -n "$(CKPT)" || { echo "usage: make eval CKPT=path/to/checkpoint.ckpt [EXP=name]"; exit 2; }
+	$(PY) -m segloss.eval ckpt_path=$(CKPT) $(EXP_ARG) $(ARGS)
+
+test: $(STAMP) ## run the whole test suite
+	$(PY) -m pytest -q $(ARGS)
+
+bench-losses: $(STAMP) ## loss fwd+bwd time and peak memory vs smp / MONAI / torch (ARGS="--device cuda")
+	$(PY) benchmarks/bench_losses.py $(ARGS)
+
+bench: bench-losses ## every benchmark
+
+lint: $(STAMP) ## ruff check + format check
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+
+format: $(STAMP) ## ruff fix + format
+	$(VENV)/bin/ruff check --fix .
+	$(VENV)/bin/ruff format .
+
+clean: ## remove caches (keeps .venv, data and logs)
+	rm -rf .pytest_cache .ruff_cache build src/*.egg-info
+	find . -name __pycache__ -type d -prune -not -path "./$(VENV)/*" -exec rm -rf {} +
+
+clean-logs: ## remove all run directories under logs/
+	rm -rf logs
+
+clean-data: ## remove the generated synthetic_city (real datasets are never touched)
+	rm -rf $(DATA_DIR)/synthetic_city
