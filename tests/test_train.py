@@ -1,0 +1,137 @@
+"""End to end: train on a small synthetic_city, the run directory, eval reproduces the metric, the CLI."""
+
+from __future__ import annotations
+
+import csv
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from PIL import Image
+
+from segloss.eval import evaluate
+from segloss.train import train
+from segloss.utils.config import PROJECT_ROOT
+from tests.conftest import TINY_SYNTHETIC, compose_config
+
+
+@pytest.fixture(scope="module")
+def data_dir(tmp_path_factory):
+    return tmp_path_factory.mktemp("data")
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory, data_dir):
+    base = [*TINY_SYNTHETIC, f"paths.data_dir={data_dir}"]
+    cfg = compose_config(
+        "train", [*base, "trainer.max_epochs=10", "optimizer.lr=0.005"], tmp_path_factory.mktemp("run")
+    )
+    return cfg, train(cfg), base
+
+
+def _csv_rows(run_dir):
+    with open(run_dir / "csv" / "metrics.csv") as f:
+        return list(csv.DictReader(f))
+
+
+def test_fast_dev_run(make_cfg, data_dir):
+    cfg = make_cfg([*TINY_SYNTHETIC, f"paths.data_dir={data_dir}", "debug=fdr", "logger=csv"])
+    out = train(cfg)
+    assert out["trainer"].state.finished
+    assert out["trainer"].global_step == 1
+    assert torch.isfinite(out["results"]["acc"])
+
+
+@pytest.mark.slow
+def test_training_learns_well_above_chance(trained):
+    _, out, _ = trained
+    rows = [r for r in _csv_rows(Path(out["output_dir"])) if r.get("val/mIoU")]
+    mious = [float(r["val/mIoU"]) for r in rows]
+    assert len(mious) == 10
+    # chance (uniform over the 19 classes) is ≈ 0.03; 120 steps at 64×128 reach ≈ 0.26
+    assert max(mious) > 0.20 and max(mious) > 4 * mious[0], mious
+    assert float(out["results"]["mIoU"]) == pytest.approx(max(mious), abs=1e-6)
+
+
+@pytest.mark.slow
+def test_run_directory_holds_every_artefact(trained):
+    _, out, _ = trained
+    run = Path(out["output_dir"])
+    config_text = (run / "config.yaml").read_text()
+    assert "${" not in config_text and "synthetic_city" in config_text  # resolved
+    ckpts = sorted(p.name for p in (run / "checkpoints").iterdir())
+    assert "last.ckpt" in ckpts and any(n.startswith("epoch_") for n in ckpts)
+    header = _csv_rows(run)[0].keys()
+    assert {"train/loss_step", "val/loss", "val/mIoU", "val/acc", "val/mIoU_best", "val/IoU/pole"} <= set(header)
+    offline = list((run / "wandb").glob("offline-run-*/run-*.wandb"))
+    assert len(offline) == 1 and offline[0].stat().st_size > 0
+    grid = Image.open(run / "predictions" / "latest.png")
+    assert grid.size == (3 * 128 + 4, 4 * (64 + 2))  # image | truth | prediction, 4 rows
+
+
+@pytest.mark.slow
+def test_eval_reproduces_the_logged_best_miou(trained, tmp_path):
+    _, out, overrides = trained
+    rows = [r for r in _csv_rows(Path(out["output_dir"])) if r.get("val/mIoU")]
+    logged_best = max(float(r["val/mIoU"]) for r in rows)
+    eval_cfg = compose_config("eval", [*overrides, f"ckpt_path={out['best_ckpt']}"], tmp_path)
+    results = evaluate(eval_cfg)
+    assert float(results["mIoU"]) == pytest.approx(logged_best, abs=1e-6)
+
+
+@pytest.mark.slow
+def test_checkpoint_loads_without_pickle(trained):
+    _, out, _ = trained
+    ckpt = torch.load(out["best_ckpt"], map_location="cpu", weights_only=True)
+    assert ckpt["hyper_parameters"]["num_classes"] == 19
+    assert any(k.startswith("net.") for k in ckpt["state_dict"])
+
+
+@pytest.mark.slow
+def test_eval_refuses_a_checkpoint_of_another_model(trained, tmp_path):
+    from segloss.errors import ConfigError
+
+    _, out, overrides = trained
+    cfg = compose_config("eval", [*overrides, "model.net.base_channels=4", f"ckpt_path={out['best_ckpt']}"], tmp_path)
+    with pytest.raises(ConfigError, match=r"shape mismatches .*net\.stem\.0\.weight"):
+        evaluate(cfg)
+
+
+def _cli(args, data_dir, tmp_path):
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    return subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            *args,
+            f"paths.data_dir={data_dir}",
+            f"hydra.run.dir={tmp_path}/cli",
+            "print_config=false",
+        ],
+        cwd=PROJECT_ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+
+
+def test_cli_missing_cityscapes_stops_with_one_clear_paragraph(tmp_path):
+    proc = _cli(["segloss.train", "experiment=focal_cityscapes"], tmp_path / "empty", tmp_path)
+    assert proc.returncode == 2
+    assert "Traceback" not in proc.stderr
+    message = proc.stderr.strip().splitlines()[-1]
+    assert message.startswith("segloss: error: Cityscapes not found")
+    assert f"data.root={tmp_path / 'empty' / 'cityscapes'}" in message
+    assert "leftImg8bit/{train,val}/<city>/*_leftImg8bit.png" in message and "cityscapes-dataset.com" in message
+
+
+@pytest.mark.slow
+def test_cli_eval_prints_the_table(trained, data_dir, tmp_path):
+    _, out, _ = trained
+    proc = _cli(["segloss.eval", *TINY_SYNTHETIC, f"ckpt_path={out['best_ckpt']}"], data_dir, tmp_path)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "mIoU" in proc.stdout and "traffic sign" in proc.stdout
