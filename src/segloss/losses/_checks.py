@@ -16,8 +16,13 @@ def at_least_float32(x: Tensor) -> Tensor:
     return x if x.dtype in (torch.float32, torch.float64) else x.float()
 
 
-def check_hard_target(logits: Tensor, target: Tensor, ignore_index: int, check_values: bool = True) -> None:
-    """Validate shapes and dtypes (always) and target values (when ``check_values``; one host sync)."""
+def check_hard_target(
+    logits: Tensor, target: Tensor, ignore_index: int, check_values: bool = True
+) -> tuple[Tensor, Tensor]:
+    """Validate shapes and dtypes (always) and target values (when ``check_values``; one host sync).
+
+    Returns :func:`valid_mask`'s ``(valid, safe_target)`` so callers need not recompute them.
+    """
     if logits.dim() < 3:
         raise ValueError(f"logits must be N×C×spatial…, got shape {tuple(logits.shape)}")
     if not logits.is_floating_point():
@@ -33,16 +38,18 @@ def check_hard_target(logits: Tensor, target: Tensor, ignore_index: int, check_v
             f"target shape {tuple(target.shape)} does not match logits {tuple(logits.shape)}: "
             f"expected {expected} (N×spatial, without the class dimension)"
         )
-    if check_values:
+    valid, safe = valid_mask(target, ignore_index)
+    if check_values and target.numel():
         num_classes = max(logits.shape[1], 2)
-        bad = (target < 0) | (target >= num_classes)
-        bad &= target != ignore_index
-        if bool(bad.any()):
+        low, high = safe.aminmax()
+        if bool(low < 0) or bool(high >= num_classes):
+            bad = (safe < 0) | (safe >= num_classes)
             values = torch.unique(target[bad]).tolist()[:10]
             raise ValueError(
                 f"target holds values {values} outside [0, {num_classes}) that are not "
                 f"ignore_index={ignore_index}; fix the label mapping or set ignore_index"
             )
+    return valid, safe
 
 
 def check_class_vector(name: str, vector: Tensor | None, num_classes: int) -> None:

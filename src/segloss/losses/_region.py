@@ -16,7 +16,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from segloss.losses._checks import at_least_float32, check_hard_target, valid_mask
+from segloss.losses._checks import at_least_float32, check_hard_target
 
 CLASS_MODES = ("all", "present")
 
@@ -28,10 +28,10 @@ def class_probabilities(logits: Tensor) -> Tensor:
 
 
 def region_sums(
-    probs: Tensor, target: Tensor, ignore_index: int, per_image: bool, squared: bool = False
+    probs: Tensor, valid: Tensor, safe: Tensor, per_image: bool, squared: bool = False
 ) -> tuple[Tensor, Tensor, Tensor]:
-    """Return ``(I, P, G)`` of shape (N, C) if ``per_image`` else (C,), in float32."""
-    valid, safe = valid_mask(target, ignore_index)
+    """``(I, P, G)`` of shape (N, C) if ``per_image`` else (C,), from the probabilities and the
+    ``(valid, safe_target)`` pair of :func:`check_hard_target`."""
     n, c = probs.shape[:2]
     p = probs.reshape(n, c, -1)
     v = valid.reshape(n, -1).to(p.dtype)
@@ -96,13 +96,10 @@ class RegionLossBase(torch.nn.Module):
         raise NotImplementedError
 
     def forward(self, logits: Tensor, target: Tensor) -> Tensor:
-        check_hard_target(logits, target, self.ignore_index, self.check_values)
-        inter, p_sum, ground = region_sums(
-            class_probabilities(logits), target, self.ignore_index, self.per_image, self.squared
-        )
+        valid, safe = check_hard_target(logits, target, self.ignore_index, self.check_values)
+        inter, p_sum, ground = region_sums(class_probabilities(logits), valid, safe, self.per_image, self.squared)
         loss = self.per_class(inter, p_sum, ground)
         if not self.include_background and loss.shape[-1] > 1:
             loss, ground = loss[..., 1:], ground[..., 1:]
-        valid = target != self.ignore_index
         counted = valid.flatten(1).any(1) if self.per_image else valid.any()
         return class_mean(loss, ground, counted, self.classes)

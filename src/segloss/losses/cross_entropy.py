@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from segloss.losses._checks import as_class_tensor, at_least_float32, check_class_vector, check_hard_target, valid_mask
+from segloss.losses._checks import as_class_tensor, at_least_float32, check_class_vector, check_hard_target
 
 
 def cross_entropy(
@@ -27,17 +27,16 @@ def cross_entropy(
     Identical to ``torch.nn.functional.cross_entropy(reduction="mean")`` except that a batch whose
     pixels are all ignored gives 0 (and a zero gradient) instead of nan. Computed in float32.
     """
-    check_hard_target(logits, target, ignore_index, check_values)
+    valid, _ = check_hard_target(logits, target, ignore_index, check_values)
     check_class_vector("weight", weight, logits.shape[1])
     logits = at_least_float32(logits)
     if weight is not None:
         weight = weight.to(device=logits.device, dtype=logits.dtype)
-    total = F.cross_entropy(
-        logits, target, weight=weight, ignore_index=ignore_index, reduction="sum", label_smoothing=label_smoothing
+    mean = F.cross_entropy(
+        logits, target, weight=weight, ignore_index=ignore_index, reduction="mean", label_smoothing=label_smoothing
     )
-    valid, safe = valid_mask(target, ignore_index)
-    per_pixel_weight = valid.float() if weight is None else weight[safe] * valid
-    return total / per_pixel_weight.sum().clamp_min(torch.finfo(torch.float32).tiny)
+    # torch gives 0/0 = nan (with a zero gradient) when every pixel is ignored; NaN logits stay NaN
+    return torch.where(valid.any(), mean, torch.zeros_like(mean))
 
 
 class CrossEntropyLoss(nn.Module):
@@ -78,8 +77,7 @@ class BinaryCrossEntropyLoss(nn.Module):
     def forward(self, logits: Tensor, target: Tensor) -> Tensor:
         if logits.shape[1] != 1:
             raise ValueError(f"BinaryCrossEntropyLoss needs C = 1 logit channel, got C = {logits.shape[1]}")
-        check_hard_target(logits, target, self.ignore_index, self.check_values)
-        valid, safe = valid_mask(target, self.ignore_index)
+        valid, safe = check_hard_target(logits, target, self.ignore_index, self.check_values)
         z = at_least_float32(logits)[:, 0]
         pos_weight = (
             None if self.pos_weight is None else torch.tensor(float(self.pos_weight), device=z.device, dtype=z.dtype)

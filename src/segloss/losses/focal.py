@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from segloss.losses._checks import as_class_tensor, at_least_float32, check_class_vector, check_hard_target, valid_mask
+from segloss.losses._checks import as_class_tensor, at_least_float32, check_class_vector, check_hard_target
 
 
 def focal_loss(
@@ -30,9 +30,8 @@ def focal_loss(
     equals cross-entropy exactly. 1 − p_t is computed as −expm1(log p_t) to keep precision near
     p_t = 1. Computed in float32; an all-ignored batch gives 0.
     """
-    check_hard_target(logits, target, ignore_index, check_values)
+    valid, safe = check_hard_target(logits, target, ignore_index, check_values)
     logits = at_least_float32(logits)
-    valid, safe = valid_mask(target, ignore_index)
     if logits.shape[1] == 1:
         if isinstance(alpha, Tensor) and alpha.numel() != 1:
             raise ValueError(f"alpha for a binary (C = 1) focal loss is one float, got {alpha.numel()} values")

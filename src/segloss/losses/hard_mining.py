@@ -12,16 +12,15 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from segloss.losses._checks import as_class_tensor, at_least_float32, check_class_vector, check_hard_target, valid_mask
+from segloss.losses._checks import as_class_tensor, at_least_float32, check_class_vector, check_hard_target
 
 
-def _pixel_ce(logits: Tensor, target: Tensor, weight: Tensor | None, ignore_index: int) -> tuple[Tensor, ...]:
-    """Unweighted per-pixel CE (0 on ignored pixels), the pixel weights w_t (0 on ignored) and the valid mask."""
+def _pixel_ce(logits: Tensor, valid: Tensor, safe: Tensor, weight: Tensor | None) -> tuple[Tensor, Tensor]:
+    """Unweighted per-pixel CE (0 on ignored pixels) and the pixel weights w_t (0 on ignored)."""
     logits = at_least_float32(logits)
-    ce = F.cross_entropy(logits, target, ignore_index=ignore_index, reduction="none")
-    valid, safe = valid_mask(target, ignore_index)
+    ce = F.cross_entropy(logits, safe, reduction="none") * valid
     w = valid.to(logits.dtype) if weight is None else weight.to(logits.device, logits.dtype)[safe] * valid
-    return ce, w, valid
+    return ce, w
 
 
 class OhemCrossEntropyLoss(torch.nn.Module):
@@ -48,11 +47,10 @@ class OhemCrossEntropyLoss(torch.nn.Module):
         self.register_buffer("weight", as_class_tensor(weight), persistent=False)
 
     def forward(self, logits: Tensor, target: Tensor) -> Tensor:
-        check_hard_target(logits, target, self.ignore_index, self.check_values)
+        valid, safe = check_hard_target(logits, target, self.ignore_index, self.check_values)
         check_class_vector("weight", self.weight, logits.shape[1])
-        ce, w, valid = _pixel_ce(logits, target, self.weight, self.ignore_index)
+        ce, w = _pixel_ce(logits, valid, safe, self.weight)
         with torch.no_grad():
-            _, safe = valid_mask(target, self.ignore_index)
             p_true = at_least_float32(logits).softmax(1).gather(1, safe.unsqueeze(1)).squeeze(1)
             p_true = torch.where(valid, p_true, torch.full_like(p_true, float("inf"))).flatten()
             k = min(self.min_kept, p_true.numel())
@@ -83,9 +81,9 @@ class TopKCrossEntropyLoss(torch.nn.Module):
         self.register_buffer("weight", as_class_tensor(weight), persistent=False)
 
     def forward(self, logits: Tensor, target: Tensor) -> Tensor:
-        check_hard_target(logits, target, self.ignore_index, self.check_values)
+        valid, safe = check_hard_target(logits, target, self.ignore_index, self.check_values)
         check_class_vector("weight", self.weight, logits.shape[1])
-        ce, w, valid = _pixel_ce(logits, target, self.weight, self.ignore_index)
+        ce, w = _pixel_ce(logits, valid, safe, self.weight)
         weighted = ce * w if self.weight is not None else ce
         values = torch.where(valid, weighted, torch.full_like(weighted, -1.0)).flatten()  # CE ≥ 0 > −1
         ordered = values.sort(descending=True).values

@@ -6,7 +6,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from segloss.losses._checks import at_least_float32, check_hard_target, valid_mask
+from segloss.losses._checks import at_least_float32, check_hard_target
 
 
 class KLDivLoss(torch.nn.Module):
@@ -41,8 +41,7 @@ class KLDivLoss(torch.nn.Module):
             q = at_least_float32(target).to(log_p.dtype)
             valid = q.sum(1) > 0
         else:
-            check_hard_target(logits, target, self.ignore_index, self.check_values)
-            valid, safe = valid_mask(target, self.ignore_index)
+            valid, safe = check_hard_target(logits, target, self.ignore_index, self.check_values)
             c = logits.shape[1]
             q = torch.zeros_like(log_p).scatter_(1, safe.unsqueeze(1), 1.0)
             q = q * (1 - self.label_smoothing) + self.label_smoothing / c

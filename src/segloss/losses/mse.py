@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from segloss.losses._checks import check_hard_target, valid_mask
+from segloss.losses._checks import check_hard_target
 from segloss.losses._region import class_probabilities
 
 
@@ -22,12 +22,11 @@ class MSELoss(torch.nn.Module):
         self.ignore_index, self.check_values = ignore_index, check_values
 
     def forward(self, logits: Tensor, target: Tensor) -> Tensor:
-        check_hard_target(logits, target, self.ignore_index, self.check_values)
+        valid, safe = check_hard_target(logits, target, self.ignore_index, self.check_values)
         probs = class_probabilities(logits)
-        valid, safe = valid_mask(target, self.ignore_index)
         if probs.shape[1] == 1:
-            onehot = (safe == 1).unsqueeze(1).to(probs.dtype)
-        else:
-            onehot = torch.zeros_like(probs).scatter_(1, safe.unsqueeze(1), 1.0)
-        squared = (probs - onehot).square().sum(1) * valid
-        return squared.sum() / (valid.sum() * probs.shape[1]).clamp_min(1)
+            squared = (probs[:, 0] - (safe == 1).to(probs.dtype)).square()
+        else:  # Σ_c (p_c − y_c)² = Σ_c p_c² − 2 p_t + 1, without a one-hot tensor
+            p_true = probs.gather(1, safe.unsqueeze(1)).squeeze(1)
+            squared = probs.square().sum(1) - 2 * p_true + 1
+        return (squared * valid).sum() / (valid.sum() * probs.shape[1]).clamp_min(1)

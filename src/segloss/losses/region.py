@@ -110,8 +110,8 @@ class GeneralizedDiceLoss(torch.nn.Module):
         self.ignore_index, self.check_values = ignore_index, check_values
 
     def forward(self, logits: Tensor, target: Tensor) -> Tensor:
-        check_hard_target(logits, target, self.ignore_index, self.check_values)
-        inter, p_sum, ground = region_sums(class_probabilities(logits), target, self.ignore_index, self.per_image)
+        valid, safe = check_hard_target(logits, target, self.ignore_index, self.check_values)
+        inter, p_sum, ground = region_sums(class_probabilities(logits), valid, safe, self.per_image)
         weight = 1 / (ground * ground)
         finite = torch.isfinite(weight)
         largest = torch.where(finite, weight, torch.zeros_like(weight)).amax(-1, keepdim=True)
@@ -121,5 +121,5 @@ class GeneralizedDiceLoss(torch.nn.Module):
         loss = 1 - num / den
         if not self.per_image:
             return loss
-        counted = (target != self.ignore_index).flatten(1).any(1).to(loss.dtype)
+        counted = valid.flatten(1).any(1).to(loss.dtype)
         return (loss * counted).sum() / counted.sum().clamp_min(1.0)
