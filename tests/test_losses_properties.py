@@ -16,6 +16,7 @@ SOFTMAX_LOSSES = {
     "ce": lambda: L.CrossEntropyLoss(),
     "wce": lambda: L.CrossEntropyLoss(weight=[1.0, 2.0, 0.5]),
     "focal": lambda: L.FocalLoss(gamma=2.0, alpha=[0.5, 1.0, 2.0]),
+    "focal_g05": lambda: L.FocalLoss(gamma=0.5),
     "mse": lambda: L.MSELoss(),
     "kl_ls": lambda: L.KLDivLoss(temperature=2.0, label_smoothing=0.1),
     "dice": lambda: L.DiceLoss(),

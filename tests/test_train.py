@@ -100,6 +100,18 @@ def test_eval_refuses_a_checkpoint_of_another_model(trained, tmp_path):
         evaluate(cfg)
 
 
+def test_focal_cityscapes_trains_when_the_data_is_there(make_cfg, cityscapes_tree):
+    root, _ = cityscapes_tree  # the official layout, 8×16 frames
+    cfg = make_cfg(
+        ["experiment=focal_cityscapes", f"data.root={root}", "model.net.encoder_name=resnet18", "logger=csv",
+         "data.train_transform.base_size=[8,16]", "data.train_transform.crop_size=[8,16]", "data.batch_size=2",
+         "data.val_batch_size=2", "debug=fdr"]
+    )  # fmt: skip
+    out = train(cfg)
+    assert out["trainer"].state.finished and out["trainer"].global_step == 1
+    assert 0.0 <= float(out["results"]["mIoU"]) <= 1.0
+
+
 def _cli(args, data_dir, tmp_path):
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     return subprocess.run(

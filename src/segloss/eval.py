@@ -56,7 +56,7 @@ def evaluate(cfg: DictConfig) -> dict:
         raise ConfigError(f"split={split!r}: choose val or test")
     datamodule = hydra.utils.instantiate(cfg.data)
     datamodule.prepare_data()
-    module = build_module(cfg, with_optimizer=False)
+    module = build_module(cfg, with_optimizer=False, datamodule=datamodule)
     load_weights(module, cfg.ckpt_path)
     trainer: L.Trainer = hydra.utils.instantiate(
         cfg.trainer, callbacks=instantiate_group(cfg.get("callbacks")), logger=instantiate_group(cfg.get("logger"))

@@ -7,6 +7,7 @@ metrics, offline W&B run, prediction grids) and prints the per-class table of th
 from __future__ import annotations
 
 import copy
+import sys
 from pathlib import Path
 
 import hydra
@@ -92,8 +93,6 @@ def check_output_dir(output_dir: Path, resuming: bool) -> None:
 
 def finish_wandb() -> None:
     """Close the W&B run (Lightning leaves it open), so a later run in this process gets its own."""
-    import sys
-
     wandb = sys.modules.get("wandb")
     if wandb is not None and wandb.run is not None:
         wandb.finish()

@@ -28,7 +28,8 @@ def focal_loss(
 
     The mean divides by |V| (not by Σ α_t, and not by N·C·S as MONAI does). γ = 0 with α = None
     equals cross-entropy exactly. 1 − p_t is computed as −expm1(log p_t) to keep precision near
-    p_t = 1. Computed in float32; an all-ignored batch gives 0.
+    p_t = 1, and floored at the smallest normal float so that γ < 1 has a finite gradient there.
+    Computed in float32; an all-ignored batch gives 0.
     """
     valid, safe = check_hard_target(logits, target, ignore_index, check_values)
     logits = at_least_float32(logits)
@@ -44,7 +45,10 @@ def focal_loss(
         check_class_vector("alpha", alpha, logits.shape[1])
         log_pt = F.log_softmax(logits, dim=1).gather(1, safe.unsqueeze(1)).squeeze(1)
         alpha_t = None if alpha is None else alpha.to(logits.device, logits.dtype)[safe]
-    loss = -torch.pow(-torch.expm1(log_pt), gamma) * log_pt
+    # 1 − p_t, kept ≥ the smallest normal float: at p_t = 1 the factor is ~0 either way, and for
+    # γ < 1 the slope of x^γ at 0 would otherwise be infinite (a NaN gradient)
+    gap = (-torch.expm1(log_pt)).clamp_min(torch.finfo(log_pt.dtype).tiny)
+    loss = -torch.pow(gap, gamma) * log_pt
     if alpha_t is not None:
         loss = loss * alpha_t
     valid = valid.float()
