@@ -147,3 +147,21 @@ def test_cli_eval_prints_the_table(trained, data_dir, tmp_path):
     proc = _cli(["segloss.eval", *TINY_SYNTHETIC, f"ckpt_path={out['best_ckpt']}"], data_dir, tmp_path)
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert "mIoU" in proc.stdout and "traffic sign" in proc.stdout
+
+
+def test_compound_loss_terms_are_logged(make_cfg, data_dir):
+    cfg = make_cfg([*TINY_SYNTHETIC, f"paths.data_dir={data_dir}", "debug=fdr", "loss=dice_ce"])
+    metrics = train(cfg)["trainer"].callback_metrics
+    for stage, suffix in (("train", "_epoch"), ("val", "")):
+        ce, dice = (float(metrics[f"{stage}/loss/{term}{suffix}"]) for term in ("ce", "dice"))
+        assert float(metrics[f"{stage}/loss{suffix}"]) == pytest.approx(ce + dice, rel=1e-5)  # weights 1 and 1
+        assert ce > 0 and dice > 0
+
+
+@pytest.mark.slow
+def test_overfit_debug_config_drives_the_training_loss_down(make_cfg, data_dir):
+    cfg = make_cfg([*TINY_SYNTHETIC, f"paths.data_dir={data_dir}", "debug=overfit", "logger=csv"])
+    run = Path(train(cfg)["output_dir"])
+    losses = [float(r["train/loss_epoch"]) for r in _csv_rows(run) if r.get("train/loss_epoch")]
+    # measured: 2.89 → 0.87 in 80 steps of the tiny test net; a broken pipeline stays near ln 19 ≈ 2.94
+    assert len(losses) == 40 and losses[-1] < 0.4 * losses[0], losses
