@@ -66,11 +66,3 @@ def label_to_train_lut() -> np.ndarray:
         lut[label_id] = train_id
     return lut
 
-
-def train_to_label_lut() -> np.ndarray:
-    """Inverse mapping trainId → labelId, for writing predictions in the official result format."""
-    lut = np.zeros(256, dtype=np.uint8)
-    for label_id, _, train_id, _ in LABELS:
-        if train_id != IGNORE_INDEX:
-            lut[train_id] = label_id
-    return lut
