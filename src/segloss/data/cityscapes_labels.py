@@ -65,4 +65,3 @@ def label_to_train_lut() -> np.ndarray:
     for label_id, _, train_id, _ in LABELS:
         lut[label_id] = train_id
     return lut
-
