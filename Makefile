@@ -13,7 +13,7 @@ export DATA_ROOT
 endif
 
 .DEFAULT_GOAL := help
-.PHONY: help install data train eval test lint format bench bench-losses clean clean-logs clean-data
+.PHONY: help install data train eval stats test lint format bench bench-losses bench-data clean clean-logs clean-data
 
 help: ## show this help
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN{FS=":.*## "}{printf "  make %-11s %s\n", $$1, $$2}'
@@ -38,13 +38,20 @@ eval: $(STAMP) ## evaluate a checkpoint: make eval CKPT=logs/.../best.ckpt [EXP=
 	@test -n "$(CKPT)" || { echo "usage: make eval CKPT=path/to/checkpoint.ckpt [EXP=name]"; exit 2; }
 	$(PY) -m segloss.eval ckpt_path=$(CKPT) $(EXP_ARG) $(ARGS)
 
+stats: $(STAMP) ## label statistics + class weights: make stats [DATA=cityscapes] [ARGS="data.root=…"]
+	$(PY) -m segloss.stats $(if $(DATA),data=$(DATA)) $(ARGS)
+
 test: $(STAMP) ## run the whole test suite
 	$(PY) -m pytest -q $(ARGS)
 
 bench-losses: $(STAMP) ## loss fwd+bwd time and peak memory vs smp / MONAI / torch (ARGS="--device cuda")
 	$(PY) benchmarks/bench_losses.py $(ARGS)
 
-bench: bench-losses ## every benchmark
+bench-data: $(STAMP) ## decode + augment images/s per worker at Cityscapes resolution, torchvision v2 vs albumentations
+	$(PY) -m pip install -q -e ".[dev,bench]"
+	$(PY) benchmarks/bench_data.py $(ARGS)
+
+bench: bench-losses bench-data ## every benchmark
 
 lint: $(STAMP) ## ruff check + format check
 	$(VENV)/bin/ruff check .

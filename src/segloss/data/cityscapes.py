@@ -16,10 +16,10 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from PIL import Image
 from torch.utils.data import Dataset
 
 from segloss.data.cityscapes_labels import CLASS_NAMES, IGNORE_INDEX, LABELS, PALETTE, label_to_train_lut
+from segloss.data.image_io import read_image, read_label_png
 from segloss.errors import DatasetFormatError, DatasetNotFoundError
 
 IMAGE_SUFFIX, MASK_SUFFIX = "_leftImg8bit.png", "_gtFine_labelIds.png"
@@ -28,30 +28,6 @@ SOURCE = (
     "https://www.cityscapes-dataset.com/downloads/ (free registration; leftImg8bit_trainvaltest.zip and "
     "gtFine_trainvaltest.zip, unzipped into the same folder)"
 )
-
-
-def read_image(path: Path) -> torch.Tensor:
-    """An RGB image file as a uint8 tensor 3×H×W; names the file if it cannot be decoded."""
-    try:
-        with Image.open(path) as img:
-            array = np.asarray(img.convert("RGB"))
-    except (OSError, SyntaxError, ValueError) as err:
-        raise DatasetFormatError(f"cannot read image {path}: {err}") from err
-    return torch.from_numpy(array.copy()).permute(2, 0, 1)
-
-
-def read_label_png(path: Path) -> np.ndarray:
-    """A single-channel label PNG as its raw index values (palette PNGs are read as indices)."""
-    try:
-        with Image.open(path) as img:
-            if img.mode not in ("L", "P", "I", "I;16"):
-                raise DatasetFormatError(
-                    f"label file {path} is a {img.mode} image; expected a single-channel index PNG "
-                    "(for Cityscapes the *_gtFine_labelIds.png files, not *_gtFine_color.png)"
-                )
-            return np.asarray(img)
-    except (OSError, SyntaxError) as err:
-        raise DatasetFormatError(f"cannot read label file {path}: {err}") from err
 
 
 class CityscapesDataset(Dataset):
@@ -104,7 +80,7 @@ class CityscapesDataset(Dataset):
     def load_mask(self, index: int) -> torch.Tensor:
         """The trainId mask (int64 H×W) of sample ``index``, without reading the image."""
         mask_path = self.samples[index][1]
-        label_ids = read_label_png(mask_path)
+        label_ids = read_label_png(mask_path, "use the *_gtFine_labelIds.png files, not *_gtFine_color.png")
         if not self._KNOWN[label_ids].all():
             bad = sorted(set(np.unique(label_ids).tolist()) - set(np.flatnonzero(self._KNOWN).tolist()))
             raise DatasetFormatError(f"{mask_path} holds values {bad[:10]} that are not Cityscapes labelIds")
