@@ -1,5 +1,9 @@
 """Evaluate a checkpoint: ``python -m segloss.eval ckpt_path=PATH [experiment=NAME] [split=val|test]``.
 
+``save_predictions=true`` also writes every prediction under ``predictions_dir`` in the dataset's
+result format (Cityscapes: labelId PNGs for the official evaluation / benchmark server), and
+``inference.mode=slide`` evaluates with a sliding window.
+
 The net is built from the config (the same experiment as training) and the checkpoint's weights
 are loaded with ``torch.load(weights_only=True)``: a checkpoint is data, never code.
 """
@@ -14,6 +18,7 @@ import rich
 import torch
 from omegaconf import DictConfig
 
+from segloss.callbacks import PredictionWriter
 from segloss.errors import ConfigError
 from segloss.train import build_module
 from segloss.utils.config import CONFIG_DIR, instantiate_group, report_user_errors, set_environment
@@ -58,13 +63,18 @@ def evaluate(cfg: DictConfig) -> dict:
     datamodule.prepare_data()
     module = build_module(cfg, with_optimizer=False, datamodule=datamodule)
     load_weights(module, cfg.ckpt_path)
+    callbacks = instantiate_group(cfg.get("callbacks"))
+    if cfg.get("save_predictions"):
+        callbacks.append(PredictionWriter(cfg.predictions_dir))
     trainer: L.Trainer = hydra.utils.instantiate(
-        cfg.trainer, callbacks=instantiate_group(cfg.get("callbacks")), logger=instantiate_group(cfg.get("logger"))
+        cfg.trainer, callbacks=callbacks, logger=instantiate_group(cfg.get("logger"))
     )
     run = trainer.validate if split == "val" else trainer.test
     run(module, datamodule=datamodule, verbose=False)
     results = module.last_results[split]
     print_results(f"{split} — {Path(cfg.ckpt_path).name}", module.class_names, results)
+    if cfg.get("save_predictions"):
+        rich.print(f"predictions written to {cfg.predictions_dir}")
     return results
 
 

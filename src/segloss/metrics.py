@@ -4,6 +4,9 @@
   over images and, under DDP, over ranks) — not averaged per image.
 * mIoU = nan-mean of IoU_c over the classes that occur in the ground truth or in the predictions of
   the split (0/0 classes are nan and skipped), as the official Cityscapes evaluation does.
+* Dice_c = 2·TP_c / (2·TP_c + FP_c + FN_c) = 2·IoU_c / (1 + IoU_c) on the same split-level counts;
+  mDice is their nan-mean (the ``val/mDice`` reported for medical data; per-case volume Dice is
+  :mod:`segloss.case_metrics`).
 * acc = pixel accuracy over non-ignored pixels.
 """
 
@@ -30,7 +33,14 @@ class SegmentationMetrics(nn.Module):
 
     def compute(self) -> dict[str, Tensor]:
         iou = self.iou.compute()
-        return {"IoU": iou, "mIoU": torch.nanmean(iou), "acc": self.acc.compute()}
+        dice = 2 * iou / (1 + iou)
+        return {
+            "IoU": iou,
+            "mIoU": torch.nanmean(iou),
+            "Dice": dice,
+            "mDice": torch.nanmean(dice),
+            "acc": self.acc.compute(),
+        }
 
     def reset(self) -> None:
         self.iou.reset()

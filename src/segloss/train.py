@@ -49,6 +49,7 @@ def build_module(cfg: DictConfig, with_optimizer: bool = True, datamodule=None) 
         ignore_index=cfg.data.ignore_index,
         class_names=list(cfg.data.class_names),
         channels_last=cfg.model.get("channels_last", False),
+        inference=OmegaConf.to_container(cfg.inference) if cfg.get("inference") else None,
     )
 
 

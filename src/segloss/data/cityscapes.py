@@ -7,6 +7,14 @@ Official layout under ``root``::
 
 Masks are read as labelIds and mapped to the 19 benchmark trainIds; every other id becomes 255
 (ignore). Without a transform an item is ``{"image": uint8 3×H×W, "mask": int64 H×W, "name": str}``.
+The ``test`` split's labels are withheld by the benchmark: when ``gtFine/test`` is absent its masks
+are all 255, so the split can still be predicted and exported.
+
+Result files (:meth:`CityscapesDataset.save_prediction`): one single-channel PNG of **labelIds** per
+image, named ``<city>_<seq>_<frame>.png`` — the format of the official evaluation
+(``cityscapesscripts.evaluation.evalPixelLevelSemanticLabeling``, which finds a prediction by the
+pattern ``<city>_<seq>_<frame>*.png`` anywhere under ``CITYSCAPES_RESULTS``) and of the benchmark
+server's submission zip.
 """
 
 from __future__ import annotations
@@ -16,9 +24,17 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from PIL import Image
 from torch.utils.data import Dataset
 
-from segloss.data.cityscapes_labels import CLASS_NAMES, IGNORE_INDEX, LABELS, PALETTE, label_to_train_lut
+from segloss.data.cityscapes_labels import (
+    CLASS_NAMES,
+    IGNORE_INDEX,
+    LABELS,
+    PALETTE,
+    label_to_train_lut,
+    train_to_label_lut,
+)
 from segloss.data.image_io import read_image, read_label_png
 from segloss.errors import DatasetFormatError, DatasetNotFoundError
 
@@ -43,6 +59,7 @@ class CityscapesDataset(Dataset):
     PALETTE = PALETTE
     IGNORE_INDEX = IGNORE_INDEX
     _LUT = label_to_train_lut()
+    _TO_LABEL_IDS = train_to_label_lut()
     _KNOWN = np.isin(np.arange(256), [label_id for label_id, *_ in LABELS] + [255])
 
     def __init__(self, root: str | Path, split: str = "train", transform: Callable | None = None) -> None:
@@ -62,10 +79,14 @@ class CityscapesDataset(Dataset):
             )
         samples = []
         missing = []
+        withheld = self.split == "test" and not (self.root / "gtFine" / "test").is_dir()
         for image in images:
             stem = image.name[: -len(IMAGE_SUFFIX)]
             mask = self.root / "gtFine" / self.split / image.parent.name / f"{stem}{MASK_SUFFIX}"
-            (samples if mask.is_file() else missing).append((image, mask))
+            if withheld:
+                samples.append((image, None))
+            else:
+                (samples if mask.is_file() else missing).append((image, mask))
         if missing:
             shown = ", ".join(str(m) for _, m in missing[:3])
             raise DatasetFormatError(
@@ -80,6 +101,10 @@ class CityscapesDataset(Dataset):
     def load_mask(self, index: int) -> torch.Tensor:
         """The trainId mask (int64 H×W) of sample ``index``, without reading the image."""
         mask_path = self.samples[index][1]
+        if mask_path is None:  # test labels withheld: everything is ignore
+            with Image.open(self.samples[index][0]) as img:
+                width, height = img.size
+            return torch.full((height, width), IGNORE_INDEX, dtype=torch.int64)
         label_ids = read_label_png(mask_path, "use the *_gtFine_labelIds.png files, not *_gtFine_color.png")
         if not self._KNOWN[label_ids].all():
             bad = sorted(set(np.unique(label_ids).tolist()) - set(np.flatnonzero(self._KNOWN).tolist()))
@@ -96,3 +121,19 @@ class CityscapesDataset(Dataset):
             )
         sample = {"image": image, "mask": mask, "name": image_path.name[: -len(IMAGE_SUFFIX)]}
         return self.transform(sample) if self.transform is not None else sample
+
+    def image_size(self, index: int) -> tuple[int, int]:
+        """(H, W) of sample ``index`` from the PNG header alone."""
+        with Image.open(self.samples[index][0]) as img:
+            return img.size[1], img.size[0]
+
+    @classmethod
+    def save_prediction(cls, pred: np.ndarray, out_dir: str | Path, name: str) -> Path:
+        """Write trainId predictions (H×W) as the official result file ``out_dir/<name>.png`` of labelIds."""
+        pred = np.asarray(pred)
+        if pred.min(initial=0) < 0 or pred.max(initial=0) >= len(CLASS_NAMES):
+            raise ValueError(f"prediction for {name} holds values outside the 19 trainIds 0–18")
+        path = Path(out_dir) / f"{name}.png"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(cls._TO_LABEL_IDS[pred.astype(np.uint8)]).save(path)
+        return path

@@ -65,3 +65,13 @@ def label_to_train_lut() -> np.ndarray:
     for label_id, _, train_id, _ in LABELS:
         lut[label_id] = train_id
     return lut
+
+
+def train_to_label_lut() -> np.ndarray:
+    """A 256-entry lookup table mapping each trainId 0–18 to its labelId (for result files in the
+    official format); every other value maps to 0 ("unlabeled")."""
+    lut = np.zeros(256, dtype=np.uint8)
+    for label_id, _, train_id, _ in LABELS:
+        if train_id != IGNORE_INDEX:
+            lut[train_id] = label_id
+    return lut

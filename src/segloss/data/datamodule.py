@@ -6,9 +6,40 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import lightning.pytorch as L
-from torch.utils.data import DataLoader, Dataset
+import torch
+from torch.nn import functional as F
+from torch.utils.data import DataLoader, Dataset, default_collate
 
 from segloss.errors import ConfigError
+
+
+class PadCollate:
+    """Batch items of different sizes (VOC, Kvasir, MSD tasks whose cases differ in-plane) by padding
+    images with 0 (the mean, after normalisation) and masks with ``ignore_index`` at the bottom/right,
+    so padded pixels count in no loss or metric; ``batch["size"]`` (N×2) keeps each item's own
+    (H, W). Same-size items are simply stacked. Predictions on a padded item can differ slightly
+    near its border from whole-image inference: evaluate with batch size 1 where that matters.
+    """
+
+    def __init__(self, ignore_index: int = 255) -> None:
+        self.ignore_index = ignore_index
+
+    def __call__(self, items: list[dict]) -> dict:
+        sizes = [tuple(item["image"].shape[-2:]) for item in items]
+        if len(set(sizes)) == 1:
+            return default_collate(items)
+        height, width = max(h for h, _ in sizes), max(w for _, w in sizes)
+        rest = default_collate([{k: v for k, v in item.items() if k not in ("image", "mask")} for item in items])
+        images = [
+            F.pad(it["image"], (0, width - it["image"].shape[-1], 0, height - it["image"].shape[-2])) for it in items
+        ]
+        masks = [
+            F.pad(
+                it["mask"], (0, width - it["mask"].shape[-1], 0, height - it["mask"].shape[-2]), value=self.ignore_index
+            )
+            for it in items
+        ]
+        return {**rest, "image": torch.stack(images), "mask": torch.stack(masks), "size": torch.tensor(sizes)}
 
 
 class SegmentationDataModule(L.LightningDataModule):
@@ -100,7 +131,12 @@ class SegmentationDataModule(L.LightningDataModule):
 
     def _loader(self, stage: str, batch_size: int, shuffle: bool) -> DataLoader:
         return DataLoader(
-            self.datasets[stage], batch_size=batch_size, shuffle=shuffle, drop_last=shuffle, **self.loader_kwargs
+            self.datasets[stage],
+            batch_size=batch_size,
+            shuffle=shuffle,
+            drop_last=shuffle,
+            collate_fn=PadCollate(self.ignore_index),
+            **self.loader_kwargs,
         )
 
     def train_dataloader(self) -> DataLoader:

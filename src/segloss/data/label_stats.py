@@ -15,26 +15,41 @@ def _mask(dataset: Dataset, index: int) -> torch.Tensor:
     return load(index) if load is not None else dataset[index]["mask"]
 
 
-def label_counts(dataset: Dataset, num_classes: int, ignore_index: int = 255) -> dict[str, list[float]]:
-    """``{"counts": n_c, "image_pixels": pixels of the images containing c}`` over the dataset's
-    untransformed masks (ignored pixels count nowhere)."""
+def label_counts(dataset: Dataset, num_classes: int, ignore_index: int = 255) -> dict:
+    """One pass over the dataset's untransformed masks (ignored pixels count nowhere):
+
+    * ``counts``: pixels n_c of each class;
+    * ``image_pixels``: non-ignored pixels of the images that contain c (median-frequency weights);
+    * ``images``: how many images contain c (image frequency = images / num_images);
+    * ``num_images``, ``ignored`` (ignored pixels) and ``pixels`` (all pixels).
+    """
     counts = torch.zeros(num_classes, dtype=torch.float64)
     image_pixels = torch.zeros(num_classes, dtype=torch.float64)
+    images = torch.zeros(num_classes, dtype=torch.float64)
+    ignored = pixels = 0
     for index in range(len(dataset)):
         mask = _mask(dataset, index)
         valid = mask[mask != ignore_index]
         per_class = torch.bincount(valid.flatten(), minlength=num_classes)[:num_classes].double()
         counts += per_class
         image_pixels += (per_class > 0).double() * valid.numel()
-    return {"counts": counts.tolist(), "image_pixels": image_pixels.tolist()}
+        images += (per_class > 0).double()
+        ignored += mask.numel() - valid.numel()
+        pixels += mask.numel()
+    return {
+        "counts": counts.tolist(),
+        "image_pixels": image_pixels.tolist(),
+        "images": images.tolist(),
+        "num_images": len(dataset),
+        "ignored": ignored,
+        "pixels": pixels,
+    }
 
 
-def cached_label_counts(
-    dataset: Dataset, num_classes: int, ignore_index: int, cache_dir: str | Path, key: str
-) -> dict[str, list[float]]:
+def cached_label_counts(dataset: Dataset, num_classes: int, ignore_index: int, cache_dir: str | Path, key: str) -> dict:
     """:func:`label_counts`, cached as JSON in ``cache_dir`` under a hash of ``key`` and the number of
     samples (a changed dataset gets a new entry). Never writes next to the data."""
-    digest = hashlib.sha256(f"{key}|{len(dataset)}|{num_classes}|{ignore_index}".encode()).hexdigest()[:16]
+    digest = hashlib.sha256(f"v2|{key}|{len(dataset)}|{num_classes}|{ignore_index}".encode()).hexdigest()[:16]
     path = Path(cache_dir) / "label_counts" / f"{digest}.json"
     if path.is_file():
         return json.loads(path.read_text())

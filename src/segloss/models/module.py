@@ -9,18 +9,29 @@ import torch
 from torch import Tensor, nn
 from torchmetrics import MaxMetric
 
+from segloss.case_metrics import CaseDice
 from segloss.losses import CompoundLoss
 from segloss.metrics import SegmentationMetrics
+from segloss.models.inference import Inference
 
 
 class SegmentationModule(L.LightningModule):
     """Train/evaluate ``net`` (images → logits N×C×H×W) with ``loss`` (logits, mask → scalar).
 
     Logs ``train/loss`` (and ``train/loss/<term>`` for a :class:`CompoundLoss`), ``val/loss``,
-    ``val/mIoU``, ``val/acc``, ``val/IoU/<class>`` and
+    ``val/mIoU``, ``val/mDice``, ``val/acc``, ``val/IoU/<class>`` and
     ``val/mIoU_best`` (``test/…`` likewise). mIoU is the nan-mean of the per-class IoU accumulated over
     the whole split, over the classes that occur in its ground truth or predictions (the official
     Cityscapes convention; see :mod:`segloss.metrics`). Each stage has its own metric objects.
+
+    Batches whose items carry a ``"case"`` (2D slices of 3D volumes, e.g. the MSD loader) are also
+    scored per case: the slices of a case are stacked back and ``val/case_mDice`` and
+    ``val/case_Dice/<class>`` are the per-case volume Dice averaged over cases
+    (:class:`segloss.case_metrics.CaseDice`).
+
+    Validation and test predictions come from ``inference`` (whole image or sliding window, see
+    :mod:`segloss.models.inference`); ``validation_step``/``test_step`` return ``{"preds": N×H×W}`` for
+    callbacks such as :class:`segloss.callbacks.PredictionWriter`.
 
     Args:
         net: the segmentation network.
@@ -30,6 +41,8 @@ class SegmentationModule(L.LightningModule):
         num_classes, ignore_index, class_names: the label space.
         channels_last: keep the net's weights and inputs in channels-last (NHWC) memory format; on
             CPU (oneDNN) and on GPUs with tensor cores this runs convolutions faster.
+        inference: an :class:`Inference` or its keyword dict (``{"mode": "slide", "crop_size": …}``);
+            None = whole images.
     """
 
     def __init__(
@@ -42,6 +55,7 @@ class SegmentationModule(L.LightningModule):
         ignore_index: int = 255,
         class_names: Sequence[str] | None = None,
         channels_last: bool = False,
+        inference: Inference | dict | None = None,
     ) -> None:
         super().__init__()
         class_names = list(class_names) if class_names is not None else [str(c) for c in range(num_classes)]
@@ -59,6 +73,9 @@ class SegmentationModule(L.LightningModule):
         self.train_metrics = SegmentationMetrics(num_classes, ignore_index)
         self.val_metrics = SegmentationMetrics(num_classes, ignore_index)
         self.test_metrics = SegmentationMetrics(num_classes, ignore_index)
+        self.val_case = CaseDice(num_classes, ignore_index)
+        self.test_case = CaseDice(num_classes, ignore_index)
+        self.inference = inference if isinstance(inference, Inference) else Inference(**(inference or {}))
         self.val_miou_best = MaxMetric()
         self.best_results: dict[str, Tensor] | None = None  # per-class results of the best val epoch
         self.last_results: dict[str, dict[str, Tensor]] = {}
@@ -92,25 +109,42 @@ class SegmentationModule(L.LightningModule):
         self.train_metrics.update(logits.detach().argmax(1), batch["mask"])
         return loss
 
-    def _eval_step(self, stage: str, batch: dict) -> None:
-        loss, logits, terms = self.model_step(batch)
+    def _eval_step(self, stage: str, batch: dict) -> dict[str, Tensor]:
+        logits = self.inference(self, batch["image"])
+        if isinstance(self.loss, CompoundLoss):
+            loss, terms = self.loss(logits, batch["mask"], return_terms=True)
+        else:
+            loss, terms = self.loss(logits, batch["mask"]), {}
         self._log_losses(stage, loss, terms, len(logits))
-        self.stage_metrics(stage).update(logits.argmax(1), batch["mask"])
+        preds = logits.argmax(1)
+        self.stage_metrics(stage).update(preds, batch["mask"])
+        if "case" in batch:
+            getattr(self, f"{stage}_case").update(preds, batch["mask"], batch["case"])
+        return {"preds": preds}
 
-    def validation_step(self, batch: dict, batch_idx: int) -> None:
-        self._eval_step("val", batch)
+    def validation_step(self, batch: dict, batch_idx: int) -> dict[str, Tensor]:
+        return self._eval_step("val", batch)
 
-    def test_step(self, batch: dict, batch_idx: int) -> None:
-        self._eval_step("test", batch)
+    def test_step(self, batch: dict, batch_idx: int) -> dict[str, Tensor]:
+        return self._eval_step("test", batch)
 
     def _log_epoch(self, stage: str) -> dict[str, Tensor]:
         results = self.stage_metrics(stage).compute()
         self.stage_metrics(stage).reset()
         self.log(f"{stage}/mIoU", results["mIoU"], prog_bar=stage != "train")
+        self.log(f"{stage}/mDice", results["mDice"])
         self.log(f"{stage}/acc", results["acc"])
         if stage != "train":
             for name, value in zip(self.class_names, results["IoU"]):
                 self.log(f"{stage}/IoU/{name}", value)
+            case_metric = getattr(self, f"{stage}_case")
+            if case_metric.update_called:
+                case = case_metric.compute()
+                case_metric.reset()
+                results = {**results, "case_Dice": case["Dice"], "case_mDice": case["mDice"]}
+                self.log(f"{stage}/case_mDice", case["mDice"], prog_bar=True)
+                for name, value in zip(self.class_names, case["Dice"]):
+                    self.log(f"{stage}/case_Dice/{name}", value)
         self.last_results[stage] = results
         return results
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -41,3 +42,14 @@ def prediction_grid(
     width = max(r.shape[1] for r in rows)
     rows = [np.pad(r, ((0, 2), (0, width - r.shape[1]), (0, 0)), constant_values=255) for r in rows]
     return Image.fromarray(np.concatenate(rows, axis=0))
+
+
+def save_palette_png(indices: np.ndarray, palette: Sequence[Sequence[int]], path) -> None:
+    """Write class indices (H×W) as a palette ("P" mode) PNG: the file holds the indices, viewers
+    show the palette colours (the VOC convention)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    image = Image.fromarray(np.asarray(indices, dtype=np.uint8))  # "L"; putpalette makes it "P"
+    flat = [int(v) for colour in palette for v in colour]
+    image.putpalette(flat + [0] * (768 - len(flat)))
+    image.save(path)
