@@ -1,38 +1,185 @@
-"""Joint image/mask transforms built on torchvision.transforms.v2.
+"""Joint image/mask transforms.
 
-Items are dicts ``{"image": uint8 3×H×W, "mask": int64 H×W, "name": str}``. Masks travel as
-``tv_tensors.Mask`` so resizing uses nearest neighbours and padding fills them with ``ignore_index``
-(padding never invents labels). Images end as float32, normalised with ``mean``/``std``.
+Items are dicts ``{"image": uint8 3×H×W, "mask": int64 H×W, "name": str, ...}``; extra keys pass
+through untouched. Image and mask always see the same geometry; masks are resampled with nearest
+neighbours and padded with ``ignore_index`` (padding never invents labels). Images end as float32
+``(x/255 − mean)/std``, computed as one multiply-add per channel ``x·(1/(255·std)) − mean/std``.
+
+Training (:func:`train_transform`) has two back-ends with the same random parameters:
+
+* ``resample="fast"`` (default): :mod:`segloss.data.scale_crop` draws the scale, the crop window
+  and the flip first and resamples only the window from the uint8 frame (bilinear, no antialias),
+  then :class:`PhotometricJitter` and the normalisation run in place on the float crop.
+* ``resample="torchvision"``: the v2 pipeline ScaleJitter → RandomCrop(pad_if_needed) → flip →
+  ColorJitter → ToDtype → Normalize, which resizes the whole frame (antialiased) before cropping.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import torch
 from torchvision import tv_tensors
 from torchvision.transforms import v2
 
+from segloss.data.scale_crop import sample_scale_crop, scale_crop
+
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
+GREY_WEIGHTS = (0.2989, 0.587, 0.114)  # ITU-R 601 luma, as torchvision's rgb_to_grayscale
 
 
 class JointTransform:
-    """Apply a v2 pipeline to an item dict, keeping image and mask aligned."""
+    """Apply ``pipeline(image, mask) -> (image, mask)`` to an item dict, keeping the other keys.
+    A torchvision v2 pipeline gets its inputs as ``tv_tensors.Image`` / ``tv_tensors.Mask``."""
 
-    def __init__(self, pipeline: v2.Transform) -> None:
+    def __init__(self, pipeline: Callable) -> None:
         self.pipeline = pipeline
 
     def __call__(self, sample: dict) -> dict:
-        image, mask = self.pipeline(tv_tensors.Image(sample["image"]), tv_tensors.Mask(sample["mask"]))
+        image, mask = sample["image"], sample["mask"]
+        if isinstance(self.pipeline, v2.Transform):
+            image, mask = tv_tensors.Image(image), tv_tensors.Mask(mask)
+        image, mask = self.pipeline(image, mask)
         return {**sample, "image": image.as_subclass(torch.Tensor), "mask": mask.as_subclass(torch.Tensor)}
 
     def __repr__(self) -> str:
         return f"JointTransform({self.pipeline})"
 
 
-def _normalise(mean: Sequence[float], std: Sequence[float]) -> list[v2.Transform]:
-    return [v2.ToDtype(torch.float32, scale=True), v2.Normalize(mean=list(mean), std=list(std))]
+class Normalise:
+    """``(x/m − mean)/std`` per channel → new contiguous float32 tensor, with m = 255 for integer
+    images and m = 1 for floating ones (torchvision's ``ToDtype(scale=True)`` convention)."""
+
+    def __init__(self, mean: Sequence[float] = IMAGENET_MEAN, std: Sequence[float] = IMAGENET_STD) -> None:
+        std_t, mean_t = torch.tensor(list(std), dtype=torch.float64), torch.tensor(list(mean), dtype=torch.float64)
+        self.scale = (1 / (255 * std_t)).float()[:, None, None]  # for 0–255 values
+        self.shift = (-mean_t / std_t).float()[:, None, None]
+
+    def __call__(self, image: torch.Tensor, mask: torch.Tensor | None = None):
+        """The normalised image; given a mask too, the pair (image, mask)."""
+        scale = self.scale * 255 if image.is_floating_point() else self.scale
+        out = torch.addcmul(self.shift, image, scale, out=torch.empty(image.shape, dtype=torch.float32))
+        return out if mask is None else (out, mask)
+
+    def inplace(self, image: torch.Tensor) -> torch.Tensor:
+        """Normalise a float32 image holding 0–255 values, in place."""
+        return image.mul_(self.scale).add_(self.shift)
+
+    def __repr__(self) -> str:
+        return f"Normalise(scale={self.scale.flatten().tolist()}, shift={self.shift.flatten().tolist()})"
+
+
+def _grey(image: torch.Tensor) -> torch.Tensor:
+    r, g, b = image
+    return r.mul(GREY_WEIGHTS[0]).add_(g, alpha=GREY_WEIGHTS[1]).add_(b, alpha=GREY_WEIGHTS[2])
+
+
+def shift_hue_(image: torch.Tensor, shift: float) -> torch.Tensor:
+    """Rotate the HSV hue of a float RGB image (any value scale) by ``shift`` turns, in place.
+
+    Same result as torchvision's ``adjust_hue`` (rgb → hsv, h + shift, hsv → rgb) without the HSV
+    round trip: max ``v``, min ``low`` and chroma ``c = v − low`` are unchanged. The hue sector
+    coordinate 6h ∈ [0, 6) is ((g − b)/c, 2 + (b − r)/c, 4 + (r − g)/c) where R, else G, else B
+    is the max; with H = 6h + 6·shift mod 6, channel = ``low + c·w`` with w_R = clamp(|H − 3| − 1),
+    w_G = clamp(2 − |H − 2|), w_B = clamp(2 − |H − 4|) clamped to [0, 1]. Branch-free: the "is the
+    max" masks are 1 − sign(v − channel), which is far cheaper on CPU than comparisons + ``where``.
+    """
+    r, g, b = image
+    v = torch.maximum(torch.maximum(r, g), b)
+    low = torch.minimum(torch.minimum(r, g), b)
+    chroma = v - low
+    is_r = torch.sub(v, r).sign_().neg_().add_(1)  # v ≥ r, so sign(v − r) ∈ {0, 1}
+    is_g = torch.sub(v, g).sign_().neg_().add_(1).mul_(1 - is_r)
+    is_b = 1 - is_r - is_g
+    sector = (g - b).mul_(is_r)
+    sector.addcmul_((b - r).add_(chroma, alpha=2), is_g).addcmul_((r - g).add_(chroma, alpha=4), is_b)
+    sector.div_(chroma.sign().neg_().add_(chroma).add_(1)).add_(6 * shift).remainder_(6)  # c, or 1 for greys
+    for channel, centre, rising in ((r, 3.0, True), (g, 2.0, False), (b, 4.0, False)):
+        weight = torch.sub(sector, centre).abs_()
+        weight = (weight.sub_(1) if rising else weight.neg_().add_(2)).clamp_(0, 1)
+        torch.addcmul(low, chroma, weight, out=channel)
+    return image
+
+
+class PhotometricJitter:
+    """``v2.ColorJitter(brightness, contrast, saturation, hue)`` on a float32 0–255 image, in place.
+
+    Same parameter distribution and the same draws from torch's RNG: a random order of the four
+    operations (``randperm(4)``), then factors U(max(0, 1 − s), 1 + s) for brightness, contrast and
+    saturation and U(−h, h) for hue (a zero strength leaves the operation out). Each operation is
+    torchvision's float kernel on the 0–255 scale with its clamp to [0, 255]: brightness ``x·f``,
+    contrast ``x·f + (1 − f)·mean(grey)``, saturation ``x·f + (1 − f)·grey``, hue :func:`shift_hue_`.
+    Unlike v2 on uint8 images, nothing is truncated to integers between the operations.
+    """
+
+    def __init__(self, brightness: float = 0, contrast: float = 0, saturation: float = 0, hue: float = 0) -> None:
+        self.ranges = [(max(0.0, 1 - s), 1 + s) if s else None for s in (brightness, contrast, saturation)]
+        self.ranges.append((-hue, hue) if hue else None)
+
+    def __call__(self, image: torch.Tensor) -> torch.Tensor:
+        order = torch.randperm(4).tolist()
+        factors = [None if rng is None else float(torch.empty(1).uniform_(*rng)) for rng in self.ranges]
+        for op in order:
+            f = factors[op]
+            if f is None:
+                continue
+            if op == 0:
+                image.mul_(f)
+            elif op == 1:
+                mean = float(_grey(image).mean())
+                image.mul_(f).add_((1 - f) * mean)
+            elif op == 2:
+                grey = _grey(image)
+                image.mul_(f).add_(grey, alpha=1 - f)
+            else:
+                shift_hue_(image, f)
+            image.clamp_(0, 255)
+        return image
+
+    def __repr__(self) -> str:
+        return f"PhotometricJitter(ranges={self.ranges})"
+
+
+class FastTrainPipeline:
+    """Random scale + crop + flip (:mod:`segloss.data.scale_crop`), jitter, normalise."""
+
+    def __init__(self, crop_size, base_size, scale_range, hflip, ignore_index, jitter, normalise) -> None:
+        self.crop_size, self.base_size, self.scale_range = tuple(crop_size), tuple(base_size), tuple(scale_range)
+        self.hflip, self.ignore_index, self.jitter, self.normalise = hflip, ignore_index, jitter, normalise
+
+    def __call__(self, image: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        params = sample_scale_crop(image.shape[-2:], self.base_size, self.scale_range, self.crop_size, self.hflip)
+        unit_range = image.is_floating_point()  # float frames hold 0–1 values, uint8 ones 0–255
+        image, mask = scale_crop(image, mask, params, fill=0.0, ignore_index=self.ignore_index)
+        if unit_range:
+            image.mul_(255)
+        if self.jitter is not None:
+            self.jitter(image)
+        return self.normalise.inplace(image), mask
+
+    def __repr__(self) -> str:
+        return (
+            f"FastTrainPipeline(crop_size={self.crop_size}, base_size={self.base_size}, "
+            f"scale_range={self.scale_range}, hflip={self.hflip}, ignore_index={self.ignore_index}, "
+            f"jitter={self.jitter}, normalise={self.normalise})"
+        )
+
+
+def _torchvision_pipeline(crop_size, base_size, scale_range, hflip, ignore_index, color_jitter, mean, std):
+    (crop_h, crop_w), (base_h, base_w) = crop_size, base_size
+    steps: list[v2.Transform] = [
+        # ScaleJitter reads target_size as (W, H): r = min(target[1]/h, target[0]/w) · scale.
+        v2.ScaleJitter(target_size=(base_w, base_h), scale_range=tuple(scale_range), antialias=True),
+        v2.RandomCrop((crop_h, crop_w), pad_if_needed=True, fill={tv_tensors.Mask: ignore_index, "others": 0}),
+    ]
+    if hflip > 0:
+        steps.append(v2.RandomHorizontalFlip(p=hflip))
+    if color_jitter is not None:
+        brightness, contrast, saturation, hue = color_jitter
+        steps.append(v2.ColorJitter(brightness=brightness, contrast=contrast, saturation=saturation, hue=hue))
+    steps += [v2.ToDtype(torch.float32, scale=True), v2.Normalize(mean=list(mean), std=list(std))]
+    return v2.Compose(steps)
 
 
 def train_transform(
@@ -44,29 +191,29 @@ def train_transform(
     color_jitter: Sequence[float] | None = None,
     mean: Sequence[float] = IMAGENET_MEAN,
     std: Sequence[float] = IMAGENET_STD,
+    resample: str = "fast",
 ) -> JointTransform:
     """The standard segmentation recipe (DeepLab, MMSegmentation): random scale, crop, flip,
     photometric jitter, normalise.
 
-    The image is resized so it fits ``base_size`` (H, W) times a factor drawn from ``scale_range``
-    (keeping its aspect ratio), then a ``crop_size`` (H, W) window is cut at random, padding with 0
-    (image) and ``ignore_index`` (mask) where the scaled image is smaller than the crop.
-    ``color_jitter`` = (brightness, contrast, saturation, hue) strengths of ``v2.ColorJitter``
-    (image only), or None for no photometric change.
+    The image is scaled by ``r = min(base_h/h, base_w/w) · U(scale_range)`` (``base_size`` = (H, W),
+    aspect ratio kept), then a ``crop_size`` (H, W) window is cut at a uniformly random valid
+    position, padding with 0 (image) and ``ignore_index`` (mask) where the scaled image is smaller
+    than the crop; the crop is flipped left-right with probability ``hflip``. ``color_jitter`` =
+    (brightness, contrast, saturation, hue) strengths as in ``v2.ColorJitter`` (image only), or None.
+    ``resample``: ``"fast"`` (window-only bilinear resampling, no antialias) or ``"torchvision"``
+    (whole-frame antialiased v2 resize, then crop); both draw the same random parameters.
     """
-    crop_h, crop_w = crop_size
-    steps: list[v2.Transform] = [
-        v2.ScaleJitter(target_size=tuple(base_size), scale_range=tuple(scale_range), antialias=True),
-        v2.RandomCrop((crop_h, crop_w), pad_if_needed=True, fill={tv_tensors.Mask: ignore_index, "others": 0}),
-    ]
-    if hflip > 0:
-        steps.append(v2.RandomHorizontalFlip(p=hflip))
-    if color_jitter is not None:
-        brightness, contrast, saturation, hue = color_jitter
-        steps.append(v2.ColorJitter(brightness=brightness, contrast=contrast, saturation=saturation, hue=hue))
-    return JointTransform(v2.Compose(steps + _normalise(mean, std)))
+    if resample == "torchvision":
+        args = (crop_size, base_size, scale_range, hflip, ignore_index, color_jitter, mean, std)
+        return JointTransform(_torchvision_pipeline(*args))
+    if resample != "fast":
+        raise ValueError(f"resample must be 'fast' or 'torchvision', got {resample!r}")
+    jitter = None if color_jitter is None else PhotometricJitter(*color_jitter)
+    pipeline = FastTrainPipeline(crop_size, base_size, scale_range, hflip, ignore_index, jitter, Normalise(mean, std))
+    return JointTransform(pipeline)
 
 
 def eval_transform(mean: Sequence[float] = IMAGENET_MEAN, std: Sequence[float] = IMAGENET_STD) -> JointTransform:
     """Whole images, normalised only (no resizing: metrics are computed at the label resolution)."""
-    return JointTransform(v2.Compose(_normalise(mean, std)))
+    return JointTransform(Normalise(mean, std))
