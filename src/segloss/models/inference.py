@@ -79,4 +79,3 @@ class Inference:
     def __repr__(self) -> str:
         extra = f", crop_size={self.crop_size}, stride={self.stride}" if self.mode == "slide" else ""
         return f"Inference(mode={self.mode!r}{extra})"
-
