@@ -292,7 +292,7 @@ def main() -> None:
         print(f"{args.count} frames {size[1]}×{size[0]} in {root} ({seconds:.0f} s): mean RGB PNG {rgb_mb:.2f} MB, "
               f"label PNG {label_kb:.0f} kB")  # fmt: skip
         dataset = CityscapesDataset(root, "train")
-        paths = dataset.samples[: args.count]
+        paths = [(image, label) for _, image, label in dataset.samples[: args.count]]
         variants, skipped = pipelines(args)
         result = {
             "decoders": time_decoders(paths, args.rounds),

@@ -25,7 +25,6 @@ from pathlib import Path
 import numpy as np
 import torch
 from PIL import Image
-from torch.utils.data import Dataset
 
 from segloss.data.cityscapes_labels import (
     CLASS_NAMES,
@@ -35,7 +34,8 @@ from segloss.data.cityscapes_labels import (
     label_to_train_lut,
     train_to_label_lut,
 )
-from segloss.data.image_io import read_image, read_label_png
+from segloss.data.image_io import read_label_png
+from segloss.data.paired import ImageMaskFiles
 from segloss.errors import DatasetFormatError, DatasetNotFoundError
 
 IMAGE_SUFFIX, MASK_SUFFIX = "_leftImg8bit.png", "_gtFine_labelIds.png"
@@ -46,7 +46,7 @@ SOURCE = (
 )
 
 
-class CityscapesDataset(Dataset):
+class CityscapesDataset(ImageMaskFiles):
     """Cityscapes fine annotations as 19 trainIds (255 = ignore).
 
     Args:
@@ -66,7 +66,7 @@ class CityscapesDataset(Dataset):
         self.root, self.split, self.transform = Path(root).expanduser(), split, transform
         self.samples = self._index()
 
-    def _index(self) -> list[tuple[Path, Path]]:
+    def _index(self) -> list[tuple[str, Path, Path | None]]:
         image_dir = self.root / "leftImg8bit" / self.split
         if not self.root.is_dir():
             raise DatasetNotFoundError("Cityscapes", self.root, "the folder does not exist", LAYOUT, SOURCE)
@@ -84,48 +84,27 @@ class CityscapesDataset(Dataset):
             stem = image.name[: -len(IMAGE_SUFFIX)]
             mask = self.root / "gtFine" / self.split / image.parent.name / f"{stem}{MASK_SUFFIX}"
             if withheld:
-                samples.append((image, None))
+                samples.append((stem, image, None))
             else:
-                (samples if mask.is_file() else missing).append((image, mask))
+                (samples if mask.is_file() else missing).append((stem, image, mask))
         if missing:
-            shown = ", ".join(str(m) for _, m in missing[:3])
+            shown = ", ".join(str(m) for _, _, m in missing[:3])
             raise DatasetFormatError(
                 f"{len(missing)} of {len(images)} images in {image_dir} have no label file, e.g. {shown}; "
                 "unzip gtFine_trainvaltest.zip next to leftImg8bit/"
             )
         return samples
 
-    def __len__(self) -> int:
-        return len(self.samples)
-
     def load_mask(self, index: int) -> torch.Tensor:
         """The trainId mask (int64 H×W) of sample ``index``, without reading the image."""
-        mask_path = self.samples[index][1]
+        mask_path = self.samples[index][2]
         if mask_path is None:  # test labels withheld: everything is ignore
-            with Image.open(self.samples[index][0]) as img:
-                width, height = img.size
-            return torch.full((height, width), IGNORE_INDEX, dtype=torch.int64)
+            return torch.full(self.image_size(index), IGNORE_INDEX, dtype=torch.int64)
         label_ids = read_label_png(mask_path, "use the *_gtFine_labelIds.png files, not *_gtFine_color.png")
         if not self._KNOWN[label_ids].all():
             bad = sorted(set(np.unique(label_ids).tolist()) - set(np.flatnonzero(self._KNOWN).tolist()))
             raise DatasetFormatError(f"{mask_path} holds values {bad[:10]} that are not Cityscapes labelIds")
         return torch.from_numpy(self._LUT[label_ids].astype(np.int64))
-
-    def __getitem__(self, index: int) -> dict:
-        image_path, mask_path = self.samples[index]
-        image = read_image(image_path)
-        mask = self.load_mask(index)
-        if tuple(mask.shape) != tuple(image.shape[1:]):
-            raise DatasetFormatError(
-                f"image {image_path} is {tuple(image.shape[1:])} but its mask {mask_path} is {tuple(mask.shape)}"
-            )
-        sample = {"image": image, "mask": mask, "name": image_path.name[: -len(IMAGE_SUFFIX)]}
-        return self.transform(sample) if self.transform is not None else sample
-
-    def image_size(self, index: int) -> tuple[int, int]:
-        """(H, W) of sample ``index`` from the PNG header alone."""
-        with Image.open(self.samples[index][0]) as img:
-            return img.size[1], img.size[0]
 
     @classmethod
     def save_prediction(cls, pred: np.ndarray, out_dir: str | Path, name: str) -> Path:

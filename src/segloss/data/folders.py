@@ -33,9 +33,9 @@ from pathlib import Path
 import numpy as np
 import torch
 from PIL import Image
-from torch.utils.data import Dataset
 
-from segloss.data.image_io import check_label_values, read_image, read_label_png
+from segloss.data.image_io import check_label_values, read_label_png
+from segloss.data.paired import ImageMaskFiles
 from segloss.data.voc import voc_colormap
 from segloss.errors import ConfigError, DatasetFormatError, DatasetNotFoundError
 
@@ -67,7 +67,7 @@ def _files_by_key(folder: Path, extensions: tuple[str, ...], suffix: str) -> dic
     return found
 
 
-class ImageMaskFolderDataset(Dataset):
+class ImageMaskFolderDataset(ImageMaskFiles):
     """Image/mask pairs from two folders; binary (0/1) or index masks, 255 = ignore.
 
     Args:
@@ -177,9 +177,6 @@ class ImageMaskFolderDataset(Dataset):
             )
         return list(splits[self.split])
 
-    def __len__(self) -> int:
-        return len(self.samples)
-
     def load_mask(self, index: int) -> torch.Tensor:
         """The mask (int64 H×W: 0/1 when binary, else class indices and 255), without reading the image."""
         mask_path = self.samples[index][2]
@@ -195,19 +192,3 @@ class ImageMaskFolderDataset(Dataset):
         if grey.max(initial=0) == 1:
             raise DatasetFormatError(f"{mask_path} holds 0/1 values, not 0/255; read such masks with binary=False")
         return torch.from_numpy((grey >= 128).astype(np.int64))
-
-    def image_size(self, index: int) -> tuple[int, int]:
-        """(H, W) of sample ``index`` from the image header only (PIL decodes lazily)."""
-        with Image.open(self.samples[index][1]) as img:
-            return img.height, img.width
-
-    def __getitem__(self, index: int) -> dict:
-        name, image_path, mask_path = self.samples[index]
-        image = read_image(image_path)
-        mask = self.load_mask(index)
-        if tuple(mask.shape) != tuple(image.shape[1:]):
-            raise DatasetFormatError(
-                f"image {image_path} is {tuple(image.shape[1:])} but its mask {mask_path} is {tuple(mask.shape)}"
-            )
-        sample = {"image": image, "mask": mask, "name": name}
-        return self.transform(sample) if self.transform is not None else sample

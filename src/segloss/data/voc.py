@@ -34,9 +34,9 @@ from pathlib import Path
 import numpy as np
 import torch
 from PIL import Image
-from torch.utils.data import Dataset
 
-from segloss.data.image_io import check_label_values, read_image, read_label_png
+from segloss.data.image_io import check_label_values, read_label_png
+from segloss.data.paired import ImageMaskFiles
 from segloss.errors import DatasetFormatError, DatasetNotFoundError
 
 NAME = "Pascal VOC"
@@ -89,7 +89,7 @@ def _names(folder: Path, suffix: str) -> set[str]:
     return {n[: -len(suffix)] for n in os.listdir(folder) if n.endswith(suffix)} if folder.is_dir() else set()
 
 
-class VOCDataset(Dataset):
+class VOCDataset(ImageMaskFiles):
     """Pascal VOC 2012 segmentation, 21 classes (0 = background), 255 = ignore.
 
     Args:
@@ -173,31 +173,12 @@ class VOCDataset(Dataset):
             )
         return samples
 
-    def __len__(self) -> int:
-        return len(self.samples)
-
     def load_mask(self, index: int) -> torch.Tensor:
         """The class-index mask (int64 H×W, 255 = ignore) of sample ``index``, without reading the image."""
         mask_path = self.samples[index][2]
         values = read_label_png(mask_path, RGB_HINT)
         check_label_values(values, self._ALLOWED, mask_path, "VOC classes 0–20")
         return torch.from_numpy(values.astype(np.int64))
-
-    def image_size(self, index: int) -> tuple[int, int]:
-        """(H, W) of sample ``index`` from the JPEG header only (PIL decodes lazily)."""
-        with Image.open(self.samples[index][1]) as img:
-            return img.height, img.width
-
-    def __getitem__(self, index: int) -> dict:
-        name, image_path, mask_path = self.samples[index]
-        image = read_image(image_path)
-        mask = self.load_mask(index)
-        if tuple(mask.shape) != tuple(image.shape[1:]):
-            raise DatasetFormatError(
-                f"image {image_path} is {tuple(image.shape[1:])} but its mask {mask_path} is {tuple(mask.shape)}"
-            )
-        sample = {"image": image, "mask": mask, "name": name}
-        return self.transform(sample) if self.transform is not None else sample
 
     @classmethod
     def save_prediction(cls, pred: np.ndarray, path: str | Path, name: str | None = None) -> Path:

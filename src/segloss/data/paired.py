@@ -1,0 +1,44 @@
+"""The part that every 2D image/label-file dataset shares (Cityscapes, VOC, image/mask folders)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+from PIL import Image
+from torch.utils.data import Dataset
+
+from segloss.data.image_io import read_image
+from segloss.errors import DatasetFormatError
+
+
+class ImageMaskFiles(Dataset):
+    """Base of datasets whose ``samples[i]`` is ``(name, image_path, mask_path)``; subclasses build
+    ``samples`` and read labels in ``load_mask(i)`` (int64 H×W). Items are
+    ``{"image": uint8 3×H×W, "mask": int64 H×W, "name": str}``, passed through ``transform`` if set."""
+
+    samples: list[tuple[str, Path, Path | None]]
+    transform: Callable | None
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    def load_mask(self, index: int) -> torch.Tensor:
+        raise NotImplementedError
+
+    def image_size(self, index: int) -> tuple[int, int]:
+        """(H, W) of sample ``index`` from the image header only (PIL decodes lazily)."""
+        with Image.open(self.samples[index][1]) as img:
+            return img.height, img.width
+
+    def __getitem__(self, index: int) -> dict:
+        name, image_path, mask_path = self.samples[index]
+        image = read_image(image_path)
+        mask = self.load_mask(index)
+        if tuple(mask.shape) != tuple(image.shape[1:]):
+            raise DatasetFormatError(
+                f"image {image_path} is {tuple(image.shape[1:])} but its mask {mask_path} is {tuple(mask.shape)}"
+            )
+        sample = {"image": image, "mask": mask, "name": name}
+        return self.transform(sample) if self.transform is not None else sample
