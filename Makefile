@@ -13,7 +13,7 @@ export DATA_ROOT
 endif
 
 .DEFAULT_GOAL := help
-.PHONY: help install data train eval stats test lint format bench bench-losses bench-data clean clean-logs clean-data
+.PHONY: help install data train sweep compare eval stats test lint format bench bench-losses bench-data clean clean-logs clean-data
 
 help: ## show this help
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN{FS=":.*## "}{printf "  make %-11s %s\n", $$1, $$2}'
@@ -33,6 +33,11 @@ data: $(SYNTHETIC) ## generate the embedded synthetic_city dataset (once)
 
 train: $(STAMP) $(SYNTHETIC) ## train: make train [EXP=focal_cityscapes] [ARGS="trainer.max_epochs=2"]
 	$(PY) -m segloss.train $(EXP_ARG) $(ARGS)
+
+LOSSES ?= ce,focal,dice_ce,lovasz
+SEEDS ?= 0,1,2
+sweep: $(STAMP) $(SYNTHETIC) ## losses × seeds multirun: make sweep [EXP=name] [LOSSES=ce,focal] [SEEDS=0,1,2] [ARGS=…]
+	$(PY) -m segloss.train --multirun $(EXP_ARG) loss=$(LOSSES) seed=$(SEEDS) $(ARGS)
 
 eval: $(STAMP) ## evaluate a checkpoint: make eval CKPT=logs/.../best.ckpt [EXP=name] [ARGS="split=val"]
 	@test -n "$(CKPT)" || { echo "usage: make eval CKPT=path/to/checkpoint.ckpt [EXP=name]"; exit 2; }

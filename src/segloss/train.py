@@ -8,11 +8,14 @@ from __future__ import annotations
 
 import copy
 import sys
+import traceback
 from pathlib import Path
 
 import hydra
 import lightning.pytorch as L
 import torch
+from hydra.core.hydra_config import HydraConfig
+from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
 from segloss.data.label_stats import cached_label_counts
@@ -134,11 +137,28 @@ def train(cfg: DictConfig) -> dict:
     return {"results": best, "best_ckpt": best_path, "output_dir": str(output_dir), "trainer": trainer}
 
 
+def train_sweep_job(cfg: DictConfig) -> dict | None:
+    """One job of a multirun (``make sweep``): a failure is recorded in ``<job dir>/FAILED`` (the
+    traceback) and reported, and the sweep goes on with the next job."""
+    try:
+        return train(cfg)
+    except Exception:  # a sweep must survive any one job
+        output_dir = Path(cfg.paths.output_dir)
+        output_dir.mkdir(parents=True, exist_ok=True)
+        (output_dir / "FAILED").write_text(traceback.format_exc())
+        print(f"segloss: job {output_dir.name} failed; traceback in {output_dir / 'FAILED'}", file=sys.stderr)
+        finish_wandb()
+        return None
+
+
 @hydra.main(version_base="1.3", config_path=str(CONFIG_DIR), config_name="train")
 def main(cfg: DictConfig) -> float | None:
-    with report_user_errors():
-        out = train(cfg)
-    return float(out["results"]["mIoU"]) if out["results"] is not None else None
+    if HydraConfig.get().mode == RunMode.MULTIRUN:
+        out = train_sweep_job(cfg)
+    else:
+        with report_user_errors():
+            out = train(cfg)
+    return float(out["results"]["mIoU"]) if out and out["results"] is not None else None
 
 
 if __name__ == "__main__":
