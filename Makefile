@@ -39,6 +39,9 @@ SEEDS ?= 0,1,2
 sweep: $(STAMP) $(SYNTHETIC) ## losses × seeds multirun: make sweep [EXP=name] [LOSSES=ce,focal] [SEEDS=0,1,2] [ARGS=…]
 	$(PY) -m segloss.train --multirun $(EXP_ARG) loss=$(LOSSES) seed=$(SEEDS) $(ARGS)
 
+compare: $(STAMP) ## table + plots of a sweep: make compare [DIR=logs/train/multiruns/<sweep>] [ARGS="--out folder"]
+	$(PY) -m segloss.compare $(DIR) $(ARGS)
+
 eval: $(STAMP) ## evaluate a checkpoint: make eval CKPT=logs/.../best.ckpt [EXP=name] [ARGS="split=val"]
 	@test -n "$(CKPT)" || { echo "usage: make eval CKPT=path/to/checkpoint.ckpt [EXP=name]"; exit 2; }
 	$(PY) -m segloss.eval ckpt_path=$(CKPT) $(EXP_ARG) $(ARGS)

@@ -1,0 +1,88 @@
+"""Rendering for :mod:`segloss.compare`: the rich table and the two PNG plots (matplotlib, Agg)."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import numpy as np
+from rich.console import Console
+from rich.table import Table
+
+from segloss.compare import Run, cell
+
+
+def print_table(summary: dict, title: str) -> Table:
+    """Per loss: seeds, mean ± std of mIoU and of each class's IoU (in %); best mean per column in green."""
+    table = Table(title=title)
+    table.add_column("loss", style="bold")
+    table.add_column("seeds", justify="right")
+    for column in summary["columns"]:
+        table.add_column(column, justify="right")
+    for loss in summary["losses"]:
+        cells = []
+        for column in summary["columns"]:
+            text = cell(*summary["stats"][loss][column])
+            cells.append(f"[bold green]{text}[/]" if summary["best"].get(column) == loss else text)
+        table.add_row(loss, str(summary["seeds"][loss]), *cells)
+    console = Console()
+    if not console.is_terminal:  # files and pipes get the whole table, not 80 columns
+        console = Console(width=max(120, 14 * (len(summary["columns"]) + 2)))
+    console.print(table)
+    return table
+
+
+def _pyplot():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def plot_iou_by_class(summary: dict, path: Path) -> Path:
+    """Grouped bars: one group per column (mIoU, then each class), one bar per loss, std as error bars."""
+    plt = _pyplot()
+    columns, losses = summary["columns"], summary["losses"]
+    width = 0.8 / max(len(losses), 1)
+    x = np.arange(len(columns))
+    fig, ax = plt.subplots(figsize=(max(8, 1.1 * len(columns) + 2), 4.5))
+    colours = plt.get_cmap("tab10" if len(losses) <= 10 else "tab20")
+    for i, loss in enumerate(losses):
+        means = [summary["stats"][loss][c][0] for c in columns]
+        stds = [summary["stats"][loss][c][1] for c in columns]
+        ax.bar(x + (i - (len(losses) - 1) / 2) * width, [100 * m for m in means], width,
+               yerr=[100 * s for s in stds], capsize=1.5, label=loss, color=colours(i))  # fmt: skip
+    ax.set_xticks(x, columns, rotation=30, ha="right")
+    ax.set_ylabel("IoU % at the best epoch (mean ± std over seeds)")
+    ax.set_ylim(0, 100)
+    ax.legend(ncol=min(len(losses), 5), fontsize=8, loc="upper left")
+    ax.grid(axis="y", alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def plot_curves(runs: list[Run], path: Path) -> Path:
+    """Validation mIoU per epoch for each loss: the mean over seeds, shaded between min and max."""
+    plt = _pyplot()
+    losses = list(dict.fromkeys(run.loss for run in runs))
+    fig, ax = plt.subplots(figsize=(8, 4.5))
+    colours = plt.get_cmap("tab10" if len(losses) <= 10 else "tab20")
+    for i, loss in enumerate(losses):
+        curves = [dict(run.curve) for run in runs if run.loss == loss]
+        epochs = sorted({epoch for curve in curves for epoch in curve})
+        values = np.array([[curve.get(e, math.nan) for e in epochs] for curve in curves], dtype=float) * 100
+        mean = np.nanmean(values, axis=0)
+        ax.plot(epochs, mean, label=f"{loss} (n={len(curves)})", color=colours(i))
+        ax.fill_between(epochs, np.nanmin(values, axis=0), np.nanmax(values, axis=0), color=colours(i), alpha=0.15)
+    ax.set_xlabel("epoch")
+    ax.set_ylabel("val mIoU %")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8, ncol=2)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
