@@ -13,7 +13,7 @@ export DATA_ROOT
 endif
 
 .DEFAULT_GOAL := help
-.PHONY: help install data train sweep compare eval stats test lint format bench bench-losses bench-data clean clean-logs clean-data
+.PHONY: help install data train sweep compare eval predict stats test lint format bench bench-losses bench-data clean clean-logs clean-data
 
 help: ## show this help
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN{FS=":.*## "}{printf "  make %-11s %s\n", $$1, $$2}'
@@ -45,6 +45,10 @@ compare: $(STAMP) ## table + plots of a sweep: make compare [DIR=logs/train/mult
 eval: $(STAMP) ## evaluate a checkpoint: make eval CKPT=logs/.../best.ckpt [EXP=name] [ARGS="split=val"]
 	@test -n "$(CKPT)" || { echo "usage: make eval CKPT=path/to/checkpoint.ckpt [EXP=name]"; exit 2; }
 	$(PY) -m segloss.eval ckpt_path=$(CKPT) $(EXP_ARG) $(ARGS)
+
+predict: $(STAMP) ## label a folder of images: make predict CKPT=… INPUT=folder OUTPUT=folder [EXP=name] [ARGS="overlay=true"]
+	@test -n "$(CKPT)" -a -n "$(INPUT)" -a -n "$(OUTPUT)" || { echo "usage: make predict CKPT=… INPUT=folder OUTPUT=folder [EXP=name] [ARGS=…]"; exit 2; }
+	$(PY) -m segloss.predict ckpt_path=$(CKPT) input_dir=$(INPUT) output_dir=$(OUTPUT) $(EXP_ARG) $(ARGS)
 
 stats: $(STAMP) ## label statistics + class weights: make stats [DATA=cityscapes] [ARGS="data.root=…"]
 	$(PY) -m segloss.stats $(if $(DATA),data=$(DATA)) $(ARGS)

@@ -1,0 +1,234 @@
+"""Label a folder of images: ``python -m segloss.predict ckpt_path=… input_dir=… output_dir=… [overlay=true]``.
+
+Every image under ``input_dir`` (recursively; .png .jpg .jpeg .tif .tiff .bmp in any case, sorted) is
+normalised as the data config's eval transform does, run through the net with the configured
+inference (``inference=slide`` for large images) and written as ``output_dir/<relative path>.png``: a
+palette PNG whose pixel values are the class indices (viewers show the palette colours). With
+``overlay=true`` also ``<stem>_overlay.png``, the image blended 50 % with the class colours.
+
+The net is built from the config (the same experiment as training) and the checkpoint's weights are
+loaded with ``torch.load(weights_only=True)``. The data config is read for ``num_classes``, the
+palette and the normalisation only, so no dataset needs to be on disk. Nothing is overwritten unless
+``overwrite=true``; unreadable images are collected and reported together at the end, after the
+readable ones have been written. torch and the model code are imported only once the folders have
+been checked, so a wrong folder or an existing output is reported at once.
+"""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import hydra
+import rich
+from omegaconf import DictConfig, OmegaConf
+
+from segloss.errors import ConfigError, DatasetFormatError
+from segloss.utils.config import CONFIG_DIR, report_user_errors, set_environment
+from segloss.utils.rich_output import config_tree
+
+if TYPE_CHECKING:
+    import numpy as np
+    import torch
+    from PIL import Image
+
+set_environment()
+
+IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp")
+OVERLAY_SUFFIX = "_overlay"
+
+
+class UnreadableImagesError(DatasetFormatError):
+    """Some input images could not be read; the others were labelled (``written``: their mask files;
+    ``failed``: the unreadable images)."""
+
+    def __init__(self, failures: dict[Path, str], written: list[Path], output_dir: Path) -> None:
+        lines = "\n".join(f"  - {reason}" for reason in failures.values())
+        super().__init__(
+            f"{len(failures)} image(s) could not be read and were not labelled "
+            f"({len(written)} prediction(s) written to {output_dir}):\n{lines}"
+        )
+        self.failed, self.written = list(failures), written
+
+
+def find_images(input_dir: Path) -> list[Path]:
+    """The images under ``input_dir`` (recursively, sorted by relative path)."""
+    accepted = " ".join(IMAGE_EXTENSIONS)
+    if not input_dir.is_dir():
+        raise ConfigError(f"input_dir={input_dir} is not a folder; give a folder of images ({accepted})")
+    images = sorted(
+        (p for p in input_dir.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS),
+        key=lambda p: p.relative_to(input_dir).as_posix(),
+    )
+    if not images:
+        raise ConfigError(f"input_dir={input_dir} holds no images (searched recursively for {accepted})")
+    return images
+
+
+def plan_outputs(images: list[Path], input_dir: Path, output_dir: Path, overlay: bool, overwrite: bool) -> dict:
+    """``{image: (mask path, overlay path or None)}``; refuses collisions and, unless ``overwrite``,
+    files that already exist, before anything is written."""
+    plan, sources = {}, {}
+    for image in images:
+        mask = (output_dir / image.relative_to(input_dir)).with_suffix(".png")
+        extra = mask.with_name(f"{mask.stem}{OVERLAY_SUFFIX}.png") if overlay else None
+        for target in (mask, extra):
+            if target is None:
+                continue
+            if target in sources:
+                raise ConfigError(f"{sources[target]} and {image} would both be written to {target}; rename one")
+            sources[target] = image
+        plan[image] = (mask, extra)
+    existing = [target for target in sources if target.exists()]
+    if existing and not overwrite:
+        raise ConfigError(
+            f"{existing[0]} already exists ({len(existing)} of the {len(sources)} output files do); "
+            "choose another output_dir or pass overwrite=true"
+        )
+    return plan
+
+
+def class_palette(cfg: DictConfig) -> list:
+    """The dataset class's ``PALETTE`` (class attribute) if it has one per class, else a default palette."""
+    from segloss.utils.visualize import default_palette
+
+    num_classes = int(cfg.data.num_classes)
+    target = OmegaConf.select(cfg, "data.dataset._target_")
+    palette = None
+    if target:
+        try:
+            palette = getattr(hydra.utils.get_class(target), "PALETTE", None)
+        except (ImportError, ValueError):
+            palette = None
+    if palette is None or len(palette) < num_classes:
+        palette = default_palette(num_classes)
+    return [tuple(int(v) for v in colour) for colour in palette]
+
+
+def without_named_class_weights(cfg: DictConfig) -> DictConfig:
+    """Copy of ``cfg`` whose loss names no class-weight method (``weight: median_frequency``): the loss
+    plays no part in prediction and counting the weights would need the training labels."""
+    cfg = copy.deepcopy(cfg)
+    nodes = [cfg.loss]
+    while nodes:
+        node = nodes.pop()
+        nodes.extend(value for value in node.values() if isinstance(value, DictConfig))
+        for key in ("weight", "alpha"):
+            if isinstance(node.get(key), str):
+                node[key] = None
+    return cfg
+
+
+def choose_device(name: str) -> torch.device:
+    import torch
+
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name not in ("cpu", "cuda"):
+        raise ConfigError(f"device={name!r}: choose auto, cpu or cuda")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise ConfigError("device=cuda but no CUDA device is available; use device=cpu or device=auto")
+    return torch.device(name)
+
+
+def overlay_image(image: torch.Tensor, indices: np.ndarray, lut: np.ndarray) -> Image.Image:
+    """``round((image + colour) / 2)`` per channel (halves rounded up): the image blended 50 % with the classes."""
+    import numpy as np
+    from PIL import Image
+
+    rgb = image.permute(1, 2, 0).numpy().astype(np.uint16)
+    return Image.fromarray(((rgb + lut[indices] + 1) // 2).astype(np.uint8))
+
+
+def predict_indices(module, transform, image: torch.Tensor, device: torch.device) -> np.ndarray:
+    """Class indices H×W (uint8) of one uint8 3×H×W image."""
+    import torch
+
+    height, width = image.shape[-2:]
+    mask = torch.zeros((height, width), dtype=torch.int64)  # the joint transform wants one; unused
+    normalised = transform({"image": image, "mask": mask, "name": ""})["image"]
+    with torch.no_grad():
+        logits = module.inference(module, normalised.unsqueeze(0).to(device))
+    if logits.shape[-2:] != (height, width):
+        raise ConfigError(
+            f"data.eval_transform changed the image size ({height}×{width} → {tuple(logits.shape[-2:])}); "
+            "prediction needs a normalising-only eval transform"
+        )
+    return logits.argmax(1)[0].to(torch.uint8).cpu().numpy()
+
+
+def predict(cfg: DictConfig) -> dict:
+    """Label every image of ``cfg.input_dir`` into ``cfg.output_dir``.
+
+    Returns ``{"written": mask files, "overlays": overlay files, "failed": []}`` (one mask per image).
+    Raises :class:`UnreadableImagesError` at the end, naming each unreadable image, when some could not
+    be read (the readable ones are written first).
+    """
+    for key in ("ckpt_path", "input_dir", "output_dir"):
+        if not cfg.get(key):
+            raise ConfigError(f"no {key} given: run `make predict CKPT=file.ckpt INPUT=folder OUTPUT=folder`")
+    if cfg.get("print_config", False):
+        rich.print(config_tree(cfg))
+    input_dir = Path(cfg.input_dir).expanduser().resolve()
+    output_dir = Path(cfg.output_dir).expanduser().resolve()
+    if output_dir == input_dir or input_dir in output_dir.parents:
+        raise ConfigError(f"output_dir={output_dir} is inside input_dir={input_dir}; choose a folder outside it")
+    images = find_images(input_dir)
+    plan = plan_outputs(images, input_dir, output_dir, bool(cfg.get("overlay")), bool(cfg.get("overwrite")))
+    if int(cfg.data.num_classes) > 256:
+        raise ConfigError(f"data.num_classes={cfg.data.num_classes}: palette PNGs hold at most 256 classes")
+    return label_images(cfg, plan, output_dir)
+
+
+def label_images(cfg: DictConfig, plan: dict, output_dir: Path) -> dict:
+    """Build the net, load the checkpoint and write the files of ``plan`` (see :func:`predict`)."""
+    from rich.progress import track
+
+    from segloss.data.image_io import read_image
+    from segloss.eval import load_weights
+    from segloss.train import build_module
+    from segloss.utils.visualize import palette_lut, save_palette_png
+
+    device = choose_device(str(cfg.get("device", "auto")))
+    module = build_module(without_named_class_weights(cfg), with_optimizer=False)
+    load_weights(module, cfg.ckpt_path)
+    module.to(device).eval()
+    transform = hydra.utils.instantiate(cfg.data.get("eval_transform"))
+    if transform is None:
+        raise ConfigError("data.eval_transform is not set: prediction normalises images as evaluation does")
+    palette = class_palette(cfg)
+    lut = palette_lut(palette)
+
+    written, overlays, failures = [], [], {}
+    for path in track(list(plan), description="predicting", transient=True):
+        try:
+            image = read_image(path)
+        except DatasetFormatError as err:
+            failures[path] = str(err)  # names the file and the decoder's complaint
+            continue
+        indices = predict_indices(module, transform, image, device)
+        mask_path, overlay_path = plan[path]
+        save_palette_png(indices, palette, mask_path)
+        written.append(mask_path)
+        if overlay_path is not None:
+            overlay_image(image, indices, lut).save(overlay_path)
+            overlays.append(overlay_path)
+
+    rich.print(
+        f"[bold]predict[/]: {len(written)} of {len(plan)} images labelled ({module.inference}, {device}) → "
+        f"{output_dir}" + (f" (with {len(overlays)} overlays)" if overlays else "")
+    )
+    if failures:
+        raise UnreadableImagesError(failures, written, output_dir)
+    return {"written": written, "overlays": overlays, "failed": []}
+
+
+@hydra.main(version_base="1.3", config_path=str(CONFIG_DIR), config_name="predict")
+def main(cfg: DictConfig) -> None:
+    with report_user_errors():
+        predict(cfg)
+
+
+if __name__ == "__main__":
+    main()
