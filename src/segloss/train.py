@@ -16,7 +16,8 @@ import lightning.pytorch as L
 import torch
 from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
-from omegaconf import DictConfig, OmegaConf
+from lightning.pytorch.utilities import rank_zero_only
+from omegaconf import DictConfig, OmegaConf, open_dict
 
 from segloss.data.label_stats import cached_label_counts
 from segloss.errors import ConfigError
@@ -31,6 +32,15 @@ from segloss.utils.config import (
     set_environment,
 )
 from segloss.utils.rich_output import config_tree, print_results
+from segloss.utils.wandb_media import (
+    find_wandb_logger,
+    is_wandb_target,
+    loss_family,
+    read_run_id,
+    resume_run_dirs,
+    warn_missing_run_id,
+    write_run_id,
+)
 
 set_environment()
 
@@ -95,6 +105,42 @@ def check_output_dir(output_dir: Path, resuming: bool) -> None:
         )
 
 
+def add_loss_family_tag(cfg: DictConfig) -> None:
+    """Append the family of the loss preset (``HydraConfig…choices.loss``; see
+    :func:`segloss.utils.wandb_media.loss_family`) to ``cfg.tags``, which experiments may replace."""
+    choice = HydraConfig.get().runtime.choices.get("loss") if HydraConfig.initialized() else None
+    family = loss_family(choice)
+    with open_dict(cfg):
+        tags = list(cfg.get("tags") or [])
+        cfg.tags = tags if family in tags else [*tags, family]
+
+
+def resume_wandb_run(cfg: DictConfig, output_dir: Path) -> None:
+    """With ``ckpt_path`` set, point the WandbLogger config at the W&B run of the checkpoint's run
+    directory (its ``wandb_run_id.txt``): ``id=<that id>, resume=allow`` — the resumed training logs to
+    the same W&B run. An ``id`` given in the logger config wins."""
+    entries = [c for c in (cfg.get("logger") or {}).values() if isinstance(c, DictConfig)]
+    entries = [c for c in entries if is_wandb_target(c.get("_target_"))]
+    if not cfg.get("ckpt_path") or not entries:
+        return
+    run_id = read_run_id(resume_run_dirs(str(cfg.ckpt_path), output_dir))
+    if run_id is None:
+        warn_missing_run_id(str(cfg.ckpt_path))
+        return
+    with open_dict(cfg):
+        for entry in entries:
+            entry.id = entry.get("id") or run_id
+            entry.resume = "allow"
+
+
+@rank_zero_only
+def save_wandb_run_id(loggers: list, output_dir: Path) -> None:
+    """``<run dir>/wandb_run_id.txt``: the W&B run id, read back by :func:`resume_wandb_run`."""
+    logger = find_wandb_logger(loggers)
+    if logger is not None:
+        write_run_id(logger, output_dir)
+
+
 def finish_wandb() -> None:
     """Close the W&B run (Lightning leaves it open), so a later run in this process gets its own."""
     wandb = sys.modules.get("wandb")
@@ -106,6 +152,8 @@ def train(cfg: DictConfig) -> dict:
     """Run one training described by ``cfg``; returns the best validation results and checkpoint path."""
     output_dir = Path(cfg.paths.output_dir)
     check_output_dir(output_dir, resuming=cfg.get("ckpt_path") is not None)
+    add_loss_family_tag(cfg)
+    resume_wandb_run(cfg, output_dir)
     if cfg.get("print_config", True):
         import rich
 
@@ -123,6 +171,7 @@ def train(cfg: DictConfig) -> dict:
     )
     for logger in loggers:
         logger.log_hyperparams(OmegaConf.to_container(cfg, resolve=True))
+    save_wandb_run_id(loggers, output_dir)
 
     try:
         trainer.fit(module, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"))

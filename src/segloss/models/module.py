@@ -19,10 +19,13 @@ class SegmentationModule(L.LightningModule):
     """Train/evaluate ``net`` (images → logits N×C×H×W) with ``loss`` (logits, mask → scalar).
 
     Logs ``train/loss`` (and ``train/loss/<term>`` for a :class:`CompoundLoss`), ``val/loss``,
-    ``val/mIoU``, ``val/mDice``, ``val/acc``, ``val/IoU/<class>`` and
+    ``val/mIoU``, ``val/mDice``, ``val/acc``, ``val/IoU/<class>``, ``val/Dice/<class>`` and
     ``val/mIoU_best`` (``test/…`` likewise). mIoU is the nan-mean of the per-class IoU accumulated over
     the whole split, over the classes that occur in its ground truth or predictions (the official
     Cityscapes convention; see :mod:`segloss.metrics`). Each stage has its own metric objects.
+    ``last_results[stage]`` holds the epoch's results plus ``"confmat"``, the split's confusion matrix
+    (rows: ground truth, columns: prediction; summed over ranks). The best val mIoU and its results are
+    kept in checkpoints, so a resumed training goes on with them.
 
     Batches whose items carry a ``"case"`` (2D slices of 3D volumes, e.g. the MSD loader) are also
     scored per case: the slices of a case are stacked back and ``val/case_mDice`` and
@@ -78,6 +81,7 @@ class SegmentationModule(L.LightningModule):
         self.inference = inference if isinstance(inference, Inference) else Inference(**(inference or {}))
         self.val_miou_best = MaxMetric()
         self.best_results: dict[str, Tensor] | None = None  # per-class results of the best val epoch
+        self._resumed_best: dict | None = None  # the best of the checkpoint a training resumes from
         self.last_results: dict[str, dict[str, Tensor]] = {}
 
     def stage_metrics(self, stage: str) -> SegmentationMetrics:
@@ -129,14 +133,18 @@ class SegmentationModule(L.LightningModule):
         return self._eval_step("test", batch)
 
     def _log_epoch(self, stage: str) -> dict[str, Tensor]:
-        results = self.stage_metrics(stage).compute()
-        self.stage_metrics(stage).reset()
+        metrics = self.stage_metrics(stage)
+        results = metrics.compute()
+        with metrics.iou.sync_context():  # the confusion matrix summed over ranks (no-op on one process)
+            results["confmat"] = metrics.iou.confmat.clone()
+        metrics.reset()
         self.log(f"{stage}/mIoU", results["mIoU"], prog_bar=stage != "train")
         self.log(f"{stage}/mDice", results["mDice"])
         self.log(f"{stage}/acc", results["acc"])
         if stage != "train":
-            for name, value in zip(self.class_names, results["IoU"]):
-                self.log(f"{stage}/IoU/{name}", value)
+            for name, iou, dice in zip(self.class_names, results["IoU"], results["Dice"]):
+                self.log(f"{stage}/IoU/{name}", iou)
+                self.log(f"{stage}/Dice/{name}", dice)
             case_metric = getattr(self, f"{stage}_case")
             if case_metric.update_called:
                 case = case_metric.compute()
@@ -149,10 +157,21 @@ class SegmentationModule(L.LightningModule):
         return results
 
     def on_train_start(self) -> None:
-        # The sanity-check validation must not count towards the best score.
+        # The sanity-check validation must not count towards the best score; a resumed training
+        # starts from the best of its checkpoint.
         self.val_metrics.reset()
         self.val_miou_best.reset()
         self.best_results = None
+        if self._resumed_best is not None:
+            self.val_miou_best.update(torch.tensor(self._resumed_best["mIoU"]))
+            self.best_results = self._resumed_best.get("results")
+
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        if self.val_miou_best.update_called:  # the same on every rank: the results are synced
+            checkpoint["val_best"] = {"mIoU": float(self.val_miou_best.max_value), "results": self.best_results}
+
+    def on_load_checkpoint(self, checkpoint: dict) -> None:
+        self._resumed_best = checkpoint.get("val_best")
 
     def on_train_epoch_end(self) -> None:
         self._log_epoch("train")
