@@ -46,8 +46,8 @@ def sweep(tmp_path):
     root = tmp_path / "sweep"
     write_run(root, 0, "ce", 0, [0.2, 0.5, 0.4], {"road": 0.9, "car": 0.1})
     write_run(root, 1, "ce", 1, [0.3, 0.6], {"road": 0.8, "car": 0.4})
-    write_run(root, 2, "dice", 0, [0.1, 0.55], {"road": 0.7, "car": 0.5})
-    failed = write_run(root, 3, "dice", 1, [0.9], {"road": 1.0, "car": 1.0})
+    write_run(root, 10, "dice", 0, [0.1, 0.55], {"road": 0.7, "car": 0.5})
+    failed = write_run(root, 12, "dice", 1, [0.9], {"road": 1.0, "car": 1.0})
     (failed / "FAILED").write_text("Traceback …")
     return root
 
@@ -55,7 +55,8 @@ def sweep(tmp_path):
 def test_mean_std_over_seeds_at_each_runs_best_epoch(sweep):
     runs, skipped = load_runs(sweep)
     assert sorted((r.loss, r.seed, r.best_epoch) for r in runs) == [("ce", 0, 1), ("ce", 1, 1), ("dice", 0, 1)]
-    assert skipped == [str(sweep / "3_dice-unet-synthetic_city-s1")]
+    assert skipped == [str(sweep / "12_dice-unet-synthetic_city-s1")]
+    assert [r.loss for r in runs] == ["ce", "ce", "dice"]  # launch order: job 10 after job 1
     summary = summarise(runs)
     assert summary["columns"] == ["mIoU", "road", "car"]  # wall: no IoU anywhere → dropped
     assert summary["seeds"] == {"ce": 2, "dice": 1}

@@ -90,7 +90,7 @@ def load_runs(directory: str | Path) -> tuple[list[Run], list[str]]:
     if not directory.is_dir():
         raise ConfigError(f"sweep directory {directory} does not exist; give DIR=logs/train/multiruns/<sweep>")
     runs, skipped = [], []
-    for metrics in sorted(directory.rglob("csv/metrics.csv")):
+    for metrics in sorted(directory.rglob("csv/metrics.csv"), key=_job_order):
         run = read_run(metrics.parent.parent)
         (runs.append(run) if run is not None else skipped.append(str(metrics.parent.parent)))
     skipped += [str(p.parent) for p in sorted(directory.rglob("FAILED")) if str(p.parent) not in skipped]
@@ -100,6 +100,12 @@ def load_runs(directory: str | Path) -> tuple[list[Run], list[str]]:
             "(made by `make sweep`; the csv logger must be on)"
         )
     return runs, skipped
+
+
+def _job_order(metrics: Path) -> tuple[int, str]:
+    """Jobs in launch order: Hydra names them ``<job number>_<run name>``."""
+    prefix = metrics.parent.parent.name.split("_", 1)[0]
+    return (int(prefix) if prefix.isdigit() else 1 << 30, str(metrics))
 
 
 def _mean_std(values: list[float]) -> tuple[float, float]:
