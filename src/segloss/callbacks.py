@@ -71,12 +71,12 @@ class PredictionWriter(L.Callback):
         dataset = trainer.datamodule.datasets.get(stage) if trainer.datamodule is not None else None
         preds = outputs["preds"].cpu().numpy()
         sizes = batch.get("size")
+        save = getattr(dataset, "save_prediction", None)
         for i, name in enumerate(batch["name"]):
             pred = preds[i]
             if sizes is not None:
                 height, width = (int(v) for v in sizes[i])
                 pred = pred[:height, :width]
-            save = getattr(dataset, "save_prediction", None)
             if save is not None:
                 save(pred, self.dirpath, name)
             else:

@@ -23,8 +23,8 @@ class SegmentationModule(L.LightningModule):
     ``val/mIoU_best`` (``test/…`` likewise). mIoU is the nan-mean of the per-class IoU accumulated over
     the whole split, over the classes that occur in its ground truth or predictions (the official
     Cityscapes convention; see :mod:`segloss.metrics`). Each stage has its own metric objects.
-    ``last_results[stage]`` holds the epoch's results plus ``"confmat"``, the split's confusion matrix
-    (rows: ground truth, columns: prediction; summed over ranks). The best val mIoU and its results are
+    ``last_results[stage]`` holds the epoch's results; for val/test also ``"confmat"``, the split's
+    confusion matrix (rows: ground truth, columns: prediction; summed over ranks). The best val mIoU and its results are
     kept in checkpoints, so a resumed training goes on with them.
 
     Batches whose items carry a ``"case"`` (2D slices of 3D volumes, e.g. the MSD loader) are also
@@ -135,8 +135,9 @@ class SegmentationModule(L.LightningModule):
     def _log_epoch(self, stage: str) -> dict[str, Tensor]:
         metrics = self.stage_metrics(stage)
         results = metrics.compute()
-        with metrics.iou.sync_context():  # the confusion matrix summed over ranks (no-op on one process)
-            results["confmat"] = metrics.iou.confmat.clone()
+        if stage != "train":  # one more all-reduce, only where the confusion matrix is reported
+            with metrics.iou.sync_context():  # summed over ranks (no-op on one process)
+                results["confmat"] = metrics.iou.confmat.clone()
         metrics.reset()
         self.log(f"{stage}/mIoU", results["mIoU"], prog_bar=stage != "train")
         self.log(f"{stage}/mDice", results["mDice"])
