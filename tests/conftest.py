@@ -81,3 +81,31 @@ def cityscapes_tree(tmp_path):
     root = tmp_path / "cityscapes"
     labels = write_cityscapes_tree(root, {"train": {"aachen": 2, "bochum": 2}, "val": {"frankfurt": 2, "lindau": 1}})
     return root, labels
+
+
+# The tiny training of TINY_SYNTHETIC as a quiet command line run (CSV logs only).
+QUIET_RUN = [
+    "logger=csv", "print_config=false", "callbacks.rich_progress_bar=null", "callbacks.rich_model_summary=null",
+]  # fmt: skip
+
+
+def run_cli(module: str, overrides: list[str], timeout: int = 300, check: bool = True):
+    """``python -m segloss.<module> overrides…`` in a subprocess (the tests package importable)."""
+    import os
+    import subprocess
+    import sys
+
+    root = Path(__file__).resolve().parents[1]
+    env = {k: v for k, v in os.environ.items() if k != "SEGLOSS_TRACEBACK"}
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(root), env.get("PYTHONPATH")]))
+    proc = subprocess.run(
+        [sys.executable, "-m", f"segloss.{module}", *overrides],
+        capture_output=True, text=True, env=env, timeout=timeout,
+    )  # fmt: skip
+    if check and proc.returncode != 0:
+        raise AssertionError(f"segloss.{module} exited {proc.returncode}:\n{proc.stderr[-3000:]}")
+    return proc
+
+
+def load_ckpt(path: Path) -> dict:
+    return torch.load(path, map_location="cpu", weights_only=True)

@@ -24,6 +24,7 @@ from segloss.errors import ConfigError
 from segloss.losses import class_weights
 from segloss.losses.class_weights import METHODS
 from segloss.models.module import SegmentationModule
+from segloss.utils.cluster import check_launch, cluster_plugins, launch_rank
 from segloss.utils.config import (
     CONFIG_DIR,
     instantiate_group,
@@ -31,6 +32,7 @@ from segloss.utils.config import (
     save_resolved_config,
     set_environment,
 )
+from segloss.utils.resume import resolve_resume, rewind_csv_logs, step_checkpoint
 from segloss.utils.rich_output import config_tree, print_results
 from segloss.utils.wandb_media import (
     find_wandb_logger,
@@ -149,16 +151,21 @@ def finish_wandb() -> None:
 
 
 def train(cfg: DictConfig) -> dict:
-    """Run one training described by ``cfg``; returns the best validation results and checkpoint path."""
+    """Run one training described by ``cfg``; returns the best validation results and checkpoint path.
+
+    Every process of a multi-process run executes this; only rank 0 prints and writes the run
+    directory (config, checkpoints, W&B run, tables), which all ranks share.
+    """
+    rank_zero_only.rank = launch_rank()  # known from the launcher's variables before the Trainer exists
     output_dir = Path(cfg.paths.output_dir)
-    check_output_dir(output_dir, resuming=cfg.get("ckpt_path") is not None)
+    runs_dir = Path(cfg.paths.log_dir) / cfg.task_name / "runs"
+    ckpt_path = resolve_resume(cfg.get("resume"), cfg.get("ckpt_path"), output_dir, runs_dir, cfg.run_name)
+    with open_dict(cfg):
+        cfg.ckpt_path = ckpt_path
+    check_output_dir(output_dir, resuming=ckpt_path is not None)
     add_loss_family_tag(cfg)
     resume_wandb_run(cfg, output_dir)
-    if cfg.get("print_config", True):
-        import rich
-
-        rich.print(config_tree(cfg))
-    save_resolved_config(cfg, output_dir)
+    show_and_save_config(cfg, output_dir)
     if cfg.get("seed") is not None:
         L.seed_everything(cfg.seed, workers=True)
 
@@ -166,24 +173,44 @@ def train(cfg: DictConfig) -> dict:
     datamodule.verify()  # a missing dataset stops here, before any model is built
     module = build_module(cfg, datamodule=datamodule)
     loggers = instantiate_group(cfg.get("logger"))
+    if ckpt_path is not None:
+        rewind_csv_logs(loggers, ckpt_path)
     trainer: L.Trainer = hydra.utils.instantiate(
-        cfg.trainer, callbacks=instantiate_group(cfg.get("callbacks")), logger=loggers
+        cfg.trainer,
+        callbacks=[*instantiate_group(cfg.get("callbacks")), *step_checkpoint(cfg, output_dir)],
+        logger=loggers,
+        plugins=cluster_plugins(cfg.get("cluster")) or None,
     )
+    multirun = HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN
+    check_launch(trainer, multirun)
+    datamodule.check_world_size(trainer.world_size)
     for logger in loggers:
         logger.log_hyperparams(OmegaConf.to_container(cfg, resolve=True))
     save_wandb_run_id(loggers, output_dir)
 
     try:
-        trainer.fit(module, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"))
+        trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path)
     finally:
         finish_wandb()
 
     best = module.best_results or module.last_results.get("val")
     checkpoint = trainer.checkpoint_callback
     best_path = checkpoint.best_model_path if checkpoint is not None else ""
-    if best is not None:
+    if best is not None and trainer.is_global_zero:
         print_results(f"val — best epoch ({Path(best_path).name or 'no checkpoint'})", module.class_names, best)
     return {"results": best, "best_ckpt": best_path, "output_dir": str(output_dir), "trainer": trainer}
+
+
+@rank_zero_only
+def show_and_save_config(cfg: DictConfig, output_dir: Path) -> None:
+    """Print the config tree (``print_config``), say where a resume starts, write ``config.yaml``."""
+    if cfg.get("print_config", True):
+        import rich
+
+        rich.print(config_tree(cfg))
+    if cfg.get("ckpt_path"):
+        print(f"segloss: resuming from {cfg.ckpt_path}")
+    save_resolved_config(cfg, output_dir)
 
 
 def train_sweep_job(cfg: DictConfig) -> dict | None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
@@ -10,6 +11,7 @@ import torch
 from torch.nn import functional as F
 from torch.utils.data import DataLoader, Dataset, default_collate
 
+from segloss.data.sampling import ResumableLoader, SeededItems, ShardSampler
 from segloss.errors import ConfigError
 
 
@@ -51,7 +53,11 @@ class SegmentationDataModule(L.LightningDataModule):
         root: the dataset folder.
         num_classes, class_names, ignore_index: the label space (checked against the dataset class).
         train_transform / eval_transform: joint transforms (see :mod:`segloss.data.transforms`).
-        batch_size: batch size of the training loader; ``val_batch_size`` defaults to it.
+        batch_size: the **global** training batch: under DDP each of the ``W`` processes loads
+            ``batch_size / W`` items (a :class:`ConfigError` when ``W`` does not divide it), so a config
+            means the same optimisation on 1 or 8 devices. ``val_batch_size`` (global too) defaults to it.
+        seed: seeds the training order and each item's augmentation (:mod:`segloss.data.sampling`);
+            ``null`` takes the run's seed (``PL_GLOBAL_SEED``, set by ``seed_everything``).
         splits: names of the train, val and (optional) test splits on disk.
         generator: optional object with ``ensure(root)`` that creates a synthetic dataset when missing.
     """
@@ -72,6 +78,7 @@ class SegmentationDataModule(L.LightningDataModule):
         persistent_workers: bool = False,
         splits: dict[str, str | None] | None = None,
         generator=None,
+        seed: int | None = None,
     ) -> None:
         super().__init__()
         if len(class_names) != num_classes:
@@ -95,6 +102,11 @@ class SegmentationDataModule(L.LightningDataModule):
         }
         self.splits = {"train": "train", "val": "val", "test": None, **(splits or {})}
         self.datasets: dict[str, Dataset] = {}
+        self.seed = seed
+        self._train_loader: ResumableLoader | None = None
+        self._loader_state: dict | None = None  # position restored from a checkpoint, applied once
+        # Evaluation shards are not padded, so a rank may get no batch when there are more ranks than images.
+        self.allow_zero_length_dataloader_with_multiple_devices = True
 
     def prepare_data(self) -> None:
         if self.generator is not None:
@@ -129,21 +141,70 @@ class SegmentationDataModule(L.LightningDataModule):
                 )
             self._build("test", self.eval_transform)
 
-    def _loader(self, stage: str, batch_size: int, shuffle: bool) -> DataLoader:
-        return DataLoader(
-            self.datasets[stage],
+    def world(self) -> tuple[int, int]:
+        """``(world_size, global_rank)`` of the attached trainer; ``(1, 0)`` without one."""
+        trainer = self.trainer
+        return (trainer.world_size, trainer.global_rank) if trainer is not None else (1, 0)
+
+    def per_device(self, global_batch: int, world_size: int, name: str = "data.batch_size") -> int:
+        """``global_batch / world_size``, or a :class:`ConfigError` when it does not divide."""
+        if global_batch < 1 or global_batch % world_size:
+            raise ConfigError(
+                f"{name}={global_batch} is the global batch and must be a positive multiple of the "
+                f"{world_size} processes (trainer.devices × trainer.num_nodes); e.g. {name}="
+                f"{max(1, round(global_batch / world_size)) * world_size}"
+            )
+        return global_batch // world_size
+
+    def check_world_size(self, world_size: int, train: bool = True) -> None:
+        """Fail before any process starts when the global batch sizes (the training one only with
+        ``train``) do not split over ``world_size``."""
+        if train:
+            self.per_device(self.batch_size, world_size)
+        self.per_device(self.val_batch_size, world_size, "data.val_batch_size")
+
+    def _seed(self) -> int:
+        if self.seed is not None:
+            return int(self.seed)
+        return int(os.environ.get("PL_GLOBAL_SEED", 0))
+
+    def _loader(self, stage: str, global_batch: int, train: bool) -> DataLoader:
+        world_size, rank = self.world()
+        name = "data.batch_size" if train else "data.val_batch_size"
+        batch_size = self.per_device(global_batch, world_size, name)
+        dataset = self.datasets[stage]
+        shard = {"shuffle": True, "seed": self._seed(), "global_batch": global_batch} if train else {}
+        sampler = ShardSampler(len(dataset), world_size, rank, **shard)
+        loader = ResumableLoader if train else DataLoader
+        return loader(
+            SeededItems(dataset) if train else dataset,
             batch_size=batch_size,
-            shuffle=shuffle,
-            drop_last=shuffle,
+            sampler=sampler,
+            drop_last=train,
             collate_fn=PadCollate(self.ignore_index),
             **self.loader_kwargs,
         )
 
     def train_dataloader(self) -> DataLoader:
-        return self._loader("train", self.batch_size, shuffle=True)
+        loader = self._loader("train", self.batch_size, train=True)
+        if self._loader_state is not None:
+            loader.load_state_dict(self._loader_state)
+            self._loader_state = None
+        self._train_loader = loader
+        return loader
+
+    def state_dict(self) -> dict:
+        """The training loader's position (epoch, batches handed out), saved in every checkpoint."""
+        return {"train_loader": self._train_loader.state_dict()} if self._train_loader is not None else {}
+
+    def load_state_dict(self, state: dict) -> None:
+        """Resume: the next training loader starts where the checkpoint's left off. (Lightning restores
+        the DataModule before it first asks for the loader — unlike its own loader-state path, which
+        ``estimated_stepping_batches`` makes run too late.)"""
+        self._loader_state = state.get("train_loader")
 
     def val_dataloader(self) -> DataLoader:
-        return self._loader("val", self.val_batch_size, shuffle=False)
+        return self._loader("val", self.val_batch_size, train=False)
 
     def test_dataloader(self) -> DataLoader:
-        return self._loader("test", self.val_batch_size, shuffle=False)
+        return self._loader("test", self.val_batch_size, train=False)

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable, Sequence
+from functools import partial
 
 import lightning.pytorch as L
 import torch
@@ -10,6 +12,7 @@ from torch import Tensor, nn
 from torchmetrics import MaxMetric
 
 from segloss.case_metrics import CaseDice
+from segloss.data.sampling import mix_seed
 from segloss.losses import CompoundLoss
 from segloss.metrics import SegmentationMetrics
 from segloss.models.inference import Inference
@@ -31,6 +34,10 @@ class SegmentationModule(L.LightningModule):
     scored per case: the slices of a case are stacked back and ``val/case_mDice`` and
     ``val/case_Dice/<class>`` are the per-case volume Dice averaged over cases
     (:class:`segloss.case_metrics.CaseDice`).
+
+    Under DDP the val/test metrics are exact: each image is scored once (un-padded shards, see
+    :class:`segloss.data.sampling.ShardSampler`), metric states are summed over ranks at compute, and
+    ``val/loss`` is the batch-size-weighted mean over all ranks' batches. ``train/loss`` is rank 0's.
 
     Validation and test predictions come from ``inference`` (whole image or sliding window, see
     :mod:`segloss.models.inference`); ``validation_step``/``test_step`` return ``{"preds": N×H×W}`` for
@@ -102,6 +109,8 @@ class SegmentationModule(L.LightningModule):
 
     def _log_losses(self, stage: str, loss: Tensor, terms: dict[str, Tensor], batch_size: int) -> None:
         on_step = stage == "train"
+        # Evaluation losses are averaged over ranks at epoch end. The training loss is not: a per-step
+        # all-reduce costs time, and the progress bar (rank 0 only) would wait on it alone.
         opts = {"on_epoch": True, "sync_dist": not on_step, "batch_size": batch_size}
         self.log(f"{stage}/loss", loss, on_step=on_step, prog_bar=True, **opts)
         for name, value in terms.items():
@@ -139,23 +148,50 @@ class SegmentationModule(L.LightningModule):
             with metrics.iou.sync_context():  # summed over ranks (no-op on one process)
                 results["confmat"] = metrics.iou.confmat.clone()
         metrics.reset()
-        self.log(f"{stage}/mIoU", results["mIoU"], prog_bar=stage != "train")
-        self.log(f"{stage}/mDice", results["mDice"])
-        self.log(f"{stage}/acc", results["acc"])
+        # The values are already the same on every rank (metric states summed at compute);
+        # sync_dist averages identical numbers, which is exact, and keeps Lightning from warning.
+        log = partial(self.log, sync_dist=True)
+        log(f"{stage}/mIoU", results["mIoU"], prog_bar=stage != "train")
+        log(f"{stage}/mDice", results["mDice"])
+        log(f"{stage}/acc", results["acc"])
         if stage != "train":
             for name, iou, dice in zip(self.class_names, results["IoU"], results["Dice"]):
-                self.log(f"{stage}/IoU/{name}", iou)
-                self.log(f"{stage}/Dice/{name}", dice)
+                log(f"{stage}/IoU/{name}", iou)
+                log(f"{stage}/Dice/{name}", dice)
             case_metric = getattr(self, f"{stage}_case")
             if case_metric.update_called:
                 case = case_metric.compute()
                 case_metric.reset()
                 results = {**results, "case_Dice": case["Dice"], "case_mDice": case["mDice"]}
-                self.log(f"{stage}/case_mDice", case["mDice"], prog_bar=True)
+                log(f"{stage}/case_mDice", case["mDice"], prog_bar=True)
                 for name, value in zip(self.class_names, case["Dice"]):
-                    self.log(f"{stage}/case_Dice/{name}", value)
+                    log(f"{stage}/case_Dice/{name}", value)
         self.last_results[stage] = results
         return results
+
+    def on_train_batch_start(self, batch: dict, batch_idx: int) -> None:
+        """In a seeded run, reseed torch's global RNG (dropout, …) from (seed, batch count, rank):
+        the randomness of step ``k`` does not depend on what ran before it, so a resumed training
+        draws the same numbers as an uninterrupted one. (Data augmentation is seeded per item by
+        :mod:`segloss.data.sampling`.)"""
+        seed = os.environ.get("PL_GLOBAL_SEED")
+        if seed is not None:
+            batches = self.trainer.fit_loop.epoch_loop.batch_progress.total.ready
+            torch.manual_seed(mix_seed(int(seed), batches, self.global_rank))
+
+    def _share_rank_zero_buffers(self) -> None:
+        """Evaluate every rank with rank 0's buffers (BatchNorm running statistics) — the ones saved in
+        the checkpoint — so that a DDP validation equals a one-process evaluation of that checkpoint.
+        One broadcast per buffer per validation, instead of DDP's broadcast at every forward."""
+        if self.trainer.world_size > 1 and torch.distributed.is_initialized():
+            for buffer in self.buffers():
+                torch.distributed.broadcast(buffer, src=0)
+
+    def on_validation_epoch_start(self) -> None:
+        self._share_rank_zero_buffers()
+
+    def on_test_epoch_start(self) -> None:
+        self._share_rank_zero_buffers()
 
     def on_train_start(self) -> None:
         # The sanity-check validation must not count towards the best score; a resumed training
@@ -185,7 +221,7 @@ class SegmentationModule(L.LightningModule):
         self.val_miou_best.update(results["mIoU"])
         if previous is None or results["mIoU"] > previous:
             self.best_results = {k: v.detach().cpu() for k, v in results.items()}
-        self.log("val/mIoU_best", self.val_miou_best.compute(), prog_bar=True)
+        self.log("val/mIoU_best", self.val_miou_best.compute(), prog_bar=True, sync_dist=True)
 
     def on_test_epoch_end(self) -> None:
         self._log_epoch("test")

@@ -1,0 +1,20 @@
+"""Callbacks that the fault tests put into real training processes (``+callbacks.kill=…``)."""
+
+from __future__ import annotations
+
+import os
+import signal
+
+import lightning.pytorch as L
+
+
+class KillAtStep(L.Callback):
+    """SIGKILL this process when the training reaches optimizer step ``step`` (before that step's batch):
+    nothing is flushed or cleaned up, as when a node dies or the scheduler kills a job."""
+
+    def __init__(self, step: int) -> None:
+        self.step = step
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
+        if trainer.global_step == self.step:
+            os.kill(os.getpid(), signal.SIGKILL)

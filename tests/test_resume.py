@@ -1,0 +1,97 @@
+"""Reproducibility: bit-for-bit repeatable CPU runs, exact resume after SIGKILL, resume=auto."""
+
+from __future__ import annotations
+
+import csv
+import os
+import signal
+import time
+
+import pytest
+import torch
+
+from segloss.errors import ConfigError
+from segloss.utils.resume import find_resume_checkpoint, resolve_resume
+from tests.conftest import QUIET_RUN, TINY_SYNTHETIC, load_ckpt, run_cli
+
+KILL = "+callbacks.kill._target_=tests.fault_callbacks.KillAtStep"
+
+
+@pytest.fixture(scope="module")
+def base(tmp_path_factory):
+    data = tmp_path_factory.mktemp("data")
+    return [*TINY_SYNTHETIC, *QUIET_RUN, f"paths.data_dir={data}", "trainer.max_epochs=3", "save_every_n_steps=6"]
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(base, tmp_path_factory):
+    run = tmp_path_factory.mktemp("uninterrupted")
+    run_cli("train", [*base, f"hydra.run.dir={run}"])
+    return run
+
+
+def _same_weights(a: dict, b: dict) -> list[str]:
+    return [k for k in a["state_dict"] if not torch.equal(a["state_dict"][k], b["state_dict"][k])]
+
+
+def _metrics(run):
+    with open(run / "csv" / "metrics.csv", newline="") as f:
+        return [{k: v for k, v in row.items() if v != ""} for row in csv.DictReader(f)]
+
+
+def _validations(run) -> list[dict]:
+    return [{k: v for k, v in row.items() if k.startswith("val/")} for row in _metrics(run) if "val/mIoU" in row]
+
+
+@pytest.mark.slow
+def test_cpu_runs_are_bit_for_bit_repeatable_with_any_number_of_workers(base, uninterrupted, tmp_path):
+    run_cli("train", [*base, "data.num_workers=2", f"hydra.run.dir={tmp_path}"])
+    first, second = load_ckpt(uninterrupted / "checkpoints/last.ckpt"), load_ckpt(tmp_path / "checkpoints/last.ckpt")
+    assert first["global_step"] == second["global_step"] == 36
+    assert _same_weights(first, second) == []
+
+
+@pytest.mark.slow
+def test_sigkill_mid_epoch_and_at_an_epoch_end_then_resume_auto_is_exact(base, uninterrupted, tmp_path):
+    run = [f"hydra.run.dir={tmp_path}"]
+    # 12 steps per epoch; checkpoints every 6 steps. Killed in the middle of epoch 2 (step 18) …
+    proc = run_cli("train", [*base, *run, "data.num_workers=2", KILL, "+callbacks.kill.step=18"], check=False)
+    assert proc.returncode == -signal.SIGKILL
+    assert load_ckpt(tmp_path / "checkpoints/last.ckpt")["global_step"] == 18
+    # … resumed (a requeued job: same run directory) and killed again right after epoch 2's validation …
+    proc = run_cli("train", [*base, *run, "resume=auto", KILL, "+callbacks.kill.step=24"], check=False)
+    assert proc.returncode == -signal.SIGKILL and "resuming from" in proc.stdout
+    # … and resumed to the end.
+    run_cli("train", [*base, *run, "resume=auto"])
+    expected, got = load_ckpt(uninterrupted / "checkpoints/last.ckpt"), load_ckpt(tmp_path / "checkpoints/last.ckpt")
+    assert got["global_step"] == expected["global_step"] == 36
+    assert _same_weights(expected, got) == []
+    for key in ("optimizer_states", "lr_schedulers"):
+        assert str(got[key]) == str(expected[key])
+    assert got["val_best"]["mIoU"] == expected["val_best"]["mIoU"]
+    # Every validation of the uninterrupted run is in the resumed run's metrics.csv, with the same values.
+    val, got_val = _validations(uninterrupted), _validations(tmp_path)
+    assert len(val) == 3 and got_val == val
+
+
+def test_resume_auto_prefers_the_run_directory_then_the_latest_run_of_the_same_name(tmp_path):
+    runs = tmp_path / "runs"
+    old = runs / "2026-01-01_00-00-00_ce-unet-s1" / "checkpoints"
+    newer = runs / "2026-01-02_00-00-00_ce-unet-s1" / "checkpoints"
+    other = runs / "2026-01-03_00-00-00_dice-unet-s1" / "checkpoints"
+    for i, folder in enumerate((old, newer, other)):
+        folder.mkdir(parents=True)
+        (folder / "last.ckpt").write_bytes(b"x")
+        os.utime(folder / "last.ckpt", (time.time() + i, time.time() + i))
+    here = runs / "2026-01-04_00-00-00_ce-unet-s1"
+    assert find_resume_checkpoint(here, runs, "ce-unet-s1") == newer / "last.ckpt"
+    (here / "hpc_ckpt_1.ckpt").parent.mkdir(parents=True)
+    (here / "hpc_ckpt_1.ckpt").write_bytes(b"x")
+    assert find_resume_checkpoint(here, runs, "ce-unet-s1") == here / "hpc_ckpt_1.ckpt"
+    assert find_resume_checkpoint(tmp_path / "fresh", tmp_path / "none", "x") is None
+    assert resolve_resume("auto", None, tmp_path / "fresh", tmp_path / "none", "x") is None
+    assert resolve_resume(None, "a.ckpt", here, runs, "x") == "a.ckpt"
+    with pytest.raises(ConfigError, match="either resume=auto or ckpt_path"):
+        resolve_resume("auto", "a.ckpt", here, runs, "x")
+    with pytest.raises(ConfigError, match="resume='yes'"):
+        resolve_resume("yes", None, here, runs, "x")
