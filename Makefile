@@ -8,6 +8,8 @@ STAMP := $(VENV)/.installed
 DATA_DIR ?= $(if $(DATA_ROOT),$(DATA_ROOT),data)
 SYNTHETIC := $(DATA_DIR)/synthetic_city/synthetic_city.json
 EXP_ARG := $(if $(EXP),experiment=$(EXP))
+# LAUNCHER=slurm|local: run through hydra-submitit-launcher (configs/launcher/), i.e. as a multirun.
+LAUNCHER_ARG := $(if $(LAUNCHER),--multirun launcher=$(LAUNCHER))
 ifdef DATA_ROOT
 export DATA_ROOT
 endif
@@ -31,13 +33,13 @@ $(SYNTHETIC): | $(STAMP)
 
 data: $(SYNTHETIC) ## generate the embedded synthetic_city dataset (once)
 
-train: $(STAMP) $(SYNTHETIC) ## train: make train [EXP=focal_cityscapes] [ARGS="trainer.max_epochs=2"]
-	$(PY) -m segloss.train $(EXP_ARG) $(ARGS)
+train: $(STAMP) $(SYNTHETIC) ## train: make train [EXP=focal_cityscapes] [LAUNCHER=slurm] [ARGS="trainer.max_epochs=2"]
+	$(PY) -m segloss.train $(LAUNCHER_ARG) $(EXP_ARG) $(ARGS)
 
 LOSSES ?= ce,focal,dice_ce,lovasz
 SEEDS ?= 0,1,2
 sweep: $(STAMP) $(SYNTHETIC) ## losses × seeds multirun: make sweep [EXP=name] [LOSSES=ce,focal] [SEEDS=0,1,2] [ARGS=…]
-	$(PY) -m segloss.train --multirun $(EXP_ARG) loss=$(LOSSES) seed=$(SEEDS) $(ARGS)
+	$(PY) -m segloss.train --multirun $(if $(LAUNCHER),launcher=$(LAUNCHER)) $(EXP_ARG) loss=$(LOSSES) seed=$(SEEDS) $(ARGS)
 
 compare: $(STAMP) ## table + plots of a sweep: make compare [DIR=logs/train/multiruns/<sweep>] [ARGS="--out folder"]
 	$(PY) -m segloss.compare $(DIR) $(ARGS)

@@ -10,17 +10,23 @@ are loaded with ``torch.load(weights_only=True)``: a checkpoint is data, never c
 
 from __future__ import annotations
 
+import json
+import math
 from pathlib import Path
 
 import hydra
 import lightning.pytorch as L
 import rich
 import torch
+from hydra.core.hydra_config import HydraConfig
+from hydra.types import RunMode
+from lightning.pytorch.utilities import rank_zero_only
 from omegaconf import DictConfig
 
 from segloss.callbacks import PredictionWriter
 from segloss.errors import ConfigError
 from segloss.train import build_module
+from segloss.utils.cluster import check_launch, cluster_plugins, launch_rank
 from segloss.utils.config import CONFIG_DIR, instantiate_group, report_user_errors, set_environment
 from segloss.utils.rich_output import config_tree, print_results
 
@@ -51,10 +57,16 @@ def load_weights(module: L.LightningModule, ckpt_path: str | Path) -> None:
 
 
 def evaluate(cfg: DictConfig) -> dict:
-    """Evaluate ``cfg.ckpt_path`` on ``cfg.split``; prints and returns the per-class results."""
+    """Evaluate ``cfg.ckpt_path`` on ``cfg.split``; prints and returns the per-class results and
+    writes them to ``<output_dir>/results_<split>.json`` (with the confusion matrix).
+
+    Runs on several processes too (``trainer=ddp_cpu|ddp``): each image is scored exactly once and the
+    results equal a single-process evaluation; only rank 0 prints and writes.
+    """
+    rank_zero_only.rank = launch_rank()
     if not cfg.get("ckpt_path"):
         raise ConfigError("no checkpoint given: run `make eval CKPT=path/to/file.ckpt` (ckpt_path=…)")
-    if cfg.get("print_config", True):
+    if cfg.get("print_config", True) and rank_zero_only.rank == 0:
         rich.print(config_tree(cfg))
     split = cfg.get("split", "val")
     if split not in ("val", "test"):
@@ -67,15 +79,36 @@ def evaluate(cfg: DictConfig) -> dict:
     if cfg.get("save_predictions"):
         callbacks.append(PredictionWriter(cfg.predictions_dir))
     trainer: L.Trainer = hydra.utils.instantiate(
-        cfg.trainer, callbacks=callbacks, logger=instantiate_group(cfg.get("logger"))
+        cfg.trainer,
+        callbacks=callbacks,
+        logger=instantiate_group(cfg.get("logger")),
+        plugins=cluster_plugins(cfg.get("cluster")) or None,
     )
+    check_launch(trainer, multirun=HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN)
+    datamodule.check_world_size(trainer.world_size, train=False)
     run = trainer.validate if split == "val" else trainer.test
     run(module, datamodule=datamodule, verbose=False)
     results = module.last_results[split]
-    print_results(f"{split} — {Path(cfg.ckpt_path).name}", module.class_names, results)
-    if cfg.get("save_predictions"):
-        rich.print(f"predictions written to {cfg.predictions_dir}")
+    if trainer.is_global_zero:
+        print_results(f"{split} — {Path(cfg.ckpt_path).name}", module.class_names, results)
+        save_results(results, module.class_names, Path(cfg.paths.output_dir) / f"results_{split}.json")
+        if cfg.get("save_predictions"):
+            rich.print(f"predictions written to {cfg.predictions_dir}")
     return results
+
+
+def save_results(results: dict, class_names: list[str], path: Path) -> None:
+    """The results as JSON: every tensor as a (nested) list of numbers, NaN as null."""
+
+    def plain(value):
+        value = value.tolist() if isinstance(value, torch.Tensor) else value
+        if isinstance(value, list):
+            return [plain(v) for v in value]
+        return None if isinstance(value, float) and math.isnan(value) else value
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    payload = {"class_names": class_names, **{key: plain(value) for key, value in results.items()}}
+    path.write_text(json.dumps(payload, indent=1))
 
 
 @hydra.main(version_base="1.3", config_path=str(CONFIG_DIR), config_name="eval")

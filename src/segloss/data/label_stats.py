@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 from pathlib import Path
 
 import torch
@@ -55,7 +56,7 @@ def cached_label_counts(dataset: Dataset, num_classes: int, ignore_index: int, c
         return json.loads(path.read_text())
     stats = label_counts(dataset, num_classes, ignore_index)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp")
+    tmp = path.with_suffix(f".{os.getpid()}.tmp")  # one per process: DDP ranks may race
     tmp.write_text(json.dumps({"key": key, **stats}))
     tmp.replace(path)
     return stats

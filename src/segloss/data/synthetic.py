@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import shutil
 import time
 from dataclasses import asdict, dataclass
@@ -65,7 +66,8 @@ class SyntheticCity:
         return root
 
     def write(self, root: Path) -> None:
-        tmp = root.with_name(f".{root.name}.partial")
+        # One scratch folder per process: several DDP ranks may generate at once; the first rename wins.
+        tmp = root.with_name(f".{root.name}.{os.getpid()}.partial")
         shutil.rmtree(tmp, ignore_errors=True)
         for split, count in (("train", self.num_train), ("val", self.num_val)):
             cities = CITIES[split]
@@ -81,9 +83,17 @@ class SyntheticCity:
                 Image.fromarray(label).save(gt_dir / f"{stem}_gtFine_labelIds.png", compress_level=1)
         (tmp / MARKER).write_text(json.dumps(asdict(self), indent=2))
         root.parent.mkdir(parents=True, exist_ok=True)
+        if (root / MARKER).is_file():  # another process finished first: same parameters, same files
+            shutil.rmtree(tmp)
+            return
         if root.exists():
             root.rmdir()  # empty by the check in ensure()
-        tmp.rename(root)
+        try:
+            tmp.rename(root)
+        except OSError:
+            if not (root / MARKER).is_file():
+                raise
+            shutil.rmtree(tmp)
 
 
 def main(argv: list[str] | None = None) -> None:

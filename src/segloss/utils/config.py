@@ -26,6 +26,17 @@ def set_environment() -> None:
     os.environ.setdefault("PROJECT_ROOT", str(PROJECT_ROOT))
     os.environ.setdefault("WANDB_MODE", "offline")
     os.environ.setdefault("WANDB_SILENT", "true")
+    if not OmegaConf.has_resolver("rank_suffix"):
+        OmegaConf.register_new_resolver("rank_suffix", rank_suffix)
+
+
+def rank_suffix() -> str:
+    """``""`` in the first process of a run, ``"_rank<N>"`` in the others (``${rank_suffix:}`` in the
+    Hydra log file name keeps the ranks of a DDP run from writing one file at once)."""
+    from segloss.utils.cluster import launch_rank
+
+    rank = launch_rank()
+    return f"_rank{rank}" if rank else ""
 
 
 def instantiate_group(cfg: DictConfig | None) -> list:
