@@ -15,7 +15,7 @@ export DATA_ROOT
 endif
 
 .DEFAULT_GOAL := help
-.PHONY: help install data train sweep compare eval predict stats test lint format bench bench-losses bench-data clean clean-logs clean-data
+.PHONY: help install data train sweep compare eval predict stats test lint format bench bench-losses bench-data bench-overhead bench-metrics bench-train-step clean clean-logs clean-data
 
 help: ## show this help
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN{FS=":.*## "}{printf "  make %-11s %s\n", $$1, $$2}'
@@ -65,7 +65,16 @@ bench-data: $(STAMP) ## decode + augment images/s per worker at Cityscapes resol
 	$(PY) -m pip install -q -e ".[dev,bench]"
 	$(PY) benchmarks/bench_data.py $(ARGS)
 
-bench: bench-losses bench-data ## every benchmark
+bench-overhead: $(STAMP) ## framework overhead: our LightningModule + Trainer vs a hand-written loop (ARGS="--device cuda")
+	$(PY) benchmarks/bench_overhead.py $(ARGS)
+
+bench-metrics: $(STAMP) ## metric update vs torchmetrics MulticlassJaccardIndex, host syncs (ARGS="--device cuda")
+	$(PY) benchmarks/bench_metrics.py $(ARGS)
+
+bench-train-step: $(STAMP) ## GPU training step: fp32 / bf16 / channels_last / compile, images/s, memory, MFU
+	$(PY) benchmarks/bench_train_step.py $(ARGS)
+
+bench: bench-losses bench-overhead bench-data bench-metrics bench-train-step ## every benchmark (tables + benchmarks/results/*.json)
 
 lint: $(STAMP) ## ruff check + format check
 	$(VENV)/bin/ruff check .

@@ -210,25 +210,39 @@ def time_pipelines(dataset: CityscapesDataset, count: int, variants: dict, round
     return out
 
 
-def loader_rates(root: Path, transform, epochs: int, batch_size: int = 2) -> dict[str, dict[str, float]]:
-    """Images/s of a DataLoader with one worker and, for reference, of one that loads in the main
-    process, epochs alternating between the two; each epoch's first batch starts the clock (worker
-    start-up and prefetch latency excluded)."""
+def loader_rates(root: Path, transform, uint8_transform, epochs: int, batch_size: int = 2) -> dict[str, dict]:
+    """Images/s of DataLoaders over the same frames, epochs alternating between them: one worker, one
+    worker per core (also with ``normalize_on_device``: uint8 crops, a quarter of the bytes to hand
+    over), and in the main process for reference. Each epoch's first batch starts the clock (worker
+    start-up and prefetch latency excluded); ``per_core`` = images/s ÷ processes that decode."""
+    cores = os.cpu_count() or 1
     dataset = CityscapesDataset(root, "train", transform)
+    raw = CityscapesDataset(root, "train", uint8_transform)
+
+    def loader(data, workers: int) -> DataLoader:
+        return DataLoader(data, batch_size=batch_size, num_workers=workers, persistent_workers=workers > 0)
+
     loaders = {
-        "1 worker": DataLoader(dataset, batch_size=batch_size, num_workers=1, persistent_workers=True),
-        "in-process": DataLoader(dataset, batch_size=batch_size, num_workers=0),
+        "1 worker": (loader(dataset, 1), 1),
+        f"{cores} workers": (loader(dataset, cores), cores),
+        f"{cores} workers, uint8": (loader(raw, cores), cores),
+        "in-process": (loader(dataset, 0), 1),
     }
     totals = {name: [0, 0.0] for name in loaders}
     for _ in range(epochs):
-        for name, loader in loaders.items():
+        for name, (loader, _) in loaders.items():
             batches = iter(loader)
             next(batches)
             start = time.perf_counter()
             totals[name][0] += sum(len(batch["image"]) for batch in batches)
             totals[name][1] += time.perf_counter() - start
     return {
-        name: {"images_per_s": n / seconds, "images": n, "batch_size": batch_size}
+        name: {
+            "images_per_s": n / seconds,
+            "per_core": n / seconds / loaders[name][1],
+            "images": n,
+            "batch_size": batch_size,
+        }
         for name, (n, seconds) in totals.items()
     }
 
@@ -237,6 +251,12 @@ def cpu_name() -> str:
     cpuinfo = Path("/proc/cpuinfo").read_text() if Path("/proc/cpuinfo").is_file() else ""
     names = [line.split(":", 1)[1].strip() for line in cpuinfo.splitlines() if line.startswith("model name")]
     return names[0] if names else platform.machine()
+
+
+def uint8_variant(args):
+    """The "fast" pipeline with ``normalize_on_device`` (uint8 out; the model normalises)."""
+    recipe = {"crop_size": args.crop, "base_size": args.base, "scale_range": (0.5, 2.0), "hflip": 0.5}
+    return train_transform(**recipe, color_jitter=args.jitter, normalize_on_device=True)
 
 
 def print_tables(result: dict) -> None:
@@ -263,8 +283,8 @@ def print_tables(result: dict) -> None:
         )  # fmt: skip
     console.print(table)
     for name, row in result["dataloader"].items():
-        rate, images = row["images_per_s"], row["images"]
-        console.print(f"DataLoader ({name}), fast transform: {rate:.1f} images/s ({images} images timed)")
+        rate, images, core = row["images_per_s"], row["images"], row["per_core"]
+        console.print(f"DataLoader ({name}), fast transform: {rate:.1f} images/s, {core:.1f} per core ({images} timed)")
     for note in result["skipped"]:
         console.print(f"skipped {note}")
 
@@ -297,7 +317,7 @@ def main() -> None:
         result = {
             "decoders": time_decoders(paths, args.rounds),
             "pipelines": time_pipelines(dataset, len(paths), variants, args.rounds),
-            "dataloader": loader_rates(root, variants["fast"], epochs=1 if args.quick else 3),
+            "dataloader": loader_rates(root, variants["fast"], uint8_variant(args), epochs=1 if args.quick else 3),
             "skipped": skipped,
         }
     result["meta"] = {

@@ -188,4 +188,4 @@ def test_bf16_mixed_runs_a_training_step_on_cpu_with_a_finite_loss(make_cfg, che
     out = train(cfg)
     trainer = out["trainer"]
     assert trainer.precision == "bf16-mixed" and trainer.global_step == 1
-    assert torch.isfinite(trainer.callback_metrics["train/loss"])
+    assert torch.isfinite(trainer.callback_metrics["train/loss_epoch"])

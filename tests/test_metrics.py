@@ -26,3 +26,40 @@ def test_accumulates_over_batches_not_per_image_mean():
     out = m.compute()
     # over the split, class 0 has TP 3, FN 2, FP 0 → 3/5 (a per-image mean would give (3/4 + 0)/2)
     assert out["IoU"][0].item() == pytest.approx(3 / 5)
+
+
+def test_equals_torchmetrics_jaccard_and_accuracy_on_random_labels_with_ignore():
+    from torchmetrics.classification import MulticlassAccuracy, MulticlassJaccardIndex
+
+    g = torch.Generator().manual_seed(0)
+    ours = SegmentationMetrics(num_classes=7, ignore_index=255)
+    iou = MulticlassJaccardIndex(7, average="none", ignore_index=255, zero_division=float("nan"))
+    acc = MulticlassAccuracy(7, average="micro", ignore_index=255)
+    for _ in range(3):
+        preds = torch.randint(0, 6, (2, 9, 11), generator=g)  # class 6 never predicted …
+        target = torch.randint(0, 6, (2, 9, 11), generator=g)  # … nor present: nan
+        target[:, :2] = 255
+        for metric in (ours, iou, acc):
+            metric.update(preds, target)
+    out = ours.compute()
+    assert torch.allclose(out["IoU"], iou.compute(), equal_nan=True)
+    assert out["acc"].item() == pytest.approx(acc.compute().item())
+    assert math.isnan(out["IoU"][6]) and out["confmat"].sum() == 3 * 2 * 7 * 11
+
+
+def test_update_never_waits_for_the_device():
+    from segloss.metrics import confusion_counts
+    from segloss.utils.host_sync import HostSyncRecorder
+
+    preds, target = torch.randint(0, 19, (8, 64, 128)), torch.randint(0, 19, (8, 64, 128))
+    target[:, :5] = 255
+    metric = SegmentationMetrics(19)
+    with HostSyncRecorder() as rec:
+        metric.update(preds, target)
+    # on the CPU the counting is a bincount (nothing to wait for there); everything else is sync-free
+    assert rec.calls == ["aten::bincount"]
+    meta = confusion_counts(preds.to("meta"), target.to("meta"), 19)  # the accelerator path
+    assert meta.shape == (19, 19)
+    with HostSyncRecorder() as rec:
+        confusion_counts(preds.to("meta"), target.to("meta"), 19)
+    assert rec.calls == []

@@ -33,7 +33,8 @@ import torch
 from torch import Tensor
 from torchmetrics import Metric
 from torchmetrics.utilities import dim_zero_cat
-from torchmetrics.utilities.data import _bincount
+
+from segloss.metrics import count_bins
 
 NAME_BYTES = 64  # stored as NAME_BYTES // 8 int64 columns
 
@@ -111,15 +112,13 @@ class CaseDice(Metric):
         names = sorted(set(cases))
         local = {name: i for i, name in enumerate(names)}
         slice_case = torch.tensor([local[c] for c in cases], dtype=torch.int64, device=target.device)
-        valid = target != self.ignore_index
-        truth, pred = target[valid].long(), preds[valid].long()
-        case_of_pixel = slice_case.view(-1, 1, 1).expand_as(target)[valid]
-        for what, values in (("target", truth), ("preds", pred)):
-            if values.numel() and (values.min() < 0 or values.max() >= self.num_classes):
-                bad = values[(values < 0) | (values >= self.num_classes)][0].item()
-                raise ValueError(f"CaseDice: {what} holds {bad}, not a class in [0, {self.num_classes}) or ignore")
         c = self.num_classes
-        confusion = _bincount((case_of_pixel * c + truth) * c + pred, minlength=len(names) * c * c)
+        case_of_pixel = slice_case.view(-1, 1, 1).expand_as(target)
+        # One sync-free pass (see segloss.metrics.count_bins): pixels whose target is ignored, or whose
+        # target or prediction is not a class, go to the spare bin.
+        valid = (target >= 0) & (target < c) & (target != self.ignore_index) & (preds >= 0) & (preds < c)
+        flat = (case_of_pixel * c + target.long()) * c + preds.long()
+        confusion = count_bins(torch.where(valid, flat, len(names) * c * c).reshape(-1), len(names) * c * c)
         confusion = confusion.view(len(names), c, c)  # [case, target class, predicted class]
         tp = confusion.diagonal(dim1=1, dim2=2)
         fp, fn = confusion.sum(dim=1) - tp, confusion.sum(dim=2) - tp

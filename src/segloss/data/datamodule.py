@@ -60,6 +60,8 @@ class SegmentationDataModule(L.LightningDataModule):
             ``null`` takes the run's seed (``PL_GLOBAL_SEED``, set by ``seed_everything``).
         splits: names of the train, val and (optional) test splits on disk.
         generator: optional object with ``ensure(root)`` that creates a synthetic dataset when missing.
+        normalize_on_device: read by the transforms' configs (``${data.normalize_on_device}``): batches
+            carry uint8 images that the module normalises on its device.
     """
 
     def __init__(
@@ -79,6 +81,7 @@ class SegmentationDataModule(L.LightningDataModule):
         splits: dict[str, str | None] | None = None,
         generator=None,
         seed: int | None = None,
+        normalize_on_device: bool = False,
     ) -> None:
         super().__init__()
         if len(class_names) != num_classes:
@@ -102,7 +105,7 @@ class SegmentationDataModule(L.LightningDataModule):
         }
         self.splits = {"train": "train", "val": "val", "test": None, **(splits or {})}
         self.datasets: dict[str, Dataset] = {}
-        self.seed = seed
+        self.seed, self.normalize_on_device = seed, normalize_on_device
         self._train_loader: ResumableLoader | None = None
         self._loader_state: dict | None = None  # position restored from a checkpoint, applied once
         # Evaluation shards are not padded, so a rank may get no batch when there are more ranks than images.

@@ -49,25 +49,44 @@ class JointTransform:
 
 class Normalise:
     """``(x/m − mean)/std`` per channel → new contiguous float32 tensor, with m = 255 for integer
-    images and m = 1 for floating ones (torchvision's ``ToDtype(scale=True)`` convention)."""
+    images and m = 1 for floating ones (torchvision's ``ToDtype(scale=True)`` convention).
 
-    def __init__(self, mean: Sequence[float] = IMAGENET_MEAN, std: Sequence[float] = IMAGENET_STD) -> None:
+    ``on_device=True`` (``data.normalize_on_device``) leaves the normalisation to the model's device
+    (:class:`segloss.models.module.SegmentationModule` normalises uint8 batches): images leave the
+    workers as uint8 0–255 — a quarter of the bytes to pass between processes and to the GPU, and no
+    float pass over them on the CPU.
+    """
+
+    def __init__(
+        self, mean: Sequence[float] = IMAGENET_MEAN, std: Sequence[float] = IMAGENET_STD, on_device: bool = False
+    ) -> None:
         std_t, mean_t = torch.tensor(list(std), dtype=torch.float64), torch.tensor(list(mean), dtype=torch.float64)
         self.scale = (1 / (255 * std_t)).float()[:, None, None]  # for 0–255 values
         self.shift = (-mean_t / std_t).float()[:, None, None]
+        self.on_device = on_device
 
     def __call__(self, image: torch.Tensor, mask: torch.Tensor | None = None):
-        """The normalised image; given a mask too, the pair (image, mask)."""
-        scale = self.scale * 255 if image.is_floating_point() else self.scale
-        out = torch.addcmul(self.shift, image, scale, out=torch.empty(image.shape, dtype=torch.float32))
+        """The normalised image (uint8 0–255 with ``on_device``); given a mask too, the pair (image, mask)."""
+        if self.on_device:
+            out = image if image.dtype == torch.uint8 else to_uint8(image * (255 if image.is_floating_point() else 1))
+        else:
+            scale = self.scale * 255 if image.is_floating_point() else self.scale
+            out = torch.addcmul(self.shift, image, scale, out=torch.empty(image.shape, dtype=torch.float32))
         return out if mask is None else (out, mask)
 
     def inplace(self, image: torch.Tensor) -> torch.Tensor:
-        """Normalise a float32 image holding 0–255 values, in place."""
+        """Normalise a float32 image holding 0–255 values, in place (rounded to uint8 with ``on_device``)."""
+        if self.on_device:
+            return to_uint8(image)
         return image.mul_(self.scale).add_(self.shift)
 
     def __repr__(self) -> str:
         return f"Normalise(scale={self.scale.flatten().tolist()}, shift={self.shift.flatten().tolist()})"
+
+
+def to_uint8(image: torch.Tensor) -> torch.Tensor:
+    """A float image holding 0–255 values, rounded and clamped to uint8."""
+    return image.round().clamp_(0, 255).to(torch.uint8)
 
 
 def _grey(image: torch.Tensor) -> torch.Tensor:
@@ -166,7 +185,7 @@ class FastTrainPipeline:
         )
 
 
-def _torchvision_pipeline(crop_size, base_size, scale_range, hflip, ignore_index, color_jitter, mean, std):
+def _torchvision_pipeline(crop_size, base_size, scale_range, hflip, ignore_index, color_jitter, mean, std, on_device):
     (crop_h, crop_w), (base_h, base_w) = crop_size, base_size
     steps: list[v2.Transform] = [
         # ScaleJitter reads target_size as (W, H): r = min(target[1]/h, target[0]/w) · scale.
@@ -178,7 +197,8 @@ def _torchvision_pipeline(crop_size, base_size, scale_range, hflip, ignore_index
     if color_jitter is not None:
         brightness, contrast, saturation, hue = color_jitter
         steps.append(v2.ColorJitter(brightness=brightness, contrast=contrast, saturation=saturation, hue=hue))
-    steps += [v2.ToDtype(torch.float32, scale=True), v2.Normalize(mean=list(mean), std=list(std))]
+    if not on_device:  # otherwise the uint8 crop goes to the model's device as it is
+        steps += [v2.ToDtype(torch.float32, scale=True), v2.Normalize(mean=list(mean), std=list(std))]
     return v2.Compose(steps)
 
 
@@ -192,6 +212,7 @@ def train_transform(
     mean: Sequence[float] = IMAGENET_MEAN,
     std: Sequence[float] = IMAGENET_STD,
     resample: str = "fast",
+    normalize_on_device: bool = False,
 ) -> JointTransform:
     """The standard segmentation recipe (DeepLab, MMSegmentation): random scale, crop, flip,
     photometric jitter, normalise.
@@ -203,17 +224,21 @@ def train_transform(
     (brightness, contrast, saturation, hue) strengths as in ``v2.ColorJitter`` (image only), or None.
     ``resample``: ``"fast"`` (window-only bilinear resampling, no antialias) or ``"torchvision"``
     (whole-frame antialiased v2 resize, then crop); both draw the same random parameters.
+    ``normalize_on_device``: return uint8 images and leave the normalisation to the model (:class:`Normalise`).
     """
     if resample == "torchvision":
-        args = (crop_size, base_size, scale_range, hflip, ignore_index, color_jitter, mean, std)
+        args = (crop_size, base_size, scale_range, hflip, ignore_index, color_jitter, mean, std, normalize_on_device)
         return JointTransform(_torchvision_pipeline(*args))
     if resample != "fast":
         raise ValueError(f"resample must be 'fast' or 'torchvision', got {resample!r}")
     jitter = None if color_jitter is None else PhotometricJitter(*color_jitter)
-    pipeline = FastTrainPipeline(crop_size, base_size, scale_range, hflip, ignore_index, jitter, Normalise(mean, std))
-    return JointTransform(pipeline)
+    normalise = Normalise(mean, std, on_device=normalize_on_device)
+    return JointTransform(FastTrainPipeline(crop_size, base_size, scale_range, hflip, ignore_index, jitter, normalise))
 
 
-def eval_transform(mean: Sequence[float] = IMAGENET_MEAN, std: Sequence[float] = IMAGENET_STD) -> JointTransform:
-    """Whole images, normalised only (no resizing: metrics are computed at the label resolution)."""
-    return JointTransform(Normalise(mean, std))
+def eval_transform(
+    mean: Sequence[float] = IMAGENET_MEAN, std: Sequence[float] = IMAGENET_STD, normalize_on_device: bool = False
+) -> JointTransform:
+    """Whole images, normalised only (no resizing: metrics are computed at the label resolution);
+    uint8 as decoded with ``normalize_on_device``."""
+    return JointTransform(Normalise(mean, std, on_device=normalize_on_device))

@@ -7,8 +7,27 @@ single channel; target in {0, 1, ignore}). Errors are ``ValueError`` naming the 
 
 from __future__ import annotations
 
+import os
+
 import torch
 from torch import Tensor
+
+# Off the CPU, reading the check's result makes the host wait for the device. The values of the first
+# ACCELERATOR_CHECKS targets of the process are checked there (a wrong label mapping shows at once;
+# the dataset loaders also check every mask as they read it), later ones not, so the training step
+# has no host sync; SEGLOSS_CHECK_TARGETS=always checks every call.
+ACCELERATOR_CHECKS = 20
+_accelerator_checks_left = [ACCELERATOR_CHECKS]
+
+
+def value_check_due(target: Tensor) -> bool:
+    """Whether this call checks target values: always on the CPU, the first few calls elsewhere."""
+    if target.device.type == "cpu" or os.environ.get("SEGLOSS_CHECK_TARGETS") == "always":
+        return True
+    if _accelerator_checks_left[0] > 0:
+        _accelerator_checks_left[0] -= 1
+        return True
+    return False
 
 
 def at_least_float32(x: Tensor) -> Tensor:
@@ -19,7 +38,8 @@ def at_least_float32(x: Tensor) -> Tensor:
 def check_hard_target(
     logits: Tensor, target: Tensor, ignore_index: int, check_values: bool = True
 ) -> tuple[Tensor, Tensor]:
-    """Validate shapes and dtypes (always) and target values (when ``check_values``; one host sync).
+    """Validate shapes and dtypes (always) and target values (when ``check_values``, as
+    :func:`value_check_due` says: on an accelerator each check is one host sync).
 
     Returns :func:`valid_mask`'s ``(valid, safe_target)`` so callers need not recompute them.
     """
@@ -39,10 +59,10 @@ def check_hard_target(
             f"expected {expected} (N×spatial, without the class dimension)"
         )
     valid, safe = valid_mask(target, ignore_index)
-    if check_values and target.numel():
+    if check_values and target.numel() and value_check_due(target):
         num_classes = max(logits.shape[1], 2)
         low, high = safe.aminmax()
-        if bool(low < 0) or bool(high >= num_classes):
+        if bool((low < 0) | (high >= num_classes)):
             bad = (safe < 0) | (safe >= num_classes)
             values = torch.unique(target[bad]).tolist()[:10]
             raise ValueError(

@@ -1,0 +1,74 @@
+"""Smoke tests of benchmarks/bench_train_step.py: a quick CPU run and the no-GPU exit."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+SCRIPT = ROOT / "benchmarks" / "bench_train_step.py"
+
+
+def run_bench(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, str(SCRIPT), *args], cwd=ROOT, capture_output=True, text=True, timeout=300, check=False
+    )
+
+
+def check_variant(r: dict) -> None:
+    assert r["status"] == "ok", r
+    assert r["images_per_s"] > 0
+    assert r["flops_per_step"] > 0
+    assert 0 < r["mfu"] < 1
+    assert r["peak_memory_bytes"] is None  # CPU: no peak memory
+
+
+def test_quick_cpu_unet(tmp_path: Path) -> None:
+    out = tmp_path / "ts.json"
+    proc = run_bench("--device", "cpu", "--quick", "--nets", "unet", "--variants", "fp32,bf16", "--out", str(out))
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "unet" in proc.stdout and "bf16 matmul peak" in proc.stdout
+    report = json.loads(out.read_text())
+    assert report["machine"]["device"] == "cpu" and report["machine"]["cpu_count"] >= 1
+    assert report["machine"]["torch"] == torch.__version__
+    assert report["settings"]["quick"] is True and report["settings"]["batch"] == 2
+    assert report["peak_bf16_matmul_tflops"] > 0
+    variants = report["results"]["unet"]
+    assert set(variants) == {"fp32", "bf16"}
+    for r in variants.values():
+        check_variant(r)
+        assert (r["height"], r["width"]) == (64, 128)
+    # FLOPs are counted from the ops' shapes: the same computation in bf16 counts the same.
+    assert variants["fp32"]["flops_per_step"] == variants["bf16"]["flops_per_step"]
+    assert variants["fp32"]["speedup_vs_fp32"] == pytest.approx(1.0)
+    # MFU is derived from the measured numbers, not set independently.
+    for r in variants.values():
+        step_s = 2 / r["images_per_s"]
+        assert r["mfu"] == pytest.approx(r["flops_per_step"] / step_s / (report["peak_bf16_matmul_tflops"] * 1e12))
+
+
+def test_quick_cpu_deeplabv3plus_fp32(tmp_path: Path) -> None:
+    # DeepLabV3+ R-50 built from configs/model/deeplabv3plus.yaml; bf16 on CPU is too slow for a smoke test.
+    out = tmp_path / "ts.json"
+    args = ("--device", "cpu", "--quick", "--nets", "deeplabv3plus", "--variants", "fp32", "--steps", "1")
+    proc = run_bench(*args, "--warmup", "0", "--out", str(out))
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    r = json.loads(out.read_text())["results"]["deeplabv3plus"]["fp32"]
+    check_variant(r)
+    # A ResNet-50 DeepLabV3+ step costs far more than the seed U-Net's: > 10 GFLOP at 2×64×128.
+    assert r["flops_per_step"] > 1e10
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the message printed without a GPU")
+def test_cuda_without_gpu_exits_cleanly(tmp_path: Path) -> None:
+    out = tmp_path / "ts.json"
+    proc = run_bench("--out", str(out))
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "needs a CUDA GPU" in proc.stdout
+    assert "--device cpu --quick" in proc.stdout
+    assert not out.exists()

@@ -1,0 +1,82 @@
+"""The fast-path switches: device-side normalisation, torch.compile, training metrics off; benchmark smoke runs."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from segloss.data.transforms import eval_transform, train_transform
+from segloss.models.module import SegmentationModule
+from segloss.models.nets.unet import UNet
+from segloss.utils.config import PROJECT_ROOT
+
+
+def _module(**kwargs) -> SegmentationModule:
+    torch.manual_seed(0)
+    net = UNet(num_classes=3, base_channels=4, depth=2)
+    return SegmentationModule(net=net, loss=torch.nn.CrossEntropyLoss(), optimizer=None, num_classes=3, **kwargs)
+
+
+def test_normalising_on_the_device_gives_the_same_logits_as_on_the_cpu():
+    image = torch.randint(0, 256, (3, 16, 24), dtype=torch.uint8)
+    mask = torch.zeros(16, 24, dtype=torch.int64)
+    on_cpu = eval_transform()({"image": image, "mask": mask})["image"]
+    raw = eval_transform(normalize_on_device=True)({"image": image, "mask": mask})["image"]
+    assert on_cpu.dtype == torch.float32 and raw.dtype == torch.uint8 and torch.equal(raw, image)
+    module = _module().eval()
+    with torch.no_grad():
+        assert torch.allclose(module(raw[None]), module(on_cpu[None]), atol=1e-6)
+
+
+def test_training_crops_leave_the_workers_as_uint8_within_half_a_grey_level():
+    args = {"crop_size": (16, 16), "base_size": (16, 24), "color_jitter": (0.3, 0.3, 0.3, 0.05)}
+    sample = {"image": torch.randint(0, 256, (3, 16, 24), dtype=torch.uint8), "mask": torch.zeros(16, 24).long()}
+    torch.manual_seed(3)
+    floats = train_transform(**args)(dict(sample))["image"]
+    torch.manual_seed(3)
+    raw = train_transform(**args, normalize_on_device=True)(dict(sample))["image"]
+    assert raw.dtype == torch.uint8
+    module = _module()
+    on_device = torch.addcmul(module.input_shift, raw[None].float(), module.input_scale)[0]
+    std = torch.tensor([0.229, 0.224, 0.225]).view(3, 1, 1)
+    assert ((on_device - floats).abs() * std * 255).max() <= 0.5 + 1e-3  # rounding to the nearest grey level
+
+
+def test_compile_keeps_the_checkpoint_keys_and_train_metrics_can_be_off():
+    plain, compiled = _module(), _module(compile=True)
+    assert list(plain.state_dict()) == list(compiled.state_dict())
+    assert compiled.net._compiled_call_impl is not None and plain.net._compiled_call_impl is None
+    module = _module(train_metrics=False)
+    batch = {"image": torch.randn(2, 3, 8, 8), "mask": torch.randint(0, 3, (2, 8, 8))}
+    logged = []
+    module.log = lambda name, value, **kwargs: logged.append(name)  # outside a Trainer
+    loss = module.training_step(batch, 0)
+    assert module.train_metrics.confmat.sum() == 0 and logged == ["train/loss_step"]
+    assert module._train_loss_sums["train/loss"] == pytest.approx(2 * loss.item())
+
+
+def _bench(script: str, *args: str, tmp_path) -> dict:
+    out = tmp_path / f"{script}.json"
+    cmd = [sys.executable, f"benchmarks/{script}.py", *args, "--json", str(out)]
+    subprocess.run(cmd, check=True, capture_output=True, text=True, cwd=PROJECT_ROOT, timeout=300)
+    return json.loads(out.read_text())
+
+
+def test_metric_benchmark_runs_and_our_update_has_no_mask_indexing(tmp_path):
+    result = _bench("bench_metrics", "--size", "2", "19", "64", "128", "--repeats", "3", tmp_path=tmp_path)
+    assert set(result["median_ms"]) == {"segloss", "torchmetrics Jaccard", "torchmetrics Jaccard + Accuracy"}
+    assert result["syncing_ops"]["segloss"] == ["aten::bincount"]  # the CPU counter; scatter_add_ on GPUs
+    assert "aten::index" in result["syncing_ops"]["torchmetrics Jaccard"]
+    assert all(ms > 0 for ms in result["median_ms"].values())
+
+
+@pytest.mark.slow
+def test_overhead_benchmark_runs_all_three_variants(tmp_path):
+    args = ("--steps", "2", "--rounds", "1", "--batch", "2", "--size", "32", "32", "--precision", "32-true")
+    result = _bench("bench_overhead", *args, tmp_path=tmp_path)
+    assert set(result["ratio_to_loop"]) == {"loop", "lightning", "lightning+metrics"}
+    assert result["ratio_to_loop"]["loop"] == 1.0 and all(r > 0 for r in result["ratio_to_loop"].values())
