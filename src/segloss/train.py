@@ -65,7 +65,21 @@ def build_module(cfg: DictConfig, with_optimizer: bool = True, datamodule=None) 
         class_names=list(cfg.data.class_names),
         channels_last=cfg.model.get("channels_last", False),
         inference=OmegaConf.to_container(cfg.inference) if cfg.get("inference") else None,
+        compile=cfg.model.get("compile", False),
+        train_metrics=cfg.model.get("train_metrics", True),
+        nonfinite=cfg.model.get("nonfinite", "raise"),
+        **input_normalisation(cfg),
     )
+
+
+def input_normalisation(cfg: DictConfig) -> dict:
+    """Mean/std of the data's evaluation transform (ImageNet's by default), for uint8 batches."""
+    transform = cfg.data.get("eval_transform") or {}
+    return {
+        k: list(transform[k.removeprefix("input_")])
+        for k in ("input_mean", "input_std")
+        if k.removeprefix("input_") in transform
+    }
 
 
 def resolve_class_weights(cfg: DictConfig, datamodule=None) -> DictConfig:

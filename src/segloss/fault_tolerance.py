@@ -1,0 +1,93 @@
+"""Stopping safely: a checkpoint before the process goes, and a clear message when the loss breaks.
+
+* :class:`SignalCheckpoint` — on SIGTERM (the scheduler or ``kill``), SIGINT (Ctrl-C) or SIGUSR1 (a
+  time-limit warning; left to Lightning's requeue handler when SLURM auto-requeue owns it), the
+  training finishes the current batch, writes ``checkpoints/last.ckpt`` and stops; ``segloss.train``
+  then exits with 128 + the signal number. ``resume=auto`` continues exactly from there. A second
+  signal of the same kind acts as usual (a second Ctrl-C interrupts at once).
+* :class:`NonFiniteLossError` — raised by the module at the first non-finite training loss
+  (``model.nonfinite=raise``), naming the step, the images, the loss terms that broke and whether
+  the inputs and logits were finite; nothing is written, so the last good checkpoint stays as it was.
+"""
+
+from __future__ import annotations
+
+import signal
+import sys
+from pathlib import Path
+
+import lightning.pytorch as L
+
+from segloss.errors import SeglossError
+
+
+class NonFiniteLossError(SeglossError):
+    """The training loss became NaN or infinite."""
+
+
+def nonfinite_message(module, batch: dict, batch_idx: int, loss, logits, terms: dict) -> str:
+    """The :class:`NonFiniteLossError` text: where it happened, what was non-finite, what to do."""
+    trainer = module._trainer
+    where = (
+        f"step {trainer.global_step}, epoch {trainer.current_epoch}, batch {batch_idx}"
+        if trainer
+        else f"batch {batch_idx}"
+    )
+    broken = [name for name, value in terms.items() if not bool(value.isfinite())] or ["the loss itself"]
+    names = list(batch.get("name", []))[:8]
+    image_ok, logits_ok = bool(batch["image"].float().isfinite().all()), bool(logits.isfinite().all())
+    return (
+        f"the training loss is {float(loss)} at {where}; images {names}; non-finite term(s): {broken}; "
+        f"inputs finite: {image_ok}, logits finite: {logits_ok}. Nothing was saved after it, so the last "
+        "checkpoint is intact. Fixes: check those images, lower optimizer.lr, set trainer.gradient_clip_val, "
+        "use trainer.precision=32-true, or skip such batches with model.nonfinite=skip"
+    )
+
+
+class SignalCheckpoint(L.Callback):
+    """Checkpoint and stop at the next batch boundary after SIGTERM, SIGINT or SIGUSR1 (see module)."""
+
+    def __init__(self, dirpath: str | Path, signals: tuple[int, ...] = (signal.SIGTERM, signal.SIGINT)) -> None:
+        self.dirpath, self.signals = Path(dirpath), signals
+        self.received: int | None = None
+        self._previous: dict[int, object] = {}
+
+    def _handle(self, signum, frame) -> None:
+        self.received = signum
+        signal.signal(signum, self._previous.get(signum, signal.SIG_DFL))  # a second one acts as usual
+
+    def on_train_start(self, trainer, pl_module) -> None:
+        for signum in self.signals:
+            try:
+                self._previous[signum] = signal.getsignal(signum)
+                signal.signal(signum, self._handle)
+            except ValueError:  # not the main thread of the interpreter: leave signals to the default
+                return
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        self._stop_if_signalled(trainer)
+
+    def on_validation_end(self, trainer, pl_module) -> None:
+        if not trainer.sanity_checking:
+            self._stop_if_signalled(trainer)
+
+    def _stop_if_signalled(self, trainer) -> None:
+        if self.received is None or trainer.should_stop:
+            return
+        path = self.dirpath / "last.ckpt"
+        trainer.save_checkpoint(path)
+        trainer.should_stop = True
+        if trainer.is_global_zero:
+            name = signal.Signals(self.received).name
+            print(f"segloss: {name} received: saved {path} at step {trainer.global_step}; "
+                  "continue with resume=auto", file=sys.stderr)  # fmt: skip
+
+    def on_train_end(self, trainer, pl_module) -> None:
+        for signum, handler in self._previous.items():
+            if signal.getsignal(signum) == self._handle:
+                signal.signal(signum, handler)
+
+    @property
+    def exit_code(self) -> int | None:
+        """128 + the signal number when a signal stopped the training, else None."""
+        return None if self.received is None else 128 + int(self.received)
