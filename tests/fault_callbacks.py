@@ -18,3 +18,25 @@ class KillAtStep(L.Callback):
     def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
         if trainer.global_step == self.step:
             os.kill(os.getpid(), signal.SIGKILL)
+
+
+class SignalAtStep(L.Callback):
+    """Send ``signum`` to this process when the training reaches optimizer step ``step``."""
+
+    def __init__(self, step: int, signum: str = "SIGTERM") -> None:
+        self.step, self.signum = step, getattr(signal, signum)
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
+        if trainer.global_step == self.step:
+            os.kill(os.getpid(), self.signum)
+
+
+class PoisonBatch(L.Callback):
+    """Put a NaN into the first image of the batch of optimizer step ``step`` (a corrupt input)."""
+
+    def __init__(self, step: int) -> None:
+        self.step = step
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
+        if trainer.global_step == self.step:
+            batch["image"][0, 0, 0, 0] = float("nan")

@@ -26,34 +26,12 @@ from omegaconf import DictConfig
 from segloss.callbacks import PredictionWriter
 from segloss.errors import ConfigError
 from segloss.train import build_module
+from segloss.utils.checkpoints import load_weights
 from segloss.utils.cluster import check_launch, cluster_plugins, launch_rank
 from segloss.utils.config import CONFIG_DIR, instantiate_group, report_user_errors, set_environment
 from segloss.utils.rich_output import config_tree, print_results
 
 set_environment()
-
-
-def load_weights(module: L.LightningModule, ckpt_path: str | Path) -> None:
-    """Load a Lightning checkpoint's ``state_dict`` (safely) into ``module``; names what does not fit."""
-    path = Path(ckpt_path).expanduser()
-    if not path.is_file():
-        raise ConfigError(f"checkpoint {path} does not exist; pass ckpt_path=…/checkpoints/<file>.ckpt")
-    checkpoint = torch.load(path, map_location="cpu", weights_only=True)
-    state = checkpoint.get("state_dict", checkpoint)
-    own = module.state_dict()
-    missing = sorted(set(own) - set(state))
-    unexpected = sorted(set(state) - set(own))
-    mismatched = [
-        f"{k}: {tuple(state[k].shape)} in checkpoint vs {tuple(own[k].shape)}"
-        for k in own
-        if k in state and state[k].shape != own[k].shape
-    ]
-    if missing or unexpected or mismatched:
-        raise ConfigError(
-            f"checkpoint {path} does not fit the configured model (wrong model or num_classes?): "
-            f"missing keys {missing[:5]}, unexpected keys {unexpected[:5]}, shape mismatches {mismatched[:5]}"
-        )
-    module.load_state_dict(state)
 
 
 def evaluate(cfg: DictConfig) -> dict:

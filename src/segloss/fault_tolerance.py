@@ -2,9 +2,11 @@
 
 * :class:`SignalCheckpoint` — on SIGTERM (the scheduler or ``kill``), SIGINT (Ctrl-C) or SIGUSR1 (a
   time-limit warning; left to Lightning's requeue handler when SLURM auto-requeue owns it), the
-  training finishes the current batch, writes ``checkpoints/last.ckpt`` and stops; ``segloss.train``
-  then exits with 128 + the signal number. ``resume=auto`` continues exactly from there. A second
-  signal of the same kind acts as usual (a second Ctrl-C interrupts at once).
+  training finishes the current batch, writes ``checkpoints/last.ckpt`` and stops
+  (:class:`StoppedBySignal`); ``segloss.train`` then exits with 128 + the signal number, and
+  ``resume=auto`` continues exactly from there. A second signal of the same kind acts as usual (a
+  second Ctrl-C interrupts at once). Under DDP every rank must receive the signal (SLURM sends it to
+  all tasks).
 * :class:`NonFiniteLossError` — raised by the module at the first non-finite training loss
   (``model.nonfinite=raise``), naming the step, the images, the loss terms that broke and whether
   the inputs and logits were finite; nothing is written, so the last good checkpoint stays as it was.
@@ -44,6 +46,15 @@ def nonfinite_message(module, batch: dict, batch_idx: int, loss, logits, terms: 
     )
 
 
+class StoppedBySignal(Exception):
+    """Raised through Lightning after the signal checkpoint is saved; ``segloss.train`` turns it into
+    exit status 128 + signal. (``trainer.should_stop`` would wait for ``min_epochs``.)"""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(f"stopped by {signal.Signals(signum).name}")
+        self.exit_code = 128 + int(signum)
+
+
 class SignalCheckpoint(L.Callback):
     """Checkpoint and stop at the next batch boundary after SIGTERM, SIGINT or SIGUSR1 (see module)."""
 
@@ -72,22 +83,27 @@ class SignalCheckpoint(L.Callback):
             self._stop_if_signalled(trainer)
 
     def _stop_if_signalled(self, trainer) -> None:
-        if self.received is None or trainer.should_stop:
+        if self.received is None:
             return
         path = self.dirpath / "last.ckpt"
         trainer.save_checkpoint(path)
-        trainer.should_stop = True
         if trainer.is_global_zero:
             name = signal.Signals(self.received).name
             print(f"segloss: {name} received: saved {path} at step {trainer.global_step}; "
                   "continue with resume=auto", file=sys.stderr)  # fmt: skip
+        raise StoppedBySignal(self.received)
 
     def on_train_end(self, trainer, pl_module) -> None:
         for signum, handler in self._previous.items():
             if signal.getsignal(signum) == self._handle:
                 signal.signal(signum, handler)
 
-    @property
-    def exit_code(self) -> int | None:
-        """128 + the signal number when a signal stopped the training, else None."""
-        return None if self.received is None else 128 + int(self.received)
+
+def stop_signals(cfg) -> tuple[int, ...]:
+    """SIGTERM and SIGINT, and SIGUSR1 unless Lightning's SLURM requeue handler owns it."""
+    from lightning.fabric.plugins.environments import SLURMEnvironment
+
+    cluster = cfg.get("cluster") or {}
+    requeue = SLURMEnvironment.detect() and cluster.get("auto_requeue", True)
+    usr1_taken = requeue and str(cluster.get("requeue_signal", "SIGUSR1")) == "SIGUSR1"
+    return (signal.SIGTERM, signal.SIGINT) + (() if usr1_taken else (signal.SIGUSR1,))

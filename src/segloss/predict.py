@@ -186,8 +186,8 @@ def label_images(cfg: DictConfig, plan: dict, output_dir: Path) -> dict:
     from rich.progress import track
 
     from segloss.data.image_io import read_image
-    from segloss.eval import load_weights
     from segloss.train import build_module
+    from segloss.utils.checkpoints import load_weights
     from segloss.utils.visualize import palette_lut, save_palette_png
 
     device = choose_device(str(cfg.get("device", "auto")))

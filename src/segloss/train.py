@@ -21,9 +21,13 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 
 from segloss.data.label_stats import cached_label_counts
 from segloss.errors import ConfigError
+from segloss.fault_tolerance import SignalCheckpoint, StoppedBySignal, stop_signals
 from segloss.losses import class_weights
 from segloss.losses.class_weights import METHODS
 from segloss.models.module import SegmentationModule
+from segloss.preflight import check_class_vectors, check_precision
+from segloss.utils.checkpoint_io import AtomicCheckpointIO
+from segloss.utils.checkpoints import check_fits, read_checkpoint
 from segloss.utils.cluster import check_launch, cluster_plugins, launch_rank
 from segloss.utils.config import (
     CONFIG_DIR,
@@ -34,14 +38,13 @@ from segloss.utils.config import (
 )
 from segloss.utils.resume import resolve_resume, rewind_csv_logs, step_checkpoint
 from segloss.utils.rich_output import config_tree, print_results
+from segloss.utils.secrets import redact
 from segloss.utils.wandb_media import (
-    find_wandb_logger,
-    is_wandb_target,
+    finish_wandb,
     loss_family,
-    read_run_id,
-    resume_run_dirs,
-    warn_missing_run_id,
-    write_run_id,
+    resume_wandb_run,
+    save_wandb_run_id,
+    start_loggers,
 )
 
 set_environment()
@@ -54,10 +57,11 @@ def build_module(cfg: DictConfig, with_optimizer: bool = True, datamodule=None) 
     computed from the training labels of ``datamodule`` (see :func:`resolve_class_weights`).
     """
     instantiate = hydra.utils.instantiate
-    loss_cfg = resolve_class_weights(cfg, datamodule)
+    loss = instantiate(resolve_class_weights(cfg, datamodule))
+    check_class_vectors(loss, cfg.data.num_classes)
     return SegmentationModule(
         net=instantiate(cfg.model.net),
-        loss=instantiate(loss_cfg),
+        loss=loss,
         optimizer=instantiate(cfg.optimizer) if with_optimizer else None,
         scheduler=instantiate(cfg.scheduler) if with_optimizer and cfg.get("scheduler") else None,
         num_classes=cfg.data.num_classes,
@@ -131,39 +135,6 @@ def add_loss_family_tag(cfg: DictConfig) -> None:
         cfg.tags = tags if family in tags else [*tags, family]
 
 
-def resume_wandb_run(cfg: DictConfig, output_dir: Path) -> None:
-    """With ``ckpt_path`` set, point the WandbLogger config at the W&B run of the checkpoint's run
-    directory (its ``wandb_run_id.txt``): ``id=<that id>, resume=allow`` — the resumed training logs to
-    the same W&B run. An ``id`` given in the logger config wins."""
-    entries = [c for c in (cfg.get("logger") or {}).values() if isinstance(c, DictConfig)]
-    entries = [c for c in entries if is_wandb_target(c.get("_target_"))]
-    if not cfg.get("ckpt_path") or not entries:
-        return
-    run_id = read_run_id(resume_run_dirs(str(cfg.ckpt_path), output_dir))
-    if run_id is None:
-        warn_missing_run_id(str(cfg.ckpt_path))
-        return
-    with open_dict(cfg):
-        for entry in entries:
-            entry.id = entry.get("id") or run_id
-            entry.resume = "allow"
-
-
-@rank_zero_only
-def save_wandb_run_id(loggers: list, output_dir: Path) -> None:
-    """``<run dir>/wandb_run_id.txt``: the W&B run id, read back by :func:`resume_wandb_run`."""
-    logger = find_wandb_logger(loggers)
-    if logger is not None:
-        write_run_id(logger, output_dir)
-
-
-def finish_wandb() -> None:
-    """Close the W&B run (Lightning leaves it open), so a later run in this process gets its own."""
-    wandb = sys.modules.get("wandb")
-    if wandb is not None and wandb.run is not None:
-        wandb.finish()
-
-
 def train(cfg: DictConfig) -> dict:
     """Run one training described by ``cfg``; returns the best validation results and checkpoint path.
 
@@ -186,24 +157,29 @@ def train(cfg: DictConfig) -> dict:
     datamodule = hydra.utils.instantiate(cfg.data)
     datamodule.verify()  # a missing dataset stops here, before any model is built
     module = build_module(cfg, datamodule=datamodule)
+    if ckpt_path is not None:
+        check_fits(module, read_checkpoint(ckpt_path).get("state_dict", {}), ckpt_path)
     loggers = instantiate_group(cfg.get("logger"))
     if ckpt_path is not None:
         rewind_csv_logs(loggers, ckpt_path)
+    check_precision(cfg.trainer)
+    stopper = SignalCheckpoint(output_dir / "checkpoints", stop_signals(cfg))  # checkpoint on SIGTERM/INT/USR1
     trainer: L.Trainer = hydra.utils.instantiate(
         cfg.trainer,
-        callbacks=[*instantiate_group(cfg.get("callbacks")), *step_checkpoint(cfg, output_dir)],
+        callbacks=[*instantiate_group(cfg.get("callbacks")), *step_checkpoint(cfg, output_dir), stopper],
         logger=loggers,
-        plugins=cluster_plugins(cfg.get("cluster")) or None,
+        plugins=[*cluster_plugins(cfg.get("cluster")), AtomicCheckpointIO()],
     )
     multirun = HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN
     check_launch(trainer, multirun)
     datamodule.check_world_size(trainer.world_size)
-    for logger in loggers:
-        logger.log_hyperparams(OmegaConf.to_container(cfg, resolve=True))
-    save_wandb_run_id(loggers, output_dir)
+    trainer.loggers = start_loggers(loggers, redact(OmegaConf.to_container(cfg, resolve=True)))
+    save_wandb_run_id(trainer.loggers, output_dir)
 
-    try:
-        trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path)
+    try:  # weights_only: a resumed checkpoint is data, never code (segloss.utils.checkpoints)
+        trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path, weights_only=True)
+    except StoppedBySignal as stop:  # last.ckpt is saved: exit as the signal asked
+        raise SystemExit(stop.exit_code) from None
     finally:
         finish_wandb()
 

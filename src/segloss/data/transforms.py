@@ -23,6 +23,7 @@ from torchvision import tv_tensors
 from torchvision.transforms import v2
 
 from segloss.data.scale_crop import sample_scale_crop, scale_crop
+from segloss.errors import ConfigError
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -226,6 +227,7 @@ def train_transform(
     (whole-frame antialiased v2 resize, then crop); both draw the same random parameters.
     ``normalize_on_device``: return uint8 images and leave the normalisation to the model (:class:`Normalise`).
     """
+    check_crop(crop_size, base_size, scale_range)
     if resample == "torchvision":
         args = (crop_size, base_size, scale_range, hflip, ignore_index, color_jitter, mean, std, normalize_on_device)
         return JointTransform(_torchvision_pipeline(*args))
@@ -234,6 +236,23 @@ def train_transform(
     jitter = None if color_jitter is None else PhotometricJitter(*color_jitter)
     normalise = Normalise(mean, std, on_device=normalize_on_device)
     return JointTransform(FastTrainPipeline(crop_size, base_size, scale_range, hflip, ignore_index, jitter, normalise))
+
+
+def check_crop(crop_size: Sequence[int], base_size: Sequence[int], scale_range: Sequence[float]) -> None:
+    """A crop must be positive and fit inside the frame at the largest scale: a bigger one would be
+    padding (ignored pixels) on every side at every scale, wasting the whole border of each batch."""
+    (crop_h, crop_w), (base_h, base_w), (low, high) = crop_size, base_size, scale_range
+    if min(crop_h, crop_w, base_h, base_w) <= 0 or not 0 < low <= high:
+        raise ConfigError(
+            f"train_transform: crop_size={list(crop_size)}, base_size={list(base_size)} and scale_range="
+            f"{list(scale_range)} must be positive (and scale_range low ≤ high)"
+        )
+    if crop_h > base_h * high or crop_w > base_w * high:
+        raise ConfigError(
+            f"train_transform: crop_size={list(crop_size)} (H, W) is larger than the frame at the largest scale "
+            f"({round(base_h * high)}×{round(base_w * high)} = base_size {list(base_size)} × {high}), so every crop "
+            "would be part padding; lower crop_size or raise base_size / scale_range"
+        )
 
 
 def eval_transform(

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 from collections.abc import Callable, Sequence
 from functools import partial
 
@@ -12,14 +11,15 @@ from torch import Tensor, nn
 from torchmetrics import MaxMetric
 
 from segloss.case_metrics import CaseDice
-from segloss.data.sampling import mix_seed
+from segloss.errors import ConfigError
 from segloss.fault_tolerance import NonFiniteLossError, nonfinite_message
 from segloss.losses import CompoundLoss
 from segloss.metrics import SegmentationMetrics
 from segloss.models.inference import Inference
+from segloss.models.step_hooks import StepHooks
 
 
-class SegmentationModule(L.LightningModule):
+class SegmentationModule(StepHooks, L.LightningModule):
     """Train/evaluate ``net`` (images → logits N×C×H×W) with ``loss`` (logits, mask → scalar).
 
     Logs ``train/loss_step``/``train/loss_epoch`` (and ``train/loss/<term>_step|_epoch`` for a
@@ -62,7 +62,8 @@ class SegmentationModule(L.LightningModule):
             step; ``model.train_metrics=false`` skips them).
         nonfinite: what a NaN/Inf training loss does: ``"raise"`` stops with a
             :class:`segloss.fault_tolerance.NonFiniteLossError` (step, images, terms); ``"skip"`` drops
-            the batch (no update) and counts it in ``train/skipped_batches``; ``"ignore"`` does not
+            the batch (no update; BatchNorm statistics restored from a copy taken before each step)
+            and counts it in ``train/skipped_batches``; ``"ignore"`` does not
             check. The check reads one number from the device per step (the only per-step host sync).
     """
 
@@ -104,7 +105,7 @@ class SegmentationModule(L.LightningModule):
         self.register_buffer("input_shift", (-mean / std).float().view(1, -1, 1, 1), persistent=False)
         self.loss = loss
         self.optimizer_factory, self.scheduler_factory = optimizer, scheduler
-        self.class_names = class_names
+        self.class_names, self.num_classes = class_names, num_classes
         self.track_train_metrics = train_metrics
         if nonfinite not in ("raise", "skip", "ignore"):
             raise ValueError(f"nonfinite={nonfinite!r}: choose raise, skip or ignore")
@@ -135,6 +136,11 @@ class SegmentationModule(L.LightningModule):
     def model_step(self, batch: dict) -> tuple[Tensor, Tensor, dict[str, Tensor]]:
         """Forward and loss: ``(loss, logits, terms)``; ``terms`` holds a compound loss's parts."""
         logits = self(batch["image"])
+        if logits.shape[1] != self.num_classes:  # a shape, known without a sync
+            raise ConfigError(
+                f"the net outputs {logits.shape[1]} channels but data.num_classes={self.num_classes}; "
+                "set model.net.num_classes=${data.num_classes} (or the dataset's class count)"
+            )
         if isinstance(self.loss, CompoundLoss):
             loss, terms = self.loss(logits, batch["mask"], return_terms=True)
             return loss, logits, terms
@@ -147,26 +153,13 @@ class SegmentationModule(L.LightningModule):
         for name, value in terms.items():
             self.log(f"{stage}/loss/{name}", value, **opts)
 
-    def _log_train_losses(self, values: dict[str, Tensor], batch_size: int) -> None:
-        """``train/loss_step`` (and terms) on the steps the loggers write (``log_every_n_steps``), and
-        ``train/loss_epoch``, the batch-size-weighted epoch mean of this rank, at the epoch end. Summed
-        on the device between times: ``self.log`` on every step costs ~1 ms of Python, 2–4 % of a
-        small step (benchmarks/bench_overhead.py)."""
-        sums = self._train_loss_sums
-        for name, value in values.items():
-            value = value.detach()
-            sums[name] = sums.get(name, 0) + value.float() * batch_size
-        self._train_loss_count += batch_size
-        connector = getattr(self._trainer, "_logger_connector", None)  # None outside a Trainer
-        if getattr(connector, "should_update_logs", True):
-            for name, value in values.items():
-                self.log(f"{name}_step", value.detach(), on_step=True, on_epoch=False, prog_bar=name == "train/loss")
-
     def training_step(self, batch: dict, batch_idx: int) -> Tensor | None:
+        buffers = self._keep_buffers() if self.nonfinite == "skip" else None
         loss, logits, terms = self.model_step(batch)
         if self.nonfinite != "ignore" and self._loss_broke(loss):
             if self.nonfinite == "raise":
                 raise NonFiniteLossError(nonfinite_message(self, batch, batch_idx, loss, logits, terms))
+            torch._foreach_copy_(buffers, self._kept_buffers)  # the forward put NaN into BatchNorm's statistics
             self.skipped_batches += 1
             self.log("train/skipped_batches", float(self.skipped_batches))
             return None  # Lightning skips backward and the optimizer step
@@ -174,12 +167,6 @@ class SegmentationModule(L.LightningModule):
         if self.track_train_metrics:
             self.train_metrics.update(logits.detach().argmax(1), batch["mask"])
         return loss
-
-    def _loss_broke(self, loss: Tensor) -> bool:
-        broke = not bool(torch.isfinite(loss))
-        if self._trainer is not None and self.trainer.world_size > 1:  # every rank skips or none does
-            broke = bool(self.trainer.strategy.reduce_boolean_decision(broke, all=False))
-        return broke
 
     def _eval_step(self, stage: str, batch: dict) -> dict[str, Tensor]:
         logits = self.inference(self, batch["image"])
@@ -227,30 +214,6 @@ class SegmentationModule(L.LightningModule):
         self.last_results[stage] = results
         return results
 
-    def on_train_batch_start(self, batch: dict, batch_idx: int) -> None:
-        """In a seeded run, reseed torch's global RNG (dropout, …) from (seed, batch count, rank):
-        the randomness of step ``k`` does not depend on what ran before it, so a resumed training
-        draws the same numbers as an uninterrupted one. (Data augmentation is seeded per item by
-        :mod:`segloss.data.sampling`.)"""
-        seed = os.environ.get("PL_GLOBAL_SEED")
-        if seed is not None:
-            batches = self.trainer.fit_loop.epoch_loop.batch_progress.total.ready
-            torch.manual_seed(mix_seed(int(seed), batches, self.global_rank))
-
-    def _share_rank_zero_buffers(self) -> None:
-        """Evaluate every rank with rank 0's buffers (BatchNorm running statistics) — the ones saved in
-        the checkpoint — so that a DDP validation equals a one-process evaluation of that checkpoint.
-        One broadcast per buffer per validation, instead of DDP's broadcast at every forward."""
-        if self.trainer.world_size > 1 and torch.distributed.is_initialized():
-            for buffer in self.buffers():
-                torch.distributed.broadcast(buffer, src=0)
-
-    def on_validation_epoch_start(self) -> None:
-        self._share_rank_zero_buffers()
-
-    def on_test_epoch_start(self) -> None:
-        self._share_rank_zero_buffers()
-
     def on_train_start(self) -> None:
         # The sanity-check validation must not count towards the best score; a resumed training
         # starts from the best of its checkpoint.
@@ -268,13 +231,8 @@ class SegmentationModule(L.LightningModule):
     def on_load_checkpoint(self, checkpoint: dict) -> None:
         self._resumed_best = checkpoint.get("val_best")
 
-    def on_train_epoch_start(self) -> None:
-        self._train_loss_sums, self._train_loss_count = {}, 0
-
     def on_train_epoch_end(self) -> None:
-        for name, total in self._train_loss_sums.items():
-            self.log(f"{name}_epoch", total / max(self._train_loss_count, 1))
-        self._train_loss_sums, self._train_loss_count = {}, 0
+        self._log_train_loss_epoch()
         if self.track_train_metrics:
             self._log_epoch("train")
 

@@ -47,21 +47,37 @@ def instantiate_group(cfg: DictConfig | None) -> list:
 
 
 def save_resolved_config(cfg: DictConfig, output_dir: str | Path) -> Path:
-    """Write the fully resolved config next to the run's outputs (``config.yaml``)."""
+    """Write the fully resolved config next to the run's outputs (``config.yaml``), secrets redacted
+    (:mod:`segloss.utils.secrets`)."""
+    from segloss.utils.secrets import redact, scrub_files
+
     path = Path(output_dir) / "config.yaml"
     path.parent.mkdir(parents=True, exist_ok=True)
-    OmegaConf.save(cfg, path, resolve=True)
+    OmegaConf.save(OmegaConf.create(redact(OmegaConf.to_container(cfg, resolve=True))), path)
+    scrub_files(Path(output_dir) / ".hydra")  # Hydra's copies: the command-line overrides as typed
     return path
 
 
 @contextmanager
 def report_user_errors(exit_code: int = 2) -> Iterator[None]:
-    """Turn a :class:`SeglossError` into its message on stderr and a non-zero exit (no traceback);
-    ``SEGLOSS_TRACEBACK=1`` re-raises for debugging."""
+    """Turn a :class:`SeglossError` — also one that Hydra's ``instantiate`` wrapped — into its message on
+    stderr and a non-zero exit (no traceback); ``SEGLOSS_TRACEBACK=1`` re-raises for debugging."""
     try:
         yield
-    except SeglossError as err:
-        if os.environ.get("SEGLOSS_TRACEBACK"):
+    except Exception as err:
+        user_error = find_user_error(err)
+        if user_error is None or os.environ.get("SEGLOSS_TRACEBACK"):
             raise
-        print(f"\nsegloss: error: {err}", file=sys.stderr)
+        print(f"\nsegloss: error: {user_error}", file=sys.stderr)
         sys.exit(exit_code)
+
+
+def find_user_error(err: BaseException | None) -> SeglossError | None:
+    """``err`` or the :class:`SeglossError` it was raised from (Hydra wraps errors of ``_target_`` calls)."""
+    seen = set()
+    while err is not None and id(err) not in seen:
+        if isinstance(err, SeglossError):
+            return err
+        seen.add(id(err))
+        err = err.__cause__ or err.__context__
+    return None

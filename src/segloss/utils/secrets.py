@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 import re
+from pathlib import Path
 
 REDACTED = "***"
 SECRET_NAME = re.compile(r"(^|[_.\-/])(api_?key|key|token|secret|password|passwd)$", re.IGNORECASE)
@@ -36,3 +37,18 @@ def redact(value, secrets: set[str] | None = None, key: str = ""):
     elif key and SECRET_NAME.search(key) and value is not None:
         return REDACTED
     return value
+
+
+def scrub_files(folder: Path) -> None:
+    """Replace the values of secret environment variables in the YAML files of ``folder`` (Hydra's
+    ``.hydra/`` copies of the config and the overrides as typed)."""
+    secrets = secret_values()
+    if not secrets or not folder.is_dir():
+        return
+    for path in folder.glob("*.yaml"):
+        text = path.read_text()
+        clean = text
+        for secret in secrets:
+            clean = clean.replace(secret, REDACTED)
+        if clean != text:
+            path.write_text(clean)

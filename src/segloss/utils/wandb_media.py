@@ -7,12 +7,15 @@ Nothing here imports ``wandb`` at module level: without a :class:`WandbLogger` n
 from __future__ import annotations
 
 import io
+import sys
+import warnings
 from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
 from lightning.pytorch.loggers import Logger, WandbLogger
-from lightning.pytorch.utilities import rank_zero_warn
+from lightning.pytorch.utilities import rank_zero_only, rank_zero_warn
+from omegaconf import DictConfig, open_dict
 from PIL import Image
 
 RUN_ID_FILE = "wandb_run_id.txt"
@@ -125,3 +128,59 @@ def overlay_image(image: np.ndarray, mask: np.ndarray, pred: np.ndarray, class_n
 def warn_missing_run_id(ckpt_path: str) -> None:
     """Warn (once, rank zero) that a resumed training found no run id and starts a new W&B run."""
     rank_zero_warn(f"resuming from {ckpt_path}: no {RUN_ID_FILE} found next to it, so W&B starts a new run")
+
+
+def resume_wandb_run(cfg: DictConfig, output_dir: Path) -> None:
+    """With ``ckpt_path`` set, point the WandbLogger config at the W&B run of the checkpoint's run
+    directory (its ``wandb_run_id.txt``): ``id=<that id>, resume=allow`` — the resumed training logs to
+    the same W&B run. An ``id`` given in the logger config wins."""
+    entries = [c for c in (cfg.get("logger") or {}).values() if isinstance(c, DictConfig)]
+    entries = [c for c in entries if is_wandb_target(c.get("_target_"))]
+    if not cfg.get("ckpt_path") or not entries:
+        return
+    run_id = read_run_id(resume_run_dirs(str(cfg.ckpt_path), output_dir))
+    if run_id is None:
+        warn_missing_run_id(str(cfg.ckpt_path))
+        return
+    with open_dict(cfg):
+        for entry in entries:
+            entry.id = entry.get("id") or run_id
+            entry.resume = "allow"
+
+
+@rank_zero_only
+def save_wandb_run_id(loggers: list, output_dir: Path) -> None:
+    """``<run dir>/wandb_run_id.txt``: the W&B run id, read back by :func:`resume_wandb_run`."""
+    logger = find_wandb_logger(loggers)
+    if logger is not None:
+        write_run_id(logger, output_dir)
+
+
+def finish_wandb() -> None:
+    """Close the W&B run (Lightning leaves it open), so a later run in this process gets its own."""
+    wandb = sys.modules.get("wandb")
+    if wandb is not None and wandb.run is not None:
+        wandb.finish()
+
+
+def start_loggers(loggers: list, hyperparams: dict) -> list:
+    """Log the (redacted) hyperparameters; a W&B logger that cannot start — no network in online mode,
+    no API key, an unwritable wandb folder — is dropped with a warning and the training goes on with
+    the others (the CSV metrics stay complete)."""
+    kept = []
+    for logger in loggers:
+        try:
+            logger.log_hyperparams(hyperparams)
+        except Exception as err:  # W&B raises many kinds (UsageError, CommError, OSError, …)
+            if not isinstance(logger, WandbLogger):
+                raise
+            warnings.warn(
+                f"W&B could not start ({type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}); "
+                "training goes on without it — the CSV logger keeps every metric. For offline runs set "
+                "WANDB_MODE=offline, or log in with `wandb login`",
+                stacklevel=2,
+            )
+            finish_wandb()
+            continue
+        kept.append(logger)
+    return kept

@@ -1,0 +1,65 @@
+"""Reading checkpoints safely: ``torch.load(weights_only=True)`` and a clear error when one does not fit.
+
+A checkpoint is data from outside (a colleague, a download, a shared drive). Loading it with
+``weights_only=True`` means Python's unpickler builds only tensors and plain containers, so a file
+crafted to run code when unpickled is refused instead of executed. segloss's own checkpoints hold
+only such values (the module saves plain hyperparameters), so nothing is lost.
+"""
+
+from __future__ import annotations
+
+import pickle
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from segloss.errors import ConfigError
+
+
+def read_checkpoint(path: str | Path) -> dict:
+    """The checkpoint at ``path`` as plain data; :class:`ConfigError` when missing, unreadable or unsafe."""
+    path = Path(path).expanduser()
+    if not path.is_file():
+        raise ConfigError(f"checkpoint {path} does not exist; pass ckpt_path=…/checkpoints/<file>.ckpt")
+    try:
+        checkpoint = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    except pickle.UnpicklingError as err:
+        raise ConfigError(
+            f"refusing to load {path}: it holds Python objects other than tensors and plain values, which "
+            "unpickling could execute (segloss loads checkpoints with torch.load(weights_only=True)). Only a "
+            "checkpoint written by segloss/Lightning from a trusted source should be used; re-save its "
+            f"state_dict with torch.save if you trust it. ({str(err).splitlines()[0]})"
+        ) from err
+    except (RuntimeError, EOFError, OSError) as err:
+        raise ConfigError(f"cannot read checkpoint {path} (truncated or not a torch file?): {err}") from err
+    if not isinstance(checkpoint, dict):
+        raise ConfigError(f"checkpoint {path} holds a {type(checkpoint).__name__}, not a Lightning checkpoint dict")
+    return checkpoint
+
+
+def check_fits(module: nn.Module, state: dict, path: str | Path) -> None:
+    """:class:`ConfigError` naming the missing/unexpected keys and shape mismatches of ``state`` vs ``module``."""
+    own = module.state_dict()
+    missing = sorted(set(own) - set(state))
+    unexpected = sorted(set(state) - set(own))
+    mismatched = [
+        f"{k}: {tuple(state[k].shape)} in checkpoint vs {tuple(own[k].shape)}"
+        for k in own
+        if k in state and hasattr(state[k], "shape") and state[k].shape != own[k].shape
+    ]
+    if missing or unexpected or mismatched:
+        raise ConfigError(
+            f"checkpoint {path} does not fit the configured model (wrong model or num_classes?): "
+            f"missing keys {missing[:5]}, unexpected keys {unexpected[:5]}, shape mismatches {mismatched[:5]}; "
+            "use the experiment/overrides the checkpoint was trained with"
+        )
+
+
+def load_weights(module: nn.Module, ckpt_path: str | Path) -> dict:
+    """Load a checkpoint's ``state_dict`` (safely) into ``module``; returns the checkpoint."""
+    checkpoint = read_checkpoint(ckpt_path)
+    state = checkpoint.get("state_dict", checkpoint)
+    check_fits(module, state, ckpt_path)
+    module.load_state_dict(state)
+    return checkpoint

@@ -1,0 +1,156 @@
+"""Faults lose nothing: non-finite losses, signals, interrupted checkpoint writes, W&B failures, broken files."""
+
+from __future__ import annotations
+
+import csv
+import os
+import signal
+
+import pytest
+import torch
+from torch.utils.data import DataLoader
+
+from segloss.data.folders import ImageMaskFolderDataset
+from segloss.utils.checkpoint_io import AtomicCheckpointIO
+from tests.conftest import QUIET_RUN, TINY_SYNTHETIC, load_ckpt, run_cli
+from tests.trees.folders import write_folder_tree
+
+
+@pytest.fixture(scope="module")
+def base(tmp_path_factory):
+    data = tmp_path_factory.mktemp("data")
+    return [*TINY_SYNTHETIC, *QUIET_RUN, f"paths.data_dir={data}", "trainer.max_epochs=2", "save_every_n_steps=4"]
+
+
+def _rows(run) -> list[dict]:
+    with open(run / "csv" / "metrics.csv", newline="") as f:
+        return [{k: v for k, v in row.items() if v != ""} for row in csv.DictReader(f)]
+
+
+POISON = ["+callbacks.poison._target_=tests.fault_callbacks.PoisonBatch", "+callbacks.poison.step=6"]
+
+
+@pytest.mark.slow
+def test_a_non_finite_loss_stops_the_run_and_keeps_the_last_good_checkpoint(base, tmp_path):
+    proc = run_cli("train", [*base, *POISON, f"hydra.run.dir={tmp_path}"], check=False)
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    message = proc.stderr.split("segloss: error:")[1]
+    assert "the training loss is nan at step 6, epoch 0, batch 6" in message
+    assert "inputs finite: False" in message and "model.nonfinite=skip" in message
+    assert "aachen_" in message or "_000019" in message  # the images of the batch are named
+    last = load_ckpt(tmp_path / "checkpoints" / "last.ckpt")  # the checkpoint of step 4, intact
+    assert last["global_step"] == 4
+    assert all(torch.isfinite(v).all() for v in last["state_dict"].values() if v.is_floating_point())
+
+
+@pytest.mark.slow
+def test_skip_policy_drops_the_bad_batch_and_counts_it(base, tmp_path):
+    run_cli("train", [*base, *POISON, "model.nonfinite=skip", f"hydra.run.dir={tmp_path}"])
+    last = load_ckpt(tmp_path / "checkpoints" / "last.ckpt")
+    assert last["global_step"] == 2 * 12  # Lightning still counts the step; it had no gradient to apply
+    assert all(torch.isfinite(v).all() for v in last["state_dict"].values() if v.is_floating_point())
+    skipped = [float(r["train/skipped_batches"]) for r in _rows(tmp_path) if "train/skipped_batches" in r]
+    assert skipped and max(skipped) == 1.0
+
+
+@pytest.mark.slow
+def test_sigterm_saves_a_checkpoint_and_resume_auto_finishes_exactly(base, tmp_path):
+    uninterrupted = tmp_path / "uninterrupted"
+    run_cli("train", [*base, f"hydra.run.dir={uninterrupted}"])
+    run = tmp_path / "run"
+    signal_at = ["+callbacks.stop._target_=tests.fault_callbacks.SignalAtStep", "+callbacks.stop.step=7"]
+    proc = run_cli("train", [*base, *signal_at, f"hydra.run.dir={run}"], check=False)
+    assert proc.returncode == 128 + signal.SIGTERM, proc.stderr[-2000:]
+    assert "SIGTERM received: saved" in proc.stderr and "continue with resume=auto" in proc.stderr
+    assert load_ckpt(run / "checkpoints" / "last.ckpt")["global_step"] == 8  # the signalled step's batch finished
+    run_cli("train", [*base, "resume=auto", f"hydra.run.dir={run}"])
+    expected, got = load_ckpt(uninterrupted / "checkpoints/last.ckpt"), load_ckpt(run / "checkpoints/last.ckpt")
+    assert got["global_step"] == expected["global_step"] == 24
+    assert all(torch.equal(expected["state_dict"][k], got["state_dict"][k]) for k in expected["state_dict"])
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", ["SIGINT", "SIGUSR1"])
+def test_sigint_and_sigusr1_also_checkpoint_before_exit(base, tmp_path, name):
+    stop = ["+callbacks.stop._target_=tests.fault_callbacks.SignalAtStep", "+callbacks.stop.step=3",
+            f"+callbacks.stop.signum={name}"]  # fmt: skip
+    proc = run_cli("train", [*base, *stop, f"hydra.run.dir={tmp_path}"], check=False)
+    assert proc.returncode == 128 + getattr(signal, name), proc.stderr[-2000:]
+    assert load_ckpt(tmp_path / "checkpoints" / "last.ckpt")["global_step"] == 4
+
+
+def test_an_interrupted_checkpoint_write_leaves_the_previous_one_loadable(tmp_path, monkeypatch):
+    path = tmp_path / "last.ckpt"
+    io = AtomicCheckpointIO()
+    io.save_checkpoint({"global_step": 1, "w": torch.ones(3)}, path)
+
+    def dies_halfway(obj, file, *args, **kwargs):
+        file.write(b"PK\x03\x04 half a checkpoint")
+        raise KeyboardInterrupt  # the process is stopped in the middle of the write
+
+    monkeypatch.setattr(torch, "save", dies_halfway)
+    with pytest.raises(KeyboardInterrupt):
+        io.save_checkpoint({"global_step": 2, "w": torch.zeros(3)}, path)
+    monkeypatch.undo()
+    assert torch.load(path, weights_only=True)["global_step"] == 1
+    assert os.listdir(tmp_path) == ["last.ckpt"]  # no temporary file left behind
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("failure", ["online without an API key", "unwritable wandb folder"])
+def test_a_failing_wandb_does_not_stop_training_and_csv_metrics_are_complete(base, tmp_path, failure):
+    overrides = [o for o in base if o != "logger=csv"] + ["logger=default", f"hydra.run.dir={tmp_path}/run"]
+    env = {}
+    if failure == "online without an API key":
+        env = {"WANDB_MODE": "online", "HOME": str(tmp_path), "WANDB_API_KEY": "", "WANDB_INIT_TIMEOUT": "20"}
+    else:
+        (tmp_path / "not_a_folder").write_text("")
+        overrides.append(f"logger.wandb.save_dir={tmp_path / 'not_a_folder'}")
+    old = {k: os.environ.get(k) for k in env}
+    os.environ.update(env)
+    try:
+        proc = run_cli("train", overrides)
+    finally:
+        for k, v in old.items():
+            os.environ.pop(k) if v is None else os.environ.__setitem__(k, v)
+    if failure == "online without an API key":  # wandb itself falls back to a temp folder when it cannot write
+        assert "W&B could not start" in proc.stderr and "training goes on without it" in proc.stderr
+    rows = _rows(tmp_path / "run")
+    assert [r["epoch"] for r in rows if "val/mIoU" in r] == ["0", "1"]
+    assert load_ckpt(tmp_path / "run" / "checkpoints" / "last.ckpt")["global_step"] == 24
+
+
+def test_a_worker_that_fails_on_a_file_names_it(tmp_path):
+    write_folder_tree(tmp_path, ["a", "b"], mask_format="png")
+    broken = tmp_path / "images" / "b.jpg"
+    broken.write_bytes(broken.read_bytes()[:100])
+    loader = DataLoader(ImageMaskFolderDataset(tmp_path, split="all"), batch_size=1, num_workers=1)
+    with pytest.raises(Exception, match=r"(?s)DataLoader worker process 0.*cannot read image .*b.jpg"):
+        list(loader)
+
+
+def test_training_never_writes_into_the_dataset_folder(make_cfg, cityscapes_tree):
+    from segloss.train import train
+
+    root, _ = cityscapes_tree
+    before = {p: (p.stat().st_size, p.stat().st_mtime_ns) for p in root.rglob("*")}
+    overrides = ["data=cityscapes", f"data.root={root}", "data.num_workers=0", "data.batch_size=2",
+                 "data.val_batch_size=1", "data.train_transform.base_size=[8,16]",
+                 "data.train_transform.crop_size=[8,16]", "model.net.base_channels=4", "model.net.depth=2",
+                 "loss=wce", "debug=fdr", "logger=csv"]  # fmt: skip
+    train(make_cfg(overrides))
+    assert {p: (p.stat().st_size, p.stat().st_mtime_ns) for p in root.rglob("*")} == before
+
+
+def test_a_new_run_never_reuses_a_run_directory_with_checkpoints(make_cfg, tmp_path):
+    from segloss.errors import ConfigError
+    from segloss.train import train
+
+    cfg = make_cfg(["debug=fdr", "logger=csv"])
+    ckpts = tmp_path / "run0" / "checkpoints"
+    ckpts.mkdir(parents=True)
+    (ckpts / "last.ckpt").write_bytes(b"an earlier run's weights")
+    with pytest.raises(ConfigError, match=r"already holds checkpoints of an earlier run; choose a new"):
+        train(cfg)
+    assert (ckpts / "last.ckpt").read_bytes() == b"an earlier run's weights"
+    assert not (tmp_path / "run0" / "config.yaml").exists()
