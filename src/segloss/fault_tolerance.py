@@ -39,7 +39,7 @@ def nonfinite_message(module, batch: dict, batch_idx: int, loss, logits, terms: 
     names = list(batch.get("name", []))[:8]
     image_ok, logits_ok = bool(batch["image"].float().isfinite().all()), bool(logits.isfinite().all())
     return (
-        f"the training loss is {float(loss)} at {where}; images {names}; non-finite term(s): {broken}; "
+        f"the training loss is {float(loss.detach())} at {where}; images {names}; non-finite term(s): {broken}; "
         f"inputs finite: {image_ok}, logits finite: {logits_ok}. Nothing was saved after it, so the last "
         "checkpoint is intact. Fixes: check those images, lower optimizer.lr, set trainer.gradient_clip_val, "
         "use trainer.precision=32-true, or skip such batches with model.nonfinite=skip"
@@ -93,10 +93,16 @@ class SignalCheckpoint(L.Callback):
                   "continue with resume=auto", file=sys.stderr)  # fmt: skip
         raise StoppedBySignal(self.received)
 
-    def on_train_end(self, trainer, pl_module) -> None:
+    def _restore(self) -> None:
         for signum, handler in self._previous.items():
             if signal.getsignal(signum) == self._handle:
                 signal.signal(signum, handler)
+
+    def on_train_end(self, trainer, pl_module) -> None:
+        self._restore()
+
+    def on_exception(self, trainer, pl_module, exception) -> None:  # a failed run leaves the handlers as found
+        self._restore()
 
 
 def stop_signals(cfg) -> tuple[int, ...]:
