@@ -135,16 +135,19 @@ class SegmentationModule(StepHooks, L.LightningModule):
 
     def model_step(self, batch: dict) -> tuple[Tensor, Tensor, dict[str, Tensor]]:
         """Forward and loss: ``(loss, logits, terms)``; ``terms`` holds a compound loss's parts."""
-        logits = self(batch["image"])
+        logits = self._check_channels(self(batch["image"]))
+        if isinstance(self.loss, CompoundLoss):
+            loss, terms = self.loss(logits, batch["mask"], return_terms=True)
+            return loss, logits, terms
+        return self.loss(logits, batch["mask"]), logits, {}
+
+    def _check_channels(self, logits: Tensor) -> Tensor:
         if logits.shape[1] != self.num_classes:  # a shape, known without a sync
             raise ConfigError(
                 f"the net outputs {logits.shape[1]} channels but data.num_classes={self.num_classes}; "
                 "set model.net.num_classes=${data.num_classes} (or the dataset's class count)"
             )
-        if isinstance(self.loss, CompoundLoss):
-            loss, terms = self.loss(logits, batch["mask"], return_terms=True)
-            return loss, logits, terms
-        return self.loss(logits, batch["mask"]), logits, {}
+        return logits
 
     def _log_losses(self, stage: str, loss: Tensor, terms: dict[str, Tensor], batch_size: int) -> None:
         """Evaluation losses: epoch means, batch-size weighted and averaged over ranks at epoch end."""
@@ -169,7 +172,7 @@ class SegmentationModule(StepHooks, L.LightningModule):
         return loss
 
     def _eval_step(self, stage: str, batch: dict) -> dict[str, Tensor]:
-        logits = self.inference(self, batch["image"])
+        logits = self._check_channels(self.inference(self, batch["image"]))
         if isinstance(self.loss, CompoundLoss):
             loss, terms = self.loss(logits, batch["mask"], return_terms=True)
         else:
