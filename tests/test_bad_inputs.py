@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import pickle
 from pathlib import Path
 
 import numpy as np
@@ -80,8 +79,11 @@ def test_a_crop_larger_than_the_largest_scaled_frame():
 
 
 def test_a_global_batch_that_does_not_split_over_the_processes(tmp_path):
+    datamodule = _datamodule(tmp_path, batch_size=6)
+    datamodule.check_world_size(2)
+    datamodule.check_world_size(3)
     with pytest.raises(ConfigError, match=r"data.batch_size=6 is the global batch .* 4 processes"):
-        _datamodule(tmp_path, batch_size=6).check_world_size(4)
+        datamodule.check_world_size(4)
 
 
 @pytest.mark.parametrize("precision,message", [("16-mixed", r"float16\) needs a CUDA GPU.*bf16-mixed or 32-true"),
@@ -244,19 +246,6 @@ def test_a_missing_or_truncated_checkpoint(tmp_path, content, message):
         path.write_bytes(content)
     with pytest.raises(ConfigError, match=message):
         read_checkpoint(path)
-
-
-class _RunsCode:
-    def __reduce__(self):
-        return (Path.touch, (Path(pickle.__file__).parent / "never_created_by_segloss_test",))
-
-
-def test_a_checkpoint_that_would_run_code_is_refused(tmp_path):
-    path = tmp_path / "evil.ckpt"
-    torch.save({"state_dict": {}, "payload": _RunsCode()}, path)
-    with pytest.raises(ConfigError, match=r"refusing to load .*evil.ckpt: it holds Python objects"):
-        read_checkpoint(path)
-    assert not (Path(pickle.__file__).parent / "never_created_by_segloss_test").exists()
 
 
 def test_resuming_from_a_checkpoint_of_another_model_stops_before_training(tmp_path):

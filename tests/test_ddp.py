@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import csv
 import json
-import math
 import os
 
 import lightning.pytorch as L
@@ -39,23 +38,13 @@ def checkpoint(tmp_path_factory):
     return ckpt, data
 
 
-def _plain(value):
-    if isinstance(value, dict):
-        return {k: _plain(v) for k, v in value.items()}
-    value = value.tolist() if isinstance(value, torch.Tensor) else value
-    if isinstance(value, list):
-        return [_plain(v) for v in value]
-    return None if math.isnan(value) else value
-
-
 @pytest.mark.slow
 def test_ddp_evaluation_equals_one_process_exactly_on_an_uneven_split(checkpoint, tmp_path):
     ckpt, data = checkpoint
     common = [*UNEVEN, f"paths.data_dir={data}", f"ckpt_path={ckpt}", "print_config=false", "data.val_batch_size=4"]
-    single = evaluate(compose_config("eval", [*common, "trainer=cpu", "trainer.precision=32-true"], tmp_path / "one"))
+    evaluate(compose_config("eval", [*common, "trainer=cpu", "trainer.precision=32-true"], tmp_path / "one"))
     run_cli("eval", [*common, "trainer=ddp_cpu", "trainer.devices=2", f"hydra.run.dir={tmp_path / 'two'}"])
-    two = json.loads((tmp_path / "two" / "results_val.json").read_text())
-    expected = _plain(single)
+    expected, two = (json.loads((tmp_path / run / "results_val.json").read_text()) for run in ("one", "two"))
     assert sum(map(sum, expected["confmat"])) > 0.9 * 13 * 64 * 128  # the non-ignored pixels of 13 images
     assert two["confmat"] == expected["confmat"]  # every pixel of every image counted once, none twice
     for key in ("IoU", "Dice", "mIoU", "mDice", "acc"):
@@ -140,6 +129,11 @@ def test_slurm_tasks_are_picked_up_with_auto_requeue_on_sigusr1(monkeypatch):
     )
     assert (trainer.global_rank, trainer.world_size, env.main_address) == (3, 4, "gpu01")
     check_launch(trainer, multirun=True)
+    one_per_node = L.Trainer(
+        accelerator="cpu", strategy=DDPStrategy(broadcast_buffers=False), devices=1, num_nodes=2, plugins=[env]
+    )
+    with pytest.raises(ConfigError, match=r"expects 2 processes .* started 4 \(SLURM_NTASKS\)"):
+        check_launch(one_per_node, multirun=False)
     with pytest.raises(ConfigError, match="not a signal name"):
         cluster_plugins({"requeue_signal": "USR9"})
 

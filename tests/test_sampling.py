@@ -6,9 +6,7 @@ import pytest
 import torch
 from torch.utils.data import Dataset, DistributedSampler
 
-from segloss.data.datamodule import SegmentationDataModule
 from segloss.data.sampling import ResumableLoader, SeededItems, ShardSampler, mix_seed
-from segloss.errors import ConfigError
 
 
 def _global_batches(length: int, batch: int, world: int, epoch: int = 0) -> list[set[int]]:
@@ -98,13 +96,3 @@ def test_loader_resumes_mid_epoch_and_after_a_complete_epoch():
     after = _loader()
     after.load_state_dict({"epoch": 2, "batches": len(batches)})  # the epoch was complete
     assert after.sampler.epoch == 3 and len(list(after)) == len(batches)
-
-
-def test_global_batch_must_split_over_the_processes(tmp_path):
-    datamodule = SegmentationDataModule(
-        dataset=lambda **_: None, root=str(tmp_path), num_classes=2, class_names=["a", "b"], batch_size=6
-    )
-    datamodule.check_world_size(2)
-    datamodule.check_world_size(3)
-    with pytest.raises(ConfigError, match=r"data.batch_size=6 is the global batch .* 4 processes"):
-        datamodule.check_world_size(4)

@@ -157,11 +157,11 @@ def train(cfg: DictConfig) -> dict:
     datamodule = hydra.utils.instantiate(cfg.data)
     datamodule.verify()  # a missing dataset stops here, before any model is built
     module = build_module(cfg, datamodule=datamodule)
-    if ckpt_path is not None:
-        check_fits(module, read_checkpoint(ckpt_path).get("state_dict", {}), ckpt_path)
     loggers = instantiate_group(cfg.get("logger"))
-    if ckpt_path is not None:
-        rewind_csv_logs(loggers, ckpt_path)
+    if ckpt_path is not None:  # read once: it must fit the model, and metrics.csv rewinds to its step
+        resumed = read_checkpoint(ckpt_path)
+        check_fits(module, resumed.get("state_dict", {}), ckpt_path)
+        rewind_csv_logs(loggers, resumed.get("global_step", 0))
     check_precision(cfg.trainer)
     stopper = SignalCheckpoint(output_dir / "checkpoints", stop_signals(cfg))  # checkpoint on SIGTERM/INT/USR1
     trainer: L.Trainer = hydra.utils.instantiate(

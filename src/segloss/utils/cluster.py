@@ -66,8 +66,7 @@ class SubmititLocalEnvironment(ClusterEnvironment):
         return int(os.environ["SUBMITIT_LOCAL_NTASKS"]) * int(os.environ.get("SUBMITIT_LOCAL_JOB_NUM_NODES", 1))
 
     def set_world_size(self, size: int) -> None:
-        if size != self.world_size():
-            raise ConfigError(tasks_mismatch(size, self.world_size(), "submitit tasks_per_node × nodes"))
+        pass  # given by submitit; a mismatch with the trainer is refused by check_launch before fit
 
     def global_rank(self) -> int:
         return int(os.environ["SUBMITIT_LOCAL_GLOBALID"])
@@ -112,20 +111,20 @@ def check_launch(trainer, multirun: bool) -> None:
     """Refuse the process layouts that would hang or duplicate work, before any process starts."""
     env = trainer.strategy.cluster_environment if hasattr(trainer.strategy, "cluster_environment") else None
     external = env is not None and env.creates_processes_externally
-    if isinstance(env, SubmititLocalEnvironment) and env.world_size() != trainer.world_size:
-        raise ConfigError(tasks_mismatch(trainer.world_size, env.world_size(), "submitit tasks_per_node × nodes"))
-    if isinstance(env, SLURMEnvironment) and int(os.environ.get("SLURM_NTASKS", 1)) != trainer.world_size:
-        raise ConfigError(tasks_mismatch(trainer.world_size, int(os.environ["SLURM_NTASKS"]), "SLURM_NTASKS"))
+    expected = trainer.num_devices * trainer.num_nodes  # what the config asks for; the launcher's count may differ
+    if isinstance(env, SubmititLocalEnvironment | SLURMEnvironment) and env.world_size() != expected:
+        source = "submitit tasks_per_node × nodes" if isinstance(env, SubmititLocalEnvironment) else "SLURM_NTASKS"
+        raise ConfigError(tasks_mismatch(expected, env.world_size(), source))
     buffers = getattr(trainer.strategy, "_ddp_kwargs", {}).get("broadcast_buffers", True)
-    if trainer.world_size > 1 and isinstance(trainer.strategy, DDPStrategy) and buffers:
+    if expected > 1 and isinstance(trainer.strategy, DDPStrategy) and buffers:
         raise ConfigError(
             "a DDP strategy with broadcast_buffers=True syncs BatchNorm buffers at every forward, which hangs "
             "when validation shards differ in length; use trainer=ddp|ddp_cpu or set "
             "trainer.strategy.broadcast_buffers=false (DDPStrategy)"
         )
-    if multirun and trainer.world_size > 1 and not external:
+    if multirun and expected > 1 and not external:
         raise ConfigError(
-            f"this sweep job asks for {trainer.world_size} processes, but a multirun cannot let Lightning start "
+            f"this sweep job asks for {expected} processes, but a multirun cannot let Lightning start "
             "them (each would re-run the whole sweep). Launch one task per device instead: "
             "hydra/launcher=submitit_local hydra.launcher.tasks_per_node=<devices> on one machine, or "
             "launcher=slurm on a cluster (docs/cluster.md)"

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import torch
 from lightning.pytorch.callbacks import ModelCheckpoint
 from omegaconf import DictConfig
 
@@ -68,10 +67,9 @@ def step_checkpoint(cfg: DictConfig, output_dir: Path) -> list[ModelCheckpoint]:
     return [ModelCheckpoint(dirpath=output_dir / "checkpoints", every_n_train_steps=int(every), **options)]
 
 
-def rewind_csv_logs(loggers: list, ckpt_path: str) -> None:
-    """Rows that a resumed run will log again (steps at or after the checkpoint) leave ``metrics.csv``."""
-    csv_loggers = [logger for logger in loggers if isinstance(logger, ResumableCSVLogger)]
-    if csv_loggers:
-        step = torch.load(ckpt_path, map_location="cpu", weights_only=True, mmap=True).get("global_step", 0)
-        for logger in csv_loggers:
-            logger.resume_at(int(step))
+def rewind_csv_logs(loggers: list, global_step: int) -> None:
+    """Rows that a resumed run will log again (steps at or after the checkpoint's ``global_step``)
+    leave ``metrics.csv``."""
+    for logger in loggers:
+        if isinstance(logger, ResumableCSVLogger):
+            logger.resume_at(int(global_step))
