@@ -13,19 +13,19 @@ from hydra.errors import MissingConfigException
 from omegaconf import OmegaConf
 from PIL import Image
 
+from segloss.build import check_class_vectors
 from segloss.data.cityscapes import CityscapesDataset
 from segloss.data.datamodule import SegmentationDataModule
 from segloss.data.folders import ImageMaskFolderDataset
 from segloss.data.transforms import train_transform
 from segloss.data.voc import VOCDataset
-from segloss.errors import ConfigError, DatasetFormatError, DatasetNotFoundError
-from segloss.fault_tolerance import NonFiniteLossError
+from segloss.errors import ConfigError, DatasetFormatError, DatasetNotFoundError, NonFiniteLossError
 from segloss.losses import CrossEntropyLoss, FocalLoss
 from segloss.models.module import SegmentationModule
 from segloss.models.nets.unet import UNet
-from segloss.preflight import check_class_vectors, check_precision
 from segloss.utils.checkpoints import load_weights, read_checkpoint
 from segloss.utils.config import CONFIG_DIR
+from segloss.utils.precision import check_precision
 from tests.conftest import run_cli
 from tests.trees.folders import write_folder_tree
 from tests.trees.voc import write_voc_tree
@@ -86,11 +86,11 @@ def test_a_global_batch_that_does_not_split_over_the_processes(tmp_path):
         datamodule.check_world_size(4)
 
 
-@pytest.mark.parametrize("precision,message", [("16-mixed", r"float16\) needs a CUDA GPU.*bf16-mixed or 32-true"),
+@pytest.mark.parametrize("precision,message", [("16-mixed", r"float16\) needs a CUDA GPU.*auto, bf16-mixed or 32-true"),
                                                ("fp8", r"'fp8' is not one of")])  # fmt: skip
 def test_a_precision_this_device_cannot_run(precision, message):
     with pytest.raises(ConfigError, match=message):
-        check_precision(OmegaConf.create({"accelerator": "cpu", "precision": precision}))
+        check_precision(precision, "cpu")
 
 
 def test_a_config_error_inside_instantiate_reaches_the_user_without_a_traceback(tmp_path):

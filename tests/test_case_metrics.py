@@ -11,7 +11,7 @@ import pytest
 import torch
 from torchmetrics.utilities import dim_zero_cat
 
-from segloss.case_metrics import CaseDice, case_key, decode_name, encode_names
+from segloss.metrics.per_case import CaseDice, case_key, decode_name, encode_names
 
 IGNORE = 255
 # Two cases, 2×3 slices: "a" has two slices, "b" one. Hand counts (ignored pixels excluded everywhere):

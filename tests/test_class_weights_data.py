@@ -7,11 +7,11 @@ import numpy as np
 import pytest
 import torch
 
+from segloss.build import resolve_class_weights
 from segloss.data import CityscapesDataset
 from segloss.data.label_stats import cached_label_counts, label_counts
 from segloss.errors import ConfigError
 from segloss.losses import class_weights
-from segloss.train import resolve_class_weights
 
 # labelId → trainId for the ids used below: 7 road → 0, 8 sidewalk → 1, 26 car → 13, 0 and 1 → ignore
 

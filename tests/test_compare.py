@@ -13,7 +13,9 @@ from pathlib import Path
 import pytest
 import yaml
 
-from segloss.compare import load_runs, main, markdown_table, summarise
+from segloss.compare import main
+from segloss.comparison.runs import load_runs
+from segloss.comparison.summary import markdown_table, summarise
 from segloss.errors import ConfigError
 
 CLASSES = ["road", "car", "wall"]  # wall never occurs in these runs' validation split

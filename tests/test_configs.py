@@ -8,9 +8,10 @@ import torch
 from hydra.errors import MissingConfigException
 from omegaconf import open_dict
 
+from segloss.build import build_module, build_trainer, resolve_class_weights
 from segloss.errors import DatasetNotFoundError
-from segloss.train import build_module, resolve_class_weights
-from segloss.utils.config import CONFIG_DIR, instantiate_group
+from segloss.utils.config import CONFIG_DIR
+from segloss.utils.config_checks import check_config
 
 EXPERIMENTS = sorted(p.stem for p in (CONFIG_DIR / "experiment").glob("*.yaml"))
 MODELS = sorted(p.stem for p in (CONFIG_DIR / "model").glob("*.yaml"))
@@ -27,10 +28,13 @@ def _shrink_synthetic(cfg):
 def test_experiment_instantiates(name, make_cfg, tmp_path):
     cfg = make_cfg([f"experiment={name}", f"paths.data_dir={tmp_path / 'data'}"])
     _shrink_synthetic(cfg)
+    check_config(cfg)  # every experiment passes the preflight checks as shipped
     module = build_module(cfg)
     assert module.hparams.num_classes == cfg.data.num_classes
-    trainer = hydra.utils.instantiate(cfg.trainer, callbacks=instantiate_group(cfg.callbacks), logger=False)
+    assert module.best.metric == cfg.optimized_metric
+    trainer = build_trainer(cfg, loggers=[])
     assert trainer.max_epochs == cfg.trainer.max_epochs
+    assert trainer.checkpoint_callback.monitor == cfg.optimized_metric
     datamodule = hydra.utils.instantiate(cfg.data)
     if cfg.data.get("generator"):
         datamodule.verify()

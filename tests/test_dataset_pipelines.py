@@ -12,8 +12,9 @@ import pytest
 import torch
 from PIL import Image
 
+from segloss.build import build_module
 from segloss.eval import evaluate
-from segloss.train import build_module, train
+from segloss.train import train
 from tests.trees.folders import write_folder_tree
 from tests.trees.msd import write_msd_task
 from tests.trees.voc import write_voc_tree

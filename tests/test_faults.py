@@ -11,7 +11,7 @@ import torch
 from torch.utils.data import DataLoader
 
 from segloss.data.folders import ImageMaskFolderDataset
-from segloss.utils.checkpoint_io import AtomicCheckpointIO
+from segloss.utils.checkpoints import AtomicCheckpointIO
 from tests.conftest import QUIET_RUN, TINY_SYNTHETIC, load_ckpt, run_cli
 from tests.trees.folders import write_folder_tree
 

@@ -14,13 +14,13 @@ import pytest
 import torch
 from PIL import Image
 
+from segloss.build import build_module
 from segloss.data.cityscapes_labels import PALETTE
 from segloss.data.image_io import read_image
 from segloss.data.transforms import Normalise
 from segloss.errors import ConfigError, DatasetFormatError
 from segloss.models.inference import slide_inference
 from segloss.predict import predict
-from segloss.train import build_module
 from segloss.utils.config import PROJECT_ROOT
 
 TINY = ["model=unet", "model.net.base_channels=4", "model.net.depth=2"]

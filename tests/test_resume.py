@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from segloss.errors import ConfigError
-from segloss.utils.resume import find_resume_checkpoint, resolve_resume
+from segloss.utils.run_dir import find_resume_checkpoint, resolve_resume
 from tests.conftest import QUIET_RUN, TINY_SYNTHETIC, load_ckpt, run_cli
 
 KILL = "+callbacks.kill._target_=tests.fault_callbacks.KillAtStep"

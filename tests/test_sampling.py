@@ -6,7 +6,8 @@ import pytest
 import torch
 from torch.utils.data import Dataset, DistributedSampler
 
-from segloss.data.sampling import ResumableLoader, SeededItems, ShardSampler, mix_seed
+from segloss.data.sampling import ResumableLoader, SeededItems, ShardSampler
+from segloss.utils.seeding import mix_seed
 
 
 def _global_batches(length: int, batch: int, world: int, epoch: int = 0) -> list[set[int]]:

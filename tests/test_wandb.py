@@ -19,7 +19,7 @@ from PIL import Image
 from segloss.callbacks import WandbMedia
 from segloss.train import train
 from segloss.utils.config import CONFIG_DIR
-from segloss.utils.wandb_media import RUN_ID_FILE, loss_family
+from segloss.utils.tracking import RUN_ID_FILE, loss_family
 from tests.conftest import TINY_SYNTHETIC, compose_config
 
 WANDB = Path(sys.executable).with_name("wandb")
@@ -96,9 +96,10 @@ def test_offline_run_holds_name_group_tags_config_and_metrics(first):
     assert summary["config"]["tags"] == ["ce", "distribution-based"]
 
     metrics = summary["summary"]
-    best = float(module.val_miou_best.compute())
+    best = module.best.value
+    assert module.best.metric == "val/mIoU"
     assert metrics["val/mIoU_best"] == pytest.approx(best, abs=1e-6)
-    assert float(module.best_results["mIoU"]) == pytest.approx(best, abs=1e-6)
+    assert float(module.best.results["mIoU"]) == pytest.approx(best, abs=1e-6)
     last = module.last_results["val"]
     assert metrics["val/mIoU"] == pytest.approx(float(last["mIoU"]), abs=1e-6)
     assert metrics["val/acc"] == pytest.approx(float(last["acc"]), abs=1e-6)
@@ -154,7 +155,7 @@ def test_table_confusion_matrix_and_overlays_are_logged_each_validation(first):
 
 def test_resumed_training_continues_the_same_wandb_run(first, tmp_path):
     overrides, out, summary = first.overrides, first.out, first.summary
-    first_best = float(out["trainer"].lightning_module.val_miou_best.compute())
+    first_best = out["trainer"].lightning_module.best.value
     ckpt = Path(out["output_dir"]) / "checkpoints" / "last.ckpt"
     cfg = compose_config("train", [*overrides, "trainer.max_epochs=3", f"ckpt_path={ckpt}"], tmp_path / "resumed")
     resumed = train(cfg)
@@ -164,5 +165,5 @@ def test_resumed_training_continues_the_same_wandb_run(first, tmp_path):
     assert again["run_id"] == summary["run_id"] == (tmp_path / "resumed" / RUN_ID_FILE).read_text().strip()
     assert run.name.endswith(summary["run_id"]) and again["name"] == summary["name"]
     assert again["config"]["logger"]["wandb"]["id"] == summary["run_id"]
-    best = float(resumed["trainer"].lightning_module.val_miou_best.compute())
+    best = resumed["trainer"].lightning_module.best.value
     assert best >= first_best and again["summary"]["val/mIoU_best"] == pytest.approx(best, abs=1e-6)

@@ -1,17 +1,138 @@
-"""Callbacks of the template beyond Lightning's own."""
+"""Every callback of the template beyond Lightning's own.
+
+* :class:`LatestCheckpoint` — Lightning's ``ModelCheckpoint`` whose ``last.ckpt`` is always the latest state.
+* :class:`SignalCheckpoint` — checkpoint and stop on SIGTERM, SIGINT or SIGUSR1.
+* :class:`PredictionGrid` — image | ground truth | prediction PNGs after each validation.
+* :class:`PredictionWriter` — every evaluation prediction as a label file (official result formats).
+* :class:`WandbMedia` — per-class table, confusion matrix and prediction overlays in W&B.
+
+Images shown by the last three are undone from exactly the normalisation of the data config (the module's
+``input_mean``/``input_std``; uint8 batches of ``data.normalize_on_device`` pass unchanged).
+"""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import signal
+import sys
 from pathlib import Path
 
 import lightning.pytorch as L
 import torch
+from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.utilities import rank_zero_only
 
-from segloss.data.transforms import IMAGENET_MEAN, IMAGENET_STD
-from segloss.utils.visualize import default_palette, denormalise, palette_lut, prediction_grid, save_palette_png
-from segloss.utils.wandb_media import class_table, confusion_matrix_image, find_wandb_logger, overlay_image
+from segloss.utils.tracking import find_wandb_logger
+from segloss.utils.visualize import (
+    class_table,
+    confusion_matrix_image,
+    default_palette,
+    display_image,
+    overlay_image,
+    palette_lut,
+    prediction_grid,
+    save_palette_png,
+)
+
+
+class LatestCheckpoint(ModelCheckpoint):
+    """``ModelCheckpoint`` whose ``last.ckpt`` (``save_last=True``) holds the latest state after *every*
+    save point, not only after those that also saved a top-k checkpoint.
+
+    Lightning 2.6 refreshes ``last.ckpt`` only in a step where a monitored top-k file was written, so after
+    epochs that do not improve the monitored metric ``last.ckpt`` is epochs old, and ``resume=auto`` after a
+    crash would silently repeat them."""
+
+    def _refresh_last(self, trainer: L.Trainer) -> None:
+        if self.save_last and not self._should_skip_saving_checkpoint(trainer):
+            self._save_last_checkpoint(trainer, self._monitor_candidates(trainer))
+
+    def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        super().on_validation_end(trainer, pl_module)
+        if not self._should_save_on_train_epoch_end(trainer):
+            self._refresh_last(trainer)
+
+    def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        super().on_train_epoch_end(trainer, pl_module)
+        if self._should_save_on_train_epoch_end(trainer):
+            self._refresh_last(trainer)
+
+
+class StoppedBySignal(Exception):
+    """Raised through Lightning after the signal checkpoint is saved; ``segloss.train`` turns it into
+    exit status 128 + signal. (``trainer.should_stop`` would wait for ``min_epochs``.)"""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(f"stopped by {signal.Signals(signum).name}")
+        self.exit_code = 128 + int(signum)
+
+
+class SignalCheckpoint(L.Callback):
+    """On SIGTERM (the scheduler or ``kill``), SIGINT (Ctrl-C) or SIGUSR1 (a time-limit warning; left to
+    Lightning's requeue handler when SLURM auto-requeue owns it, see :func:`stop_signals`), finish the
+    current batch, write ``<dirpath>/last.ckpt`` and stop (:class:`StoppedBySignal`); ``resume=auto``
+    continues exactly from there. A second signal of the same kind acts as usual (a second Ctrl-C
+    interrupts at once). Under DDP every rank must receive the signal (SLURM sends it to all tasks)."""
+
+    def __init__(self, dirpath: str | Path, signals: tuple[int, ...] = (signal.SIGTERM, signal.SIGINT)) -> None:
+        self.dirpath, self.signals = Path(dirpath), signals
+        self.received: int | None = None
+        self._previous: dict[int, object] = {}
+
+    def _handle(self, signum, frame) -> None:
+        self.received = signum
+        signal.signal(signum, self._previous.get(signum, signal.SIG_DFL))  # a second one acts as usual
+
+    def on_train_start(self, trainer, pl_module) -> None:
+        for signum in self.signals:
+            try:
+                self._previous[signum] = signal.getsignal(signum)
+                signal.signal(signum, self._handle)
+            except ValueError:  # not the main thread of the interpreter: leave signals to the default
+                return
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        self._stop_if_signalled(trainer)
+
+    def on_validation_end(self, trainer, pl_module) -> None:
+        if not trainer.sanity_checking:
+            self._stop_if_signalled(trainer)
+
+    def _stop_if_signalled(self, trainer) -> None:
+        if self.received is None:
+            return
+        path = self.dirpath / "last.ckpt"
+        trainer.save_checkpoint(path)
+        if trainer.is_global_zero:
+            name = signal.Signals(self.received).name
+            print(f"segloss: {name} received: saved {path} at step {trainer.global_step}; "
+                  "continue with resume=auto", file=sys.stderr)  # fmt: skip
+        raise StoppedBySignal(self.received)
+
+    def _restore(self) -> None:
+        for signum, handler in self._previous.items():
+            if signal.getsignal(signum) == self._handle:
+                signal.signal(signum, handler)
+
+    def on_train_end(self, trainer, pl_module) -> None:
+        self._restore()
+
+    def on_exception(self, trainer, pl_module, exception) -> None:  # a failed run leaves the handlers as found
+        self._restore()
+
+
+def stop_signals(cfg) -> tuple[int, ...]:
+    """SIGTERM and SIGINT, and SIGUSR1 unless Lightning's SLURM requeue handler owns it."""
+    from lightning.fabric.plugins.environments import SLURMEnvironment
+
+    cluster = cfg.get("cluster") or {}
+    requeue = SLURMEnvironment.detect() and cluster.get("auto_requeue", True)
+    usr1_taken = requeue and str(cluster.get("requeue_signal", "SIGUSR1")) == "SIGUSR1"
+    return (signal.SIGTERM, signal.SIGINT) + (() if usr1_taken else (signal.SIGUSR1,))
+
+
+def _display(pl_module: L.LightningModule, image: torch.Tensor):
+    """``image`` as the data config delivered it (normalised float or uint8) → uint8 H×W×3 for display."""
+    return display_image(image, getattr(pl_module, "input_mean", None), getattr(pl_module, "input_std", None))
 
 
 class PredictionGrid(L.Callback):
@@ -19,14 +140,8 @@ class PredictionGrid(L.Callback):
     ``num_images`` validation images with their ground truth and prediction, coloured with the
     dataset's palette (ignore pixels black)."""
 
-    def __init__(
-        self,
-        dirpath: str,
-        num_images: int = 4,
-        mean: Sequence[float] = IMAGENET_MEAN,
-        std: Sequence[float] = IMAGENET_STD,
-    ) -> None:
-        self.dirpath, self.num_images, self.mean, self.std = Path(dirpath), num_images, mean, std
+    def __init__(self, dirpath: str, num_images: int = 4) -> None:
+        self.dirpath, self.num_images = Path(dirpath), num_images
 
     @rank_zero_only
     def on_validation_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
@@ -43,7 +158,7 @@ class PredictionGrid(L.Callback):
             preds = [pl_module(s["image"][None].to(pl_module.device)).argmax(1)[0].cpu().numpy() for s in samples]
         pl_module.train(was_training)
         grid = prediction_grid(
-            [denormalise(s["image"], self.mean, self.std) for s in samples],
+            [_display(pl_module, s["image"]) for s in samples],
             [s["mask"].numpy() for s in samples],
             preds,
             palette_lut(palette),
@@ -99,23 +214,17 @@ class WandbMedia(L.Callback):
       ``num_images`` validation images with their ``ground_truth`` and ``prediction`` masks — the
       predictions of ``validation_step`` itself, so no extra forward pass (under DDP: the first items of
       rank zero's shard, the same ones every time);
-    * the run summary's ``val/mIoU_best`` (the best val/mIoU, also after a resumed training).
+    * the run summary's ``<optimized metric>_best`` (also after a resumed training).
 
     Does nothing without a WandbLogger (``logger=csv``); under DDP only rank zero logs (the module has
     already summed the metrics over ranks). Reads ``pl_module.last_results["val"]`` ("IoU", "Dice",
-    "confmat") and ``pl_module.val_miou_best`` of :class:`segloss.models.module.SegmentationModule`.
+    "confmat") and ``pl_module.best`` of :class:`segloss.models.module.SegmentationModule`.
     """
 
-    def __init__(
-        self,
-        num_images: int = 4,
-        every_n_epochs: int = 1,
-        mean: Sequence[float] = IMAGENET_MEAN,
-        std: Sequence[float] = IMAGENET_STD,
-    ) -> None:
+    def __init__(self, num_images: int = 4, every_n_epochs: int = 1) -> None:
         if every_n_epochs < 1:
             raise ValueError(f"every_n_epochs must be >= 1, got {every_n_epochs}")
-        self.num_images, self.every_n_epochs, self.mean, self.std = num_images, every_n_epochs, mean, std
+        self.num_images, self.every_n_epochs = num_images, every_n_epochs
         self._samples: list[tuple] = []  # (image H×W×3, mask, prediction, name) of this validation
 
     @staticmethod
@@ -136,7 +245,7 @@ class WandbMedia(L.Callback):
             height, width = (int(v) for v in sizes[i]) if sizes is not None else batch["mask"].shape[-2:]
             self._samples.append(
                 (
-                    denormalise(batch["image"][i], self.mean, self.std)[:height, :width],
+                    _display(pl_module, batch["image"][i])[:height, :width],
                     batch["mask"][i, :height, :width].cpu().numpy(),
                     outputs["preds"][i, :height, :width].cpu().numpy(),
                     str(names[i]) if names is not None else f"{batch_idx}/{i}",
@@ -162,6 +271,6 @@ class WandbMedia(L.Callback):
             ]
             self._samples = []
         logger.log_metrics(media)  # no step: W&B pairs the row with the last trainer/global_step (step_sync)
-        best = getattr(pl_module, "val_miou_best", None)
-        if best is not None and best.update_called:
-            logger.experiment.summary["val/mIoU_best"] = float(best.max_value)
+        best = getattr(pl_module, "best", None)
+        if best is not None and best.value is not None:
+            logger.experiment.summary[f"{best.metric}_best"] = best.value

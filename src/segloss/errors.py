@@ -1,6 +1,7 @@
-"""Errors that are the user's to fix: the command line prints their message alone (no traceback).
+"""Every error that is the user's to fix: the command line prints its message alone (no traceback).
 
-Each message names the problem, where it was found and the fix.
+Each message names the problem, where it was found and the fix. ``SEGLOSS_TRACEBACK=1`` shows the
+traceback behind one (:func:`segloss.utils.config.report_user_errors`).
 """
 
 from __future__ import annotations
@@ -31,3 +32,42 @@ class DatasetNotFoundError(SeglossError, FileNotFoundError):
 
 class DatasetFormatError(SeglossError, ValueError):
     """A file of the dataset is unreadable, unpaired or holds values that are not labels."""
+
+
+class UnreadableImagesError(DatasetFormatError):
+    """``make predict``: some input images could not be read; the others were labelled (``written``: their
+    mask files; ``failed``: the unreadable images)."""
+
+    def __init__(self, failures: dict[Path, str], written: list[Path], output_dir: Path) -> None:
+        lines = "\n".join(f"  - {reason}" for reason in failures.values())
+        super().__init__(
+            f"{len(failures)} image(s) could not be read and were not labelled "
+            f"({len(written)} prediction(s) written to {output_dir}):\n{lines}"
+        )
+        self.failed, self.written = list(failures), written
+
+
+class NonFiniteLossError(SeglossError):
+    """The training loss became NaN or infinite (``model.nonfinite=raise``). Nothing is written after it,
+    so the last good checkpoint stays as it was."""
+
+    @classmethod
+    def at_step(cls, module, batch: dict, batch_idx: int, loss, logits, terms: dict) -> NonFiniteLossError:
+        """The error for this step: where it happened, which terms broke, whether inputs and logits were
+        finite, and what to do."""
+        trainer = module._trainer
+        where = (
+            f"step {trainer.global_step}, epoch {trainer.current_epoch}, batch {batch_idx}"
+            if trainer
+            else f"batch {batch_idx}"
+        )
+        broken = [name for name, value in terms.items() if not bool(value.isfinite())] or ["the loss itself"]
+        names = list(batch.get("name", []))[:8]
+        image_ok, logits_ok = bool(batch["image"].float().isfinite().all()), bool(logits.isfinite().all())
+        return cls(
+            f"the training loss is {float(loss.detach())} at {where}; images {names}; non-finite term(s): "
+            f"{broken}; inputs finite: {image_ok}, logits finite: {logits_ok}. Nothing was saved after it, so the "
+            "last checkpoint is intact. Fixes: check those images, lower optimizer.lr, set "
+            "trainer.gradient_clip_val, use trainer.precision=32-true, or skip such batches with "
+            "model.nonfinite=skip"
+        )

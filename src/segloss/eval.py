@@ -15,7 +15,6 @@ import math
 from pathlib import Path
 
 import hydra
-import lightning.pytorch as L
 import rich
 import torch
 from hydra.core.hydra_config import HydraConfig
@@ -23,12 +22,13 @@ from hydra.types import RunMode
 from lightning.pytorch.utilities import rank_zero_only
 from omegaconf import DictConfig
 
+from segloss.build import build_module, build_trainer
 from segloss.callbacks import PredictionWriter
 from segloss.errors import ConfigError
-from segloss.train import build_module
 from segloss.utils.checkpoints import load_weights
-from segloss.utils.cluster import check_launch, cluster_plugins, launch_rank
-from segloss.utils.config import CONFIG_DIR, instantiate_group, report_user_errors, set_environment
+from segloss.utils.cluster import launch_rank
+from segloss.utils.config import CONFIG_DIR, instantiate, instantiate_group, report_user_errors, set_environment
+from segloss.utils.config_checks import check_config
 from segloss.utils.rich_output import config_tree, print_results
 
 set_environment()
@@ -44,25 +44,19 @@ def evaluate(cfg: DictConfig) -> dict:
     rank_zero_only.rank = launch_rank()
     if not cfg.get("ckpt_path"):
         raise ConfigError("no checkpoint given: run `make eval CKPT=path/to/file.ckpt` (ckpt_path=…)")
+    check_config(cfg)
     if cfg.get("print_config", True) and rank_zero_only.rank == 0:
         rich.print(config_tree(cfg))
     split = cfg.get("split", "val")
     if split not in ("val", "test"):
         raise ConfigError(f"split={split!r}: choose val or test")
-    datamodule = hydra.utils.instantiate(cfg.data)
+    datamodule = instantiate(cfg.data, "data")
     datamodule.prepare_data()
     module = build_module(cfg, with_optimizer=False, datamodule=datamodule)
     load_weights(module, cfg.ckpt_path)
-    callbacks = instantiate_group(cfg.get("callbacks"))
-    if cfg.get("save_predictions"):
-        callbacks.append(PredictionWriter(cfg.predictions_dir))
-    trainer: L.Trainer = hydra.utils.instantiate(
-        cfg.trainer,
-        callbacks=callbacks,
-        logger=instantiate_group(cfg.get("logger")),
-        plugins=cluster_plugins(cfg.get("cluster")) or None,
-    )
-    check_launch(trainer, multirun=HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN)
+    writer = [PredictionWriter(cfg.predictions_dir)] if cfg.get("save_predictions") else []
+    multirun = HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN
+    trainer = build_trainer(cfg, instantiate_group(cfg.get("logger"), "logger"), writer, multirun=multirun)
     datamodule.check_world_size(trainer.world_size, train=False)
     run = trainer.validate if split == "val" else trainer.test
     run(module, datamodule=datamodule, verbose=False)

@@ -16,7 +16,6 @@ been checked, so a wrong folder or an existing output is reported at once.
 
 from __future__ import annotations
 
-import copy
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -24,7 +23,7 @@ import hydra
 import rich
 from omegaconf import DictConfig, OmegaConf
 
-from segloss.errors import ConfigError, DatasetFormatError
+from segloss.errors import ConfigError, DatasetFormatError, UnreadableImagesError
 from segloss.utils.config import CONFIG_DIR, report_user_errors, set_environment
 from segloss.utils.rich_output import config_tree
 
@@ -37,19 +36,6 @@ set_environment()
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp")
 OVERLAY_SUFFIX = "_overlay"
-
-
-class UnreadableImagesError(DatasetFormatError):
-    """Some input images could not be read; the others were labelled (``written``: their mask files;
-    ``failed``: the unreadable images)."""
-
-    def __init__(self, failures: dict[Path, str], written: list[Path], output_dir: Path) -> None:
-        lines = "\n".join(f"  - {reason}" for reason in failures.values())
-        super().__init__(
-            f"{len(failures)} image(s) could not be read and were not labelled "
-            f"({len(written)} prediction(s) written to {output_dir}):\n{lines}"
-        )
-        self.failed, self.written = list(failures), written
 
 
 def find_images(input_dir: Path) -> list[Path]:
@@ -104,20 +90,6 @@ def class_palette(cfg: DictConfig) -> list:
     if palette is None or len(palette) < num_classes:
         palette = default_palette(num_classes)
     return [tuple(int(v) for v in colour) for colour in palette]
-
-
-def without_named_class_weights(cfg: DictConfig) -> DictConfig:
-    """Copy of ``cfg`` whose loss names no class-weight method (``weight: median_frequency``): the loss
-    plays no part in prediction and counting the weights would need the training labels."""
-    cfg = copy.deepcopy(cfg)
-    nodes = [cfg.loss]
-    while nodes:
-        node = nodes.pop()
-        nodes.extend(value for value in node.values() if isinstance(value, DictConfig))
-        for key in ("weight", "alpha"):
-            if isinstance(node.get(key), str):
-                node[key] = None
-    return cfg
 
 
 def choose_device(name: str) -> torch.device:
@@ -176,6 +148,9 @@ def predict(cfg: DictConfig) -> dict:
         raise ConfigError(f"output_dir={output_dir} is inside input_dir={input_dir}; choose a folder outside it")
     images = find_images(input_dir)
     plan = plan_outputs(images, input_dir, output_dir, bool(cfg.get("overlay")), bool(cfg.get("overwrite")))
+    from segloss.utils.config_checks import check_config  # imports torch: after the quick folder checks
+
+    check_config(cfg)
     if int(cfg.data.num_classes) > 256:
         raise ConfigError(f"data.num_classes={cfg.data.num_classes}: palette PNGs hold at most 256 classes")
     return label_images(cfg, plan, output_dir)
@@ -185,12 +160,14 @@ def label_images(cfg: DictConfig, plan: dict, output_dir: Path) -> dict:
     """Build the net, load the checkpoint and write the files of ``plan`` (see :func:`predict`)."""
     from rich.progress import track
 
+    from segloss.build import build_module, without_named_class_weights
     from segloss.data.image_io import read_image
-    from segloss.train import build_module
     from segloss.utils.checkpoints import load_weights
+    from segloss.utils.precision import set_matmul_precision
     from segloss.utils.visualize import palette_lut, save_palette_png
 
     device = choose_device(str(cfg.get("device", "auto")))
+    set_matmul_precision(cfg.get("float32_matmul_precision"), device.type)
     module = build_module(without_named_class_weights(cfg), with_optimizer=False)
     load_weights(module, cfg.ckpt_path)
     module.to(device).eval()

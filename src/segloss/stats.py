@@ -23,14 +23,16 @@ from rich.table import Table
 from segloss.data.label_stats import cached_label_counts
 from segloss.errors import ConfigError
 from segloss.losses.class_weights import METHODS, class_weights
-from segloss.utils.config import CONFIG_DIR, report_user_errors, set_environment
+from segloss.utils.config import CONFIG_DIR, instantiate, report_user_errors, set_environment
+from segloss.utils.config_checks import check_config
 
 set_environment()
 
 
 def compute_stats(cfg: DictConfig) -> dict:
     """Statistics of ``cfg.split`` of ``cfg.data`` (see the module docstring)."""
-    datamodule = hydra.utils.instantiate(cfg.data)
+    check_config(cfg)
+    datamodule = instantiate(cfg.data, "data")
     datamodule.prepare_data()
     split = cfg.get("split", "train")
     if split not in datamodule.splits or datamodule.splits[split] is None:

@@ -120,6 +120,8 @@ class MSDSliceDataset(Dataset):
         cache_dir: folder for the preprocessed cases (never inside ``root``); None keeps them in memory.
     """
 
+    PER_CASE = True  # items carry "case": the module also scores per-case volume Dice
+
     CLASS_NAMES: list[str]  # set per instance from dataset.json "labels", in label order
     PALETTE: list[tuple[int, int, int]]  # one RGB colour per class, background black
     IGNORE_INDEX = 255

@@ -22,35 +22,12 @@ every image is scored exactly once (a padded ``DistributedSampler`` would count 
 
 from __future__ import annotations
 
-import hashlib
-import random
 from collections.abc import Iterator
-from contextlib import contextmanager
 
-import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
-
-def mix_seed(*parts: int) -> int:
-    """A 63-bit seed from integers, stable across processes and platforms (not Python's ``hash``)."""
-    digest = hashlib.blake2b(":".join(map(str, parts)).encode(), digest_size=8).digest()
-    return int.from_bytes(digest, "little") >> 1
-
-
-@contextmanager
-def seeded_rngs(seed: int):
-    """Seed python ``random``, numpy and torch (CPU) with ``seed`` inside the block; restore after."""
-    states = random.getstate(), np.random.get_state(), torch.get_rng_state()
-    random.seed(seed)
-    np.random.seed(seed % 2**32)
-    torch.manual_seed(seed)
-    try:
-        yield
-    finally:
-        random.setstate(states[0])
-        np.random.set_state(states[1])
-        torch.set_rng_state(states[2])
+from segloss.utils.seeding import mix_seed, seeded_rngs
 
 
 class ShardSampler(DistributedSampler):

@@ -8,42 +8,39 @@ from functools import partial
 import lightning.pytorch as L
 import torch
 from torch import Tensor, nn
-from torchmetrics import MaxMetric
 
-from segloss.case_metrics import CaseDice
-from segloss.errors import ConfigError
-from segloss.fault_tolerance import NonFiniteLossError, nonfinite_message
+from segloss.errors import ConfigError, DatasetFormatError, NonFiniteLossError
 from segloss.losses import CompoundLoss
-from segloss.metrics import SegmentationMetrics
+from segloss.metrics import CaseDice, SegmentationMetrics
+from segloss.models.best import BestScore
 from segloss.models.inference import Inference
-from segloss.models.step_hooks import StepHooks
+from segloss.models.nonfinite import NonFinitePolicy
+from segloss.utils.seeding import reseed_step
 
 
-class SegmentationModule(StepHooks, L.LightningModule):
+class SegmentationModule(L.LightningModule):
     """Train/evaluate ``net`` (images → logits N×C×H×W) with ``loss`` (logits, mask → scalar).
 
     Logs ``train/loss_step``/``train/loss_epoch`` (and ``train/loss/<term>_step|_epoch`` for a
-    :class:`CompoundLoss`), ``val/loss``,
-    ``val/mIoU``, ``val/mDice``, ``val/acc``, ``val/IoU/<class>``, ``val/Dice/<class>`` and
-    ``val/mIoU_best`` (``test/…`` likewise). mIoU is the nan-mean of the per-class IoU accumulated over
-    the whole split, over the classes that occur in its ground truth or predictions (the official
-    Cityscapes convention; see :mod:`segloss.metrics`). Each stage has its own metric objects.
-    ``last_results[stage]`` holds the epoch's results; for val/test also ``"confmat"``, the split's
-    confusion matrix (rows: ground truth, columns: prediction; summed over ranks). The best val mIoU and its results are
-    kept in checkpoints, so a resumed training goes on with them.
+    :class:`CompoundLoss`), ``val/loss``, ``val/mIoU``, ``val/mDice``, ``val/acc``, ``val/IoU/<class>``,
+    ``val/Dice/<class>`` and ``<optimized_metric>_best`` (``test/…`` likewise). mIoU is the nan-mean of the
+    per-class IoU accumulated over the whole split, over the classes that occur in its ground truth or
+    predictions (the official Cityscapes convention; see :mod:`segloss.metrics`). Each stage has its own
+    metric objects. ``last_results[stage]`` holds the epoch's results; for val/test also ``"confmat"``, the
+    split's confusion matrix (rows: ground truth, columns: prediction; summed over ranks). ``best``
+    (:class:`segloss.models.best.BestScore`) holds the best validation by ``optimized_metric`` and its
+    results; it is kept in checkpoints, so a resumed training goes on with it.
 
-    Batches whose items carry a ``"case"`` (2D slices of 3D volumes, e.g. the MSD loader) are also
-    scored per case: the slices of a case are stacked back and ``val/case_mDice`` and
-    ``val/case_Dice/<class>`` are the per-case volume Dice averaged over cases
-    (:class:`segloss.case_metrics.CaseDice`).
+    Batches whose items carry a ``"case"`` (2D slices of 3D volumes, e.g. the MSD loader) are also scored
+    per case: ``val/case_mDice`` and ``val/case_Dice/<class>`` (:class:`segloss.metrics.CaseDice`).
 
     Under DDP the val/test metrics are exact: each image is scored once (un-padded shards, see
     :class:`segloss.data.sampling.ShardSampler`), metric states are summed over ranks at compute, and
     ``val/loss`` is the batch-size-weighted mean over all ranks' batches. ``train/loss`` is rank 0's.
+    Evaluation runs with rank 0's BatchNorm buffers (the checkpointed ones), broadcast once per validation.
 
-    Validation and test predictions come from ``inference`` (whole image or sliding window, see
-    :mod:`segloss.models.inference`); ``validation_step``/``test_step`` return ``{"preds": N×H×W}`` for
-    callbacks such as :class:`segloss.callbacks.PredictionWriter`.
+    A run whose training masks hold no labelled pixel in the first epoch, or whose validation split holds
+    none, stops with a :class:`segloss.errors.DatasetFormatError` instead of reporting an untrained net.
 
     Args:
         net: the segmentation network.
@@ -55,16 +52,14 @@ class SegmentationModule(StepHooks, L.LightningModule):
             CPU (oneDNN) and on GPUs with tensor cores this runs convolutions faster.
         inference: an :class:`Inference` or its keyword dict (``{"mode": "slide", "crop_size": …}``);
             None = whole images.
-        input_mean, input_std: the normalisation applied on the device to uint8 image batches
-            (``data.normalize_on_device``); float batches arrive normalised and pass unchanged.
+        input_mean, input_std: the normalisation of the data config, ``(x/255 − mean)/std``: applied on the
+            device to uint8 image batches (``data.normalize_on_device``; float batches arrive normalised),
+            and undone for pictures (:mod:`segloss.callbacks`).
         compile: ``torch.compile`` the net in place (``model.compile``; pays off on GPUs for long runs).
         train_metrics: also accumulate and log ``train/mIoU``, ``train/acc`` (an argmax and a count per
             step; ``model.train_metrics=false`` skips them).
-        nonfinite: what a NaN/Inf training loss does: ``"raise"`` stops with a
-            :class:`segloss.fault_tolerance.NonFiniteLossError` (step, images, terms); ``"skip"`` drops
-            the batch (no update; BatchNorm statistics restored from a copy taken before each step)
-            and counts it in ``train/skipped_batches``; ``"ignore"`` does not
-            check. The check reads one number from the device per step (the only per-step host sync).
+        nonfinite: what a NaN/Inf training loss does: raise, skip or ignore (:mod:`segloss.models.nonfinite`).
+        optimized_metric: the validation score that picks the best epoch (:mod:`segloss.models.best`).
     """
 
     def __init__(
@@ -83,6 +78,7 @@ class SegmentationModule(StepHooks, L.LightningModule):
         compile: bool = False,
         train_metrics: bool = True,
         nonfinite: str = "raise",
+        optimized_metric: str = "val/mIoU",
     ) -> None:
         super().__init__()
         class_names = list(class_names) if class_names is not None else [str(c) for c in range(num_classes)]
@@ -97,34 +93,32 @@ class SegmentationModule(StepHooks, L.LightningModule):
         if compile:
             self.net.compile()  # in place: the state_dict keys (and checkpoints) stay the same
         # uint8 batches (data.normalize_on_device) are normalised here: x·1/(255σ) − μ/σ per channel.
+        self.input_mean, self.input_std = [float(v) for v in input_mean], [float(v) for v in input_std]
         mean, std = (
-            torch.tensor(list(input_mean), dtype=torch.float64),
-            torch.tensor(list(input_std), dtype=torch.float64),
+            torch.tensor(self.input_mean, dtype=torch.float64),
+            torch.tensor(self.input_std, dtype=torch.float64),
         )
         self.register_buffer("input_scale", (1 / (255 * std)).float().view(1, -1, 1, 1), persistent=False)
         self.register_buffer("input_shift", (-mean / std).float().view(1, -1, 1, 1), persistent=False)
         self.loss = loss
         self.optimizer_factory, self.scheduler_factory = optimizer, scheduler
-        self.class_names, self.num_classes = class_names, num_classes
+        self.class_names, self.num_classes, self.ignore_index = class_names, num_classes, ignore_index
         self.track_train_metrics = train_metrics
-        if nonfinite not in ("raise", "skip", "ignore"):
-            raise ValueError(f"nonfinite={nonfinite!r}: choose raise, skip or ignore")
-        self.nonfinite, self.skipped_batches = nonfinite, 0
+        self.nonfinite = NonFinitePolicy(nonfinite)
         self.train_metrics = SegmentationMetrics(num_classes, ignore_index)
         self.val_metrics = SegmentationMetrics(num_classes, ignore_index)
         self.test_metrics = SegmentationMetrics(num_classes, ignore_index)
         self.val_case = CaseDice(num_classes, ignore_index)
         self.test_case = CaseDice(num_classes, ignore_index)
         self.inference = inference if isinstance(inference, Inference) else Inference(**(inference or {}))
-        self.val_miou_best = MaxMetric()
-        self.best_results: dict[str, Tensor] | None = None  # per-class results of the best val epoch
+        self.best = BestScore(optimized_metric, class_names)
         self._resumed_best: dict | None = None  # the best of the checkpoint a training resumes from
         self.last_results: dict[str, dict[str, Tensor]] = {}
         self._train_loss_sums: dict[str, Tensor] = {}  # this epoch's Σ loss·batch size (see _log_train_losses)
         self._train_loss_count = 0
+        self._labelled_pixels: Tensor | None = None  # training pixels that count, first epoch only
 
-    def stage_metrics(self, stage: str) -> SegmentationMetrics:
-        return getattr(self, f"{stage}_metrics")
+    # ------------------------------------------------------------------ steps
 
     def forward(self, image: Tensor) -> Tensor:
         if image.dtype == torch.uint8:
@@ -133,9 +127,10 @@ class SegmentationModule(StepHooks, L.LightningModule):
             image = image.contiguous(memory_format=torch.channels_last)
         return self.net(image)
 
-    def model_step(self, batch: dict) -> tuple[Tensor, Tensor, dict[str, Tensor]]:
-        """Forward and loss: ``(loss, logits, terms)``; ``terms`` holds a compound loss's parts."""
-        logits = self._check_channels(self(batch["image"]))
+    def model_step(self, batch: dict, logits: Tensor | None = None) -> tuple[Tensor, Tensor, dict[str, Tensor]]:
+        """Forward (unless ``logits`` are given) and loss: ``(loss, logits, terms)``; ``terms`` holds a
+        compound loss's parts."""
+        logits = self._check_channels(self(batch["image"]) if logits is None else logits)
         if isinstance(self.loss, CompoundLoss):
             loss, terms = self.loss(logits, batch["mask"], return_terms=True)
             return loss, logits, terms
@@ -149,37 +144,31 @@ class SegmentationModule(StepHooks, L.LightningModule):
             )
         return logits
 
-    def _log_losses(self, stage: str, loss: Tensor, terms: dict[str, Tensor], batch_size: int) -> None:
-        """Evaluation losses: epoch means, batch-size weighted and averaged over ranks at epoch end."""
-        opts = {"on_step": False, "on_epoch": True, "sync_dist": True, "batch_size": batch_size}
-        self.log(f"{stage}/loss", loss, prog_bar=True, **opts)
-        for name, value in terms.items():
-            self.log(f"{stage}/loss/{name}", value, **opts)
-
     def training_step(self, batch: dict, batch_idx: int) -> Tensor | None:
-        buffers = self._keep_buffers() if self.nonfinite == "skip" else None
+        self.nonfinite.before_step(self.net)
         loss, logits, terms = self.model_step(batch)
-        if self.nonfinite != "ignore" and self._loss_broke(loss):
-            if self.nonfinite == "raise":
-                raise NonFiniteLossError(nonfinite_message(self, batch, batch_idx, loss, logits, terms))
-            torch._foreach_copy_(buffers, self._kept_buffers)  # the forward put NaN into BatchNorm's statistics
-            self.skipped_batches += 1
-            self.log("train/skipped_batches", float(self.skipped_batches))
+        if self.nonfinite.broke(loss, self._trainer):
+            if self.nonfinite.mode == "raise":
+                raise NonFiniteLossError.at_step(self, batch, batch_idx, loss, logits, terms)
+            self.nonfinite.skip()
+            self.log("train/skipped_batches", float(self.nonfinite.skipped))
             return None  # Lightning skips backward and the optimizer step
         self._log_train_losses({"train/loss": loss, **{f"train/loss/{k}": v for k, v in terms.items()}}, len(logits))
+        if self._labelled_pixels is not None:
+            mask = batch["mask"]
+            self._labelled_pixels += ((mask >= 0) & (mask < self.num_classes)).sum()
         if self.track_train_metrics:
             self.train_metrics.update(logits.detach().argmax(1), batch["mask"])
         return loss
 
     def _eval_step(self, stage: str, batch: dict) -> dict[str, Tensor]:
-        logits = self._check_channels(self.inference(self, batch["image"]))
-        if isinstance(self.loss, CompoundLoss):
-            loss, terms = self.loss(logits, batch["mask"], return_terms=True)
-        else:
-            loss, terms = self.loss(logits, batch["mask"]), {}
-        self._log_losses(stage, loss, terms, len(logits))
+        loss, logits, terms = self.model_step(batch, self.inference(self, batch["image"]))
+        opts = {"on_step": False, "on_epoch": True, "sync_dist": True, "batch_size": len(logits)}
+        self.log(f"{stage}/loss", loss, prog_bar=True, **opts)  # means over the split and ranks
+        for name, value in terms.items():
+            self.log(f"{stage}/loss/{name}", value, **opts)
         preds = logits.argmax(1)
-        self.stage_metrics(stage).update(preds, batch["mask"])
+        getattr(self, f"{stage}_metrics").update(preds, batch["mask"])
         if "case" in batch:
             getattr(self, f"{stage}_case").update(preds, batch["mask"], batch["case"])
         return {"preds": preds}
@@ -190,8 +179,23 @@ class SegmentationModule(StepHooks, L.LightningModule):
     def test_step(self, batch: dict, batch_idx: int) -> dict[str, Tensor]:
         return self._eval_step("test", batch)
 
+    def _log_train_losses(self, values: dict[str, Tensor], batch_size: int) -> None:
+        """``train/loss_step`` (and terms) on the steps the loggers write (``log_every_n_steps``), and
+        ``train/loss_epoch``, the batch-size-weighted epoch mean of this rank, at the epoch end. Summed
+        on the device between times: ``self.log`` on every step costs ~1 ms of Python, 2–4 % of a
+        small step (benchmarks/bench_overhead.py)."""
+        for name, value in values.items():
+            self._train_loss_sums[name] = self._train_loss_sums.get(name, 0) + value.detach().float() * batch_size
+        self._train_loss_count += batch_size
+        connector = getattr(self._trainer, "_logger_connector", None)  # None outside a Trainer
+        if getattr(connector, "should_update_logs", True):
+            for name, value in values.items():
+                self.log(f"{name}_step", value.detach(), on_step=True, on_epoch=False, prog_bar=name == "train/loss")
+
+    # ------------------------------------------------------------------ epochs
+
     def _log_epoch(self, stage: str) -> dict[str, Tensor]:
-        metrics = self.stage_metrics(stage)
+        metrics = getattr(self, f"{stage}_metrics")
         results = metrics.compute()  # one all-reduce of the confusion matrix under DDP
         if stage == "train":
             results.pop("confmat")
@@ -221,33 +225,67 @@ class SegmentationModule(StepHooks, L.LightningModule):
         # The sanity-check validation must not count towards the best score; a resumed training
         # starts from the best of its checkpoint.
         self.val_metrics.reset()
-        self.val_miou_best.reset()
-        self.best_results = None
-        if self._resumed_best is not None:
-            self.val_miou_best.update(torch.tensor(self._resumed_best["mIoU"]))
-            self.best_results = self._resumed_best.get("results")
+        self.best.load(self._resumed_best)
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:
-        if self.val_miou_best.update_called:  # the same on every rank: the results are synced
-            checkpoint["val_best"] = {"mIoU": float(self.val_miou_best.max_value), "results": self.best_results}
+        state = self.best.state()  # the same on every rank: the results are synced
+        if state is not None:
+            checkpoint["val_best"] = state
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
         self._resumed_best = checkpoint.get("val_best")
 
+    def on_train_batch_start(self, batch: dict, batch_idx: int) -> None:
+        # Seeded runs: step k's randomness (dropout, …) depends on (seed, k, rank) only (exact resume).
+        reseed_step(self.trainer.fit_loop.epoch_loop.batch_progress.total.ready, self.global_rank)
+
+    def on_train_epoch_start(self) -> None:
+        self._train_loss_sums, self._train_loss_count = {}, 0
+        first = self.current_epoch == 0 and not self.trainer.fit_loop.epoch_loop.batch_progress.total.ready
+        self._labelled_pixels = torch.zeros((), dtype=torch.int64, device=self.device) if first else None
+
     def on_train_epoch_end(self) -> None:
-        self._log_train_loss_epoch()
+        for name, total in self._train_loss_sums.items():
+            self.log(f"{name}_epoch", total / max(self._train_loss_count, 1))
+        self._train_loss_sums, self._train_loss_count = {}, 0
+        if self._labelled_pixels is not None:
+            labelled = int(self.trainer.strategy.reduce(self._labelled_pixels, reduce_op="sum"))
+            self._labelled_pixels = None
+            if labelled == 0 and self.trainer.num_training_batches > 0:
+                raise DatasetFormatError(
+                    f"every pixel of the training masks of the first epoch is ignore_index={self.ignore_index} "
+                    "(or outside the classes): there is nothing to learn from. Check the label files, the "
+                    "dataset's label mapping and data.ignore_index"
+                )
         if self.track_train_metrics:
             self._log_epoch("train")
+
+    def _share_rank_zero_buffers(self) -> None:
+        """Evaluate every rank with rank 0's buffers (BatchNorm running statistics) — the ones saved in
+        the checkpoint — so that a DDP validation equals a one-process evaluation of that checkpoint.
+        One broadcast per buffer per validation, instead of DDP's broadcast at every forward."""
+        if self.trainer.world_size > 1 and torch.distributed.is_initialized():
+            for buffer in self.buffers():
+                torch.distributed.broadcast(buffer, src=0)
+
+    def on_validation_epoch_start(self) -> None:
+        self._share_rank_zero_buffers()
+
+    def on_test_epoch_start(self) -> None:
+        self._share_rank_zero_buffers()
 
     def on_validation_epoch_end(self) -> None:
         results = self._log_epoch("val")
         if self.trainer.sanity_checking:
             return
-        previous = self.val_miou_best.compute() if self.val_miou_best.update_called else None
-        self.val_miou_best.update(results["mIoU"])
-        if previous is None or results["mIoU"] > previous:
-            self.best_results = {k: v.detach().cpu() for k, v in results.items()}
-        self.log("val/mIoU_best", self.val_miou_best.compute(), prog_bar=True, sync_dist=True)
+        if int(results["confmat"].sum()) == 0:
+            raise DatasetFormatError(
+                f"the validation split holds no labelled pixel (every mask pixel is ignore_index="
+                f"{self.ignore_index} or outside the classes), so no score can be computed. Check the "
+                "validation label files, the dataset's label mapping and data.ignore_index"
+            )
+        self.best.update(results)
+        self.log(f"{self.best.metric}_best", self.best.tensor(self.device), prog_bar=True, sync_dist=True)
 
     def on_test_epoch_end(self) -> None:
         self._log_epoch("test")

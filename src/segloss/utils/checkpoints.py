@@ -1,17 +1,26 @@
-"""Reading checkpoints safely: ``torch.load(weights_only=True)`` and a clear error when one does not fit.
+"""Checkpoints: read safely, checked against the model, written atomically.
 
-A checkpoint is data from outside (a colleague, a download, a shared drive). Loading it with
+**Reading.** A checkpoint is data from outside (a colleague, a download, a shared drive). Loading it with
 ``weights_only=True`` means Python's unpickler builds only tensors and plain containers, so a file
 crafted to run code when unpickled is refused instead of executed. segloss's own checkpoints hold
 only such values (the module saves plain hyperparameters), so nothing is lost.
+
+**Writing.** A temporary file next to the target, flushed to disk, then renamed: a kill, a full disk or a
+node failure in the middle of a save leaves the previous checkpoint as it was (``os.replace`` is atomic
+within a file system). Lightning's own writer goes through an fsspec transaction whose temporary file
+lives in the system temp folder; when that is another file system the final move is a copy, and a kill
+during it leaves a truncated checkpoint.
 """
 
 from __future__ import annotations
 
+import os
 import pickle
 from pathlib import Path
+from typing import Any
 
 import torch
+from lightning.fabric.plugins import TorchCheckpointIO
 from torch import nn
 
 from segloss.errors import ConfigError
@@ -63,3 +72,28 @@ def load_weights(module: nn.Module, ckpt_path: str | Path) -> dict:
     check_fits(module, state, ckpt_path)
     module.load_state_dict(state)
     return checkpoint
+
+
+def atomic_torch_save(obj: Any, path: str | Path) -> None:
+    """``torch.save(obj, path)`` that never leaves a partial file at ``path``."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        with open(tmp, "wb") as file:
+            torch.save(obj, file)
+            file.flush()
+            os.fsync(file.fileno())
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+class AtomicCheckpointIO(TorchCheckpointIO):
+    """Lightning checkpoint I/O plugin (``Trainer(plugins=[AtomicCheckpointIO()])``) for local paths;
+    loading stays Lightning's."""
+
+    def save_checkpoint(self, checkpoint: dict[str, Any], path, storage_options=None) -> None:
+        if storage_options is not None:
+            raise TypeError("AtomicCheckpointIO takes no storage_options")
+        atomic_torch_save(checkpoint, path)

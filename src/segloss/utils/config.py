@@ -11,7 +11,7 @@ from pathlib import Path
 import hydra
 from omegaconf import DictConfig, OmegaConf
 
-from segloss.errors import SeglossError
+from segloss.errors import ConfigError, SeglossError
 
 PROJECT_ROOT = Path(__file__).resolve().parents[3]
 CONFIG_DIR = Path(os.environ.get("SEGLOSS_CONFIG_DIR", PROJECT_ROOT / "configs"))
@@ -39,11 +39,33 @@ def rank_suffix() -> str:
     return f"_rank{rank}" if rank else ""
 
 
-def instantiate_group(cfg: DictConfig | None) -> list:
+def instantiate(node: DictConfig, where: str, **kwargs):
+    """``hydra.utils.instantiate(node)`` whose failures name the config node (``model.net`` …) and the cause
+    as a :class:`ConfigError` (a :class:`SeglossError` raised by the target passes through as it is)."""
+    from hydra.errors import InstantiationException
+
+    try:
+        return hydra.utils.instantiate(node, **kwargs)
+    except InstantiationException as err:
+        cause = err.__cause__
+        if isinstance(cause, SeglossError):
+            raise cause from err
+        target = node.get("_target_", "?") if isinstance(node, DictConfig) else "?"
+        reason = f"{type(cause).__name__}: {cause}" if cause is not None else str(err).splitlines()[0]
+        raise ConfigError(
+            f"cannot build {where} ({target}) from the config: {reason}. Fix the {where} settings"
+        ) from err
+
+
+def instantiate_group(cfg: DictConfig | None, group: str = "") -> list:
     """Instantiate every entry with a ``_target_`` of a config group such as ``callbacks`` or ``logger``."""
     if not cfg:
         return []
-    return [hydra.utils.instantiate(c) for c in cfg.values() if isinstance(c, DictConfig) and "_target_" in c]
+    return [
+        instantiate(node, f"{group}.{key}" if group else str(key))
+        for key, node in cfg.items()
+        if isinstance(node, DictConfig) and "_target_" in node
+    ]
 
 
 def save_resolved_config(cfg: DictConfig, output_dir: str | Path) -> Path:

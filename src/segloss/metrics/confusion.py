@@ -6,7 +6,7 @@
   the split (0/0 classes are nan and skipped), as the official Cityscapes evaluation does.
 * Dice_c = 2·TP_c / (2·TP_c + FP_c + FN_c) = 2·IoU_c / (1 + IoU_c) on the same split-level counts;
   mDice is their nan-mean (the ``val/mDice`` reported for medical data; per-case volume Dice is
-  :mod:`segloss.case_metrics`).
+  :mod:`segloss.metrics.per_case`).
 * acc = pixel accuracy over non-ignored pixels = trace / sum of the same matrix.
 
 The numbers equal torchmetrics' ``MulticlassJaccardIndex(average="none", zero_division=nan)`` and

@@ -34,7 +34,7 @@ from torch import Tensor
 from torchmetrics import Metric
 from torchmetrics.utilities import dim_zero_cat
 
-from segloss.metrics import count_bins
+from segloss.metrics.confusion import count_bins
 
 NAME_BYTES = 64  # stored as NAME_BYTES // 8 int64 columns
 
@@ -114,7 +114,7 @@ class CaseDice(Metric):
         slice_case = torch.tensor([local[c] for c in cases], dtype=torch.int64, device=target.device)
         c = self.num_classes
         case_of_pixel = slice_case.view(-1, 1, 1).expand_as(target)
-        # One sync-free pass (see segloss.metrics.count_bins): pixels whose target is ignored, or whose
+        # One sync-free pass (see segloss.metrics.confusion.count_bins): pixels whose target is ignored, or whose
         # target or prediction is not a class, go to the spare bin.
         valid = (target >= 0) & (target < c) & (target != self.ignore_index) & (preds >= 0) & (preds < c)
         flat = (case_of_pixel * c + target.long()) * c + preds.long()

@@ -1,4 +1,4 @@
-"""Rendering for :mod:`segloss.compare`: the rich table and the two PNG plots (matplotlib, Agg)."""
+"""Rendering of a comparison: the rich table and the two PNG plots (matplotlib, Agg)."""
 
 from __future__ import annotations
 
@@ -9,7 +9,8 @@ import numpy as np
 from rich.console import Console
 from rich.table import Table
 
-from segloss.compare import Run, cell
+from segloss.comparison.runs import Run
+from segloss.comparison.summary import cell
 
 
 def print_table(summary: dict, title: str) -> Table:

@@ -1,0 +1,169 @@
+"""Config → objects: the LightningModule (net, loss with class weights resolved, optimizer and scheduler
+factories, input normalisation) and the Trainer (callbacks, loggers, precision, cluster plugins).
+
+Shared by the entry points (``segloss.train``, ``segloss.eval``, ``segloss.predict``), so each builds the
+same module from the same config. A part that cannot be built from its config node stops with a
+:class:`ConfigError` naming the node, before any training — the optimizer and scheduler factories are tried
+once on a dummy parameter, so a wrong argument costs seconds, not an epoch.
+"""
+
+from __future__ import annotations
+
+import copy
+
+import lightning.pytorch as L
+import torch
+from lightning.pytorch.utilities import rank_zero_only
+from omegaconf import DictConfig, OmegaConf
+from torch import nn
+
+from segloss.errors import ConfigError
+from segloss.losses.class_weights import METHODS, class_weights
+from segloss.models.module import SegmentationModule
+from segloss.utils.cluster import check_launch, cluster_plugins
+from segloss.utils.config import instantiate, instantiate_group
+from segloss.utils.precision import check_precision, resolve_precision, set_matmul_precision
+
+
+def build_module(cfg: DictConfig, with_optimizer: bool = True, datamodule=None) -> SegmentationModule:
+    """Net, loss (and optimizer/scheduler factories) from their config groups, joined in the module.
+
+    Class-weight settings given by name in the loss config (``weight: median_frequency``) are computed
+    from the training labels of ``datamodule`` (see :func:`resolve_class_weights`)."""
+    loss = instantiate(resolve_class_weights(cfg, datamodule), "loss")
+    check_class_vectors(loss, cfg.data.num_classes)
+    optimizer = scheduler = None
+    if with_optimizer:
+        optimizer = instantiate(cfg.optimizer, "optimizer")
+        scheduler = instantiate(cfg.scheduler, "scheduler") if cfg.get("scheduler") else None
+        try_factories(optimizer, scheduler)
+    return SegmentationModule(
+        net=instantiate(cfg.model.net, "model.net"),
+        loss=loss,
+        optimizer=optimizer,
+        scheduler=scheduler,
+        num_classes=cfg.data.num_classes,
+        ignore_index=cfg.data.ignore_index,
+        class_names=list(cfg.data.class_names),
+        channels_last=cfg.model.get("channels_last", False),
+        inference=OmegaConf.to_container(cfg.inference) if cfg.get("inference") else None,
+        compile=cfg.model.get("compile", False),
+        train_metrics=cfg.model.get("train_metrics", True),
+        nonfinite=cfg.model.get("nonfinite", "raise"),
+        optimized_metric=cfg.get("optimized_metric", "val/mIoU"),
+        **input_normalisation(cfg),
+    )
+
+
+def try_factories(optimizer, scheduler) -> None:
+    """Call the optimizer and scheduler factories once on a dummy parameter: a wrong argument or value
+    fails here, with the config node named, instead of when training starts."""
+    for where, factory in (("optimizer", optimizer), ("scheduler", scheduler)):
+        if factory is None:
+            continue
+        try:
+            trial = optimizer(params=[nn.Parameter(torch.zeros(1))])
+            if where == "scheduler":
+                factory(optimizer=trial, total_steps=10)
+        except Exception as err:  # TypeError (argument), ValueError (value), …: all are the config's
+            raise ConfigError(f"cannot build {where} from the config: {type(err).__name__}: {err}. "
+                              f"Fix the {where} settings") from err  # fmt: skip
+
+
+def input_normalisation(cfg: DictConfig) -> dict:
+    """Mean/std of the data's evaluation transform (ImageNet's by default), for uint8 batches and pictures."""
+    transform = cfg.data.get("eval_transform") or {}
+    return {
+        k: list(transform[k.removeprefix("input_")])
+        for k in ("input_mean", "input_std")
+        if k.removeprefix("input_") in transform
+    }
+
+
+def check_class_vectors(loss: nn.Module, num_classes: int) -> None:
+    """Per-class vectors of a loss (class weights, focal α, …) must have ``num_classes`` entries."""
+    for name, module in loss.named_modules():
+        for attr in ("weight", "alpha", "class_weight"):
+            value = getattr(module, attr, None)
+            if isinstance(value, torch.Tensor) and value.dim() == 1 and value.numel() not in (1, num_classes):
+                where = f"loss.{name + '.' if name else ''}{attr}"
+                raise ConfigError(
+                    f"{where} has {value.numel()} entries but data.num_classes={num_classes}; give one value per "
+                    "class, or a method name such as weight=median_frequency"
+                )
+
+
+def _named_weight_nodes(loss_cfg: DictConfig):
+    """``(node, key, method)`` for every ``weight``/``alpha`` of the loss config that names a method."""
+    nodes = [loss_cfg]
+    while nodes:
+        node = nodes.pop()
+        nodes.extend(value for value in node.values() if isinstance(value, DictConfig))
+        for key in ("weight", "alpha"):
+            if isinstance(node.get(key), str):
+                yield node, key, node[key]
+
+
+def resolve_class_weights(cfg: DictConfig, datamodule=None) -> DictConfig:
+    """Copy of ``cfg.loss`` where every ``weight``/``alpha`` naming a method of
+    :func:`segloss.losses.class_weights` is replaced by the weights computed from the training split's
+    label counts (one pass over the masks, cached in ``paths.cache_dir``)."""
+    loss_cfg = copy.deepcopy(cfg.loss)
+    for node, key, method in _named_weight_nodes(loss_cfg):
+        if method not in METHODS:
+            raise ConfigError(f"loss {key}={method!r}: give a list of numbers or one of {METHODS}")
+        if datamodule is None:
+            raise ConfigError(f"loss {key}={method!r} needs the training data to count labels")
+        node[key] = class_weights_from_data(datamodule, method, cfg.paths.cache_dir).tolist()
+    return loss_cfg
+
+
+def without_named_class_weights(cfg: DictConfig) -> DictConfig:
+    """Copy of ``cfg`` whose loss names no class-weight method: for prediction, where the loss plays no
+    part and counting the weights would need the training labels."""
+    cfg = copy.deepcopy(cfg)
+    for node, key, _ in _named_weight_nodes(cfg.loss):
+        node[key] = None
+    return cfg
+
+
+def class_weights_from_data(datamodule, method: str, cache_dir: str):
+    """Weights of ``method`` from the (cached) pixel counts of the datamodule's training split."""
+    from segloss.data.label_stats import cached_label_counts
+
+    datamodule.prepare_data()
+    dataset = datamodule.dataset(root=datamodule.root, split=datamodule.splits["train"], transform=None)
+    key = f"{type(dataset).__name__}|{datamodule.root}|{datamodule.splits['train']}"
+    stats = cached_label_counts(dataset, datamodule.num_classes, datamodule.ignore_index, cache_dir, key)
+    return class_weights(torch.tensor(stats["counts"]), method, torch.tensor(stats["image_pixels"]))
+
+
+def build_trainer(cfg: DictConfig, loggers: list, callbacks=(), plugins=(), multirun: bool = False) -> L.Trainer:
+    """The Trainer of ``cfg.trainer`` with the ``callbacks`` group (plus ``callbacks``), ``loggers``, the
+    cluster environment (plus ``plugins``), ``trainer.precision=auto`` resolved for this machine (said
+    once) and the CUDA float32 matmul precision set; process layouts that would hang are refused."""
+    accelerator = cfg.trainer.get("accelerator", "auto")
+    precision, reason = resolve_precision(cfg.trainer.get("precision", "auto"), accelerator)
+    check_precision(precision, accelerator)
+    if reason is not None:
+        announce(f"trainer.precision=auto → {precision}: {reason} (set trainer.precision=… to choose)")
+    set_matmul_precision(cfg.get("float32_matmul_precision"), accelerator)
+    make_trainer = instantiate(
+        cfg.trainer, "trainer", _partial_=True
+    )  # objects are passed to the call, not to OmegaConf
+    try:
+        trainer = make_trainer(
+            precision=precision,
+            callbacks=[*instantiate_group(cfg.get("callbacks"), "callbacks"), *callbacks],
+            logger=loggers,
+            plugins=[*cluster_plugins(cfg.get("cluster")), *plugins] or None,
+        )
+    except (TypeError, ValueError) as err:  # Lightning's own checks of its arguments
+        raise ConfigError(f"cannot build the trainer from the config: {err}. Fix the trainer settings") from err
+    check_launch(trainer, multirun)
+    return trainer
+
+
+@rank_zero_only
+def announce(message: str) -> None:
+    print(f"segloss: {message}", flush=True)

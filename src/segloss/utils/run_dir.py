@@ -1,0 +1,156 @@
+"""The run directory of a training, and resuming into it.
+
+:meth:`RunDirectory.open` is called once by ``segloss.train``: it resolves what the run continues from,
+refuses to write over another run's checkpoints, completes the run's config (``ckpt_path``, the
+loss-family tag, the W&B run id of a resumed training), prints it and writes ``config.yaml``.
+
+``resume=auto`` searches, newest file first within each place:
+
+1. the run's own ``<output_dir>`` — a requeued SLURM job or a re-run of the same sweep job keeps its
+   run directory, so it finds its ``checkpoints/last.ckpt`` or the ``hpc_ckpt_<n>.ckpt`` Lightning
+   saved on the requeue signal;
+2. the latest earlier run of the same ``run_name`` under ``<log_dir>/<task_name>/runs`` (a plain
+   ``make train EXP=… resume=auto`` after a crash gets a fresh time-stamped directory).
+
+No checkpoint anywhere: the training starts from scratch (so ``resume=auto`` is safe to put in a job
+that may or may not have run before). The checkpoints that make resuming exact — ``last.ckpt`` every
+``save_every_n_steps`` and on SIGTERM/SIGINT/SIGUSR1 — come from :meth:`RunDirectory.resume_callbacks`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from lightning.pytorch.callbacks import Callback, ModelCheckpoint
+from lightning.pytorch.utilities import rank_zero_only, rank_zero_warn
+from omegaconf import DictConfig, open_dict
+
+from segloss.errors import ConfigError
+from segloss.utils.checkpoints import check_fits, read_checkpoint
+from segloss.utils.config import save_resolved_config
+from segloss.utils.rich_output import config_tree
+from segloss.utils.tracking import is_wandb_target, loss_family, read_run_id
+
+PATTERNS = ("checkpoints/last*.ckpt", "hpc_ckpt_*.ckpt")
+
+
+def _newest(run_dir: Path) -> Path | None:
+    found = [path for pattern in PATTERNS for path in run_dir.glob(pattern) if path.is_file()]
+    return max(found, key=lambda p: p.stat().st_mtime_ns) if found else None
+
+
+def find_resume_checkpoint(output_dir: Path, runs_dir: Path, run_name: str) -> Path | None:
+    """The checkpoint to resume from (see the module docstring), or None."""
+    own = _newest(output_dir)
+    if own is not None:
+        return own
+    if not runs_dir.is_dir():
+        return None
+    earlier = [d for d in runs_dir.glob(f"*_{run_name}") if d.is_dir() and d.resolve() != output_dir.resolve()]
+    candidates = [ckpt for d in earlier if (ckpt := _newest(d)) is not None]
+    return max(candidates, key=lambda p: p.stat().st_mtime_ns) if candidates else None
+
+
+def resolve_resume(resume, ckpt_path, output_dir: Path, runs_dir: Path, run_name: str) -> str | None:
+    """The ``ckpt_path`` to give ``Trainer.fit``: the explicit one, the one ``resume=auto`` finds, or None."""
+    if resume in (None, False, "none", "false"):
+        return str(ckpt_path) if ckpt_path else None
+    if resume != "auto":
+        raise ConfigError(f"resume={resume!r}: use resume=auto, or ckpt_path=…/last.ckpt for a given checkpoint")
+    if ckpt_path:
+        raise ConfigError("give either resume=auto or ckpt_path=…, not both")
+    found = find_resume_checkpoint(output_dir, runs_dir, run_name)
+    return str(found) if found is not None else None
+
+
+def check_output_dir(output_dir: Path, resuming: bool) -> None:
+    """A new run never writes over an earlier run's checkpoints."""
+    ckpts = output_dir / "checkpoints"
+    if not resuming and ckpts.is_dir() and any(ckpts.iterdir()):
+        raise ConfigError(
+            f"{ckpts} already holds checkpoints of an earlier run; choose a new paths.output_dir "
+            "(the default makes a fresh, time-stamped one) or resume with ckpt_path=…/last.ckpt"
+        )
+
+
+@dataclass
+class RunDirectory:
+    """``path``: the run directory; ``ckpt_path``: the checkpoint the training continues from (None: a
+    fresh run); ``resumed_step``: its global step; ``resumed_state``: its weights, until checked."""
+
+    path: Path
+    ckpt_path: str | None = None
+    resumed_step: int | None = None
+    resumed_state: dict | None = None
+
+    @classmethod
+    def open(cls, cfg: DictConfig) -> RunDirectory:
+        """Resolve the resume, check the directory, complete, print and save the config (see the module)."""
+        output_dir = Path(cfg.paths.output_dir)
+        runs_dir = Path(cfg.paths.log_dir) / cfg.task_name / "runs"
+        ckpt_path = resolve_resume(cfg.get("resume"), cfg.get("ckpt_path"), output_dir, runs_dir, cfg.run_name)
+        check_output_dir(output_dir, resuming=ckpt_path is not None)
+        run = cls(output_dir, ckpt_path)
+        if ckpt_path is not None:  # read once: it must fit the model, and metrics.csv rewinds to its step
+            checkpoint = read_checkpoint(ckpt_path)
+            run.resumed_step, run.resumed_state = int(checkpoint.get("global_step", 0)), checkpoint.get("state_dict")
+        complete_config(cfg, ckpt_path, output_dir)
+        show_and_save_config(cfg, output_dir)
+        return run
+
+    def check_fits(self, module) -> None:
+        """A resumed checkpoint must fit the configured model (stops before any training)."""
+        if self.resumed_state is not None:
+            check_fits(module, self.resumed_state, self.ckpt_path)
+            self.resumed_state = None  # Lightning reads the file itself
+
+    def resume_callbacks(self, cfg: DictConfig) -> list[Callback]:
+        """``last.ckpt`` every ``save_every_n_steps`` (a separate ``ModelCheckpoint``, so the one that saves
+        after each validation still does so at the same step) and on a stop signal."""
+        from segloss.callbacks import SignalCheckpoint, stop_signals
+
+        callbacks: list[Callback] = [SignalCheckpoint(self.path / "checkpoints", stop_signals(cfg))]
+        every = cfg.get("save_every_n_steps")
+        if every:
+            options = {"save_top_k": 0, "save_last": True, "enable_version_counter": False}
+            callbacks.insert(0, ModelCheckpoint(self.path / "checkpoints", every_n_train_steps=int(every), **options))
+        return callbacks
+
+
+def complete_config(cfg: DictConfig, ckpt_path: str | None, output_dir: Path) -> None:
+    """Set ``ckpt_path``; append the loss preset's family to ``tags`` (experiments may replace the tags);
+    when resuming, point the W&B logger at the W&B run of the checkpoint's run directory (its
+    ``wandb_run_id.txt``; an ``id`` given in the logger config wins), so the training logs to the same run."""
+    from hydra.core.hydra_config import HydraConfig
+
+    choice = HydraConfig.get().runtime.choices.get("loss") if HydraConfig.initialized() else None
+    with open_dict(cfg):
+        cfg.ckpt_path = ckpt_path
+        tags, family = list(cfg.get("tags") or []), loss_family(choice)
+        cfg.tags = tags if family in tags else [*tags, family]
+    entries = [c for c in (cfg.get("logger") or {}).values() if isinstance(c, DictConfig)]
+    entries = [c for c in entries if is_wandb_target(c.get("_target_"))]
+    if not ckpt_path or not entries:
+        return
+    ckpt = Path(ckpt_path)
+    run_id = read_run_id([ckpt.parent.parent, ckpt.parent, output_dir] if ckpt.is_file() else [output_dir])
+    if run_id is None:
+        rank_zero_warn(f"resuming from {ckpt_path}: no wandb_run_id.txt found next to it, so W&B starts a new run")
+        return
+    with open_dict(cfg):
+        for entry in entries:
+            entry.id = entry.get("id") or run_id
+            entry.resume = "allow"
+
+
+@rank_zero_only
+def show_and_save_config(cfg: DictConfig, output_dir: Path) -> None:
+    """Print the config tree (``print_config``), say where a resume starts, write ``config.yaml``."""
+    if cfg.get("print_config", True):
+        import rich
+
+        rich.print(config_tree(cfg))
+    if cfg.get("ckpt_path"):
+        print(f"segloss: resuming from {cfg.ckpt_path}")
+    save_resolved_config(cfg, output_dir)
