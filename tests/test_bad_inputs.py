@@ -10,7 +10,6 @@ import torch
 from hydra import compose, initialize_config_dir
 from hydra.core.global_hydra import GlobalHydra
 from hydra.errors import MissingConfigException
-from omegaconf import OmegaConf
 from PIL import Image
 
 from segloss.build import check_class_vectors

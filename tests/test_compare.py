@@ -112,7 +112,7 @@ def test_a_failing_job_does_not_stop_the_sweep(tmp_path):
     assert proc.returncode == 0, proc.stderr[-2000:]
     jobs = sorted(p for p in sweep.iterdir() if p.is_dir())
     assert len(jobs) == 2
-    assert "Invalid learning rate" in (jobs[0] / "FAILED").read_text()
+    assert "optimizer.lr=-1.0 must be a positive number" in (jobs[0] / "FAILED").read_text()
     assert not (jobs[1] / "FAILED").exists() and (jobs[1] / "csv" / "metrics.csv").is_file()
     runs, skipped = load_runs(sweep)
     assert len(runs) == 1 and skipped == [str(jobs[0])]

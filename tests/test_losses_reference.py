@@ -94,6 +94,38 @@ def test_region_losses_match_reference(name, loss, fn, opts, shape, per_image):
     assert loss(logits, target).item() == pytest.approx(expected.item(), rel=1e-9, abs=1e-12)
 
 
+ZERO_SMOOTH = {
+    "dice": (lambda: L.DiceLoss(smooth=0.0), lambda i, p, g: 1 - 2 * i / (p + g)),
+    "jaccard": (lambda: L.JaccardLoss(smooth=0.0), lambda i, p, g: 1 - i / (p + g - i)),
+    "tversky": (lambda: L.TverskyLoss(smooth=0.0), lambda i, p, g: 1 - i / (i + 0.3 * (p - i) + 0.7 * (g - i))),
+}
+
+
+@pytest.mark.parametrize("per_image", [False, True])
+@pytest.mark.parametrize("name", sorted(ZERO_SMOOTH))
+def test_an_absent_class_with_zero_probability_contributes_nothing_at_smooth_zero(name, per_image):
+    # smooth=0, classes="present": class 3 is absent from the target and its probability is exactly 0, so
+    # its score is 0/0. It must count nowhere: a finite loss equal to the mean over present classes, and a
+    # finite gradient (NaN × a zero class weight used to stay NaN).
+    make, fn = ZERO_SMOOTH[name]
+    logits, target = make_inputs(2, 4, (5, 6), seed=3)
+    logits[:, 3] = -1e4  # softmax underflows to exactly 0
+    assert logits.softmax(1)[:, 3].max() == 0 and not (target == 3).any()
+    logits.requires_grad_()
+    loss = make()
+    loss.per_image, loss.classes = per_image, "present"
+    value = loss(logits, target)
+    value.backward()
+    expected = region_reference(logits.detach(), target, per_image, fn, classes="present")
+    assert torch.isfinite(value) and value.item() == pytest.approx(expected.item(), rel=1e-9)
+    assert torch.isfinite(logits.grad).all() and logits.grad.abs().sum() > 0
+    # classes="all": absent from target *and* prediction is a perfect score at the limit s → 0⁺ (loss 0)
+    loss.classes = "all"
+    perfect = lambda i, p, g: torch.zeros((), dtype=i.dtype) if p + g == 0 else fn(i, p, g)  # noqa: E731
+    expected = region_reference(logits.detach(), target, per_image, perfect, classes="all")
+    assert loss(logits, target).item() == pytest.approx(expected.item(), rel=1e-9)
+
+
 @pytest.mark.parametrize("per_image", [False, True])
 @pytest.mark.parametrize("shape", [(2, 4, (5, 6)), (2, 3, (3, 4, 5)), (2, 1, (6, 7))], ids=["2d", "3d", "binary"])
 def test_generalized_dice_matches_reference(shape, per_image):

@@ -68,7 +68,8 @@ def test_sigkill_mid_epoch_and_at_an_epoch_end_then_resume_auto_is_exact(base, u
     assert _same_weights(expected, got) == []
     for key in ("optimizer_states", "lr_schedulers"):
         assert str(got[key]) == str(expected[key])
-    assert got["val_best"]["mIoU"] == expected["val_best"]["mIoU"]
+    assert got["val_best"]["metric"] == expected["val_best"]["metric"] == "val/mIoU"
+    assert got["val_best"]["value"] == expected["val_best"]["value"]
     # Every validation of the uninterrupted run is in the resumed run's metrics.csv, with the same values.
     val, got_val = _validations(uninterrupted), _validations(tmp_path)
     assert len(val) == 3 and got_val == val

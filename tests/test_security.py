@@ -59,7 +59,8 @@ def test_secret_environment_variables_never_reach_the_run_directory(tmp_path):
     os.environ.update(secrets)
     run = tmp_path / "run"
     overrides = [o for o in QUIET_RUN if o != "logger=csv"] + [
-        *TINY_SYNTHETIC, f"paths.data_dir={tmp_path / 'data'}", "debug=fdr", "logger=default",
+        *TINY_SYNTHETIC, f"paths.data_dir={tmp_path / 'data'}", "logger=default", "trainer.max_epochs=1",
+        "+trainer.limit_train_batches=1", "+trainer.limit_val_batches=1",
         "+extra.note=${oc.env:SEGLOSS_TEST_TOKEN}", "+extra.wandb_key=${oc.env:WANDB_API_KEY}",
         f"hydra.run.dir={run}",
     ]  # fmt: skip

@@ -37,12 +37,28 @@ def _csv_rows(run_dir):
         return list(csv.DictReader(f))
 
 
-def test_fast_dev_run(make_cfg, data_dir):
-    cfg = make_cfg([*TINY_SYNTHETIC, f"paths.data_dir={data_dir}", "debug=fdr", "logger=csv"])
+def test_fast_dev_run_leaves_no_metrics_and_no_wandb_run(make_cfg, data_dir):
+    cfg = make_cfg([*TINY_SYNTHETIC, f"paths.data_dir={data_dir}", "debug=fdr"])  # default loggers: CSV + W&B
     out = train(cfg)
     assert out["trainer"].state.finished
     assert out["trainer"].global_step == 1
     assert torch.isfinite(out["results"]["acc"])
+    run = Path(out["output_dir"])
+    assert not (run / "csv").exists() and not (run / "wandb").exists() and not (run / "wandb_run_id.txt").exists()
+    assert not list(run.rglob("*.ckpt"))
+
+
+def test_one_optimized_metric_picks_the_checkpoint_the_table_and_the_return_value(make_cfg, data_dir):
+    cfg = make_cfg([*TINY_SYNTHETIC, f"paths.data_dir={data_dir}", "logger=csv", "trainer.max_epochs=4",
+                    "+trainer.limit_train_batches=3", "optimized_metric=val/IoU/road"])  # fmt: skip
+    out = train(cfg)
+    rows = [r for r in _csv_rows(Path(out["output_dir"])) if r.get("val/IoU/road")]
+    best_row = max(rows, key=lambda r: float(r["val/IoU/road"]))  # the first of equal values wins, as in training
+    assert out["best_value"] == pytest.approx(float(best_row["val/IoU/road"]), abs=1e-6)
+    assert Path(out["best_ckpt"]).name == f"epoch_{int(best_row['epoch']):03d}.ckpt"
+    assert float(out["results"]["mIoU"]) == pytest.approx(float(best_row["val/mIoU"]), abs=1e-6)  # that epoch's table
+    assert out["trainer"].checkpoint_callback.monitor == "val/IoU/road"
+    assert {"val/IoU/road_best"} <= set(rows[0]) and "val/mIoU_best" not in rows[0]
 
 
 @pytest.mark.slow

@@ -40,7 +40,7 @@ class LatestCheckpoint(ModelCheckpoint):
 
     Lightning 2.6 refreshes ``last.ckpt`` only in a step where a monitored top-k file was written, so after
     epochs that do not improve the monitored metric ``last.ckpt`` is epochs old, and ``resume=auto`` after a
-    crash would silently repeat them."""
+    crash would silently repeat them. A ``fast_dev_run`` writes no checkpoint at all."""
 
     def _refresh_last(self, trainer: L.Trainer) -> None:
         if self.save_last and not self._should_skip_saving_checkpoint(trainer):
@@ -55,6 +55,10 @@ class LatestCheckpoint(ModelCheckpoint):
         super().on_train_epoch_end(trainer, pl_module)
         if self._should_save_on_train_epoch_end(trainer):
             self._refresh_last(trainer)
+
+    def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if not trainer.fast_dev_run:  # Lightning's own would write last.ckpt even in a fast_dev_run
+            super().on_train_end(trainer, pl_module)
 
 
 class StoppedBySignal(Exception):

@@ -163,6 +163,7 @@ def label_images(cfg: DictConfig, plan: dict, output_dir: Path) -> dict:
     from segloss.build import build_module, without_named_class_weights
     from segloss.data.image_io import read_image
     from segloss.utils.checkpoints import load_weights
+    from segloss.utils.config import instantiate
     from segloss.utils.precision import set_matmul_precision
     from segloss.utils.visualize import palette_lut, save_palette_png
 
@@ -171,7 +172,8 @@ def label_images(cfg: DictConfig, plan: dict, output_dir: Path) -> dict:
     module = build_module(without_named_class_weights(cfg), with_optimizer=False)
     load_weights(module, cfg.ckpt_path)
     module.to(device).eval()
-    transform = hydra.utils.instantiate(cfg.data.get("eval_transform"))
+    node = cfg.data.get("eval_transform")
+    transform = instantiate(node, "data.eval_transform") if node else None
     if transform is None:
         raise ConfigError("data.eval_transform is not set: prediction normalises images as evaluation does")
     palette = class_palette(cfg)

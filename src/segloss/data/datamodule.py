@@ -116,9 +116,19 @@ class SegmentationDataModule(L.LightningDataModule):
             self.generator.ensure(self.root)
 
     def verify(self) -> None:
-        """Fail now, with the dataset's own message, if the data is missing or malformed."""
+        """Fail now, with the dataset's own message, if the data is missing or malformed — or too small
+        to give one training batch (whole global batches only, so it would train nothing)."""
         self.prepare_data()
         self.setup("fit")
+        images = len(self.datasets["train"])
+        if images < self.batch_size:
+            raise ConfigError(
+                f"the training split ({self.splits['train']!r} under {self.root}) has {images} image(s), fewer than "
+                f"data.batch_size={self.batch_size}: every epoch keeps whole batches only, so no training step "
+                f"would run. Lower data.batch_size (e.g. data.batch_size={max(images, 1)}) or add images"
+            )
+        if len(self.datasets["val"]) == 0:
+            raise ConfigError(f"the validation split ({self.splits['val']!r} under {self.root}) holds no image")
 
     def _build(self, stage: str, transform: Callable | None) -> Dataset:
         if stage not in self.datasets:

@@ -98,8 +98,24 @@ class RegionLossBase(torch.nn.Module):
     def forward(self, logits: Tensor, target: Tensor) -> Tensor:
         valid, safe = check_hard_target(logits, target, self.ignore_index, self.check_values)
         inter, p_sum, ground = region_sums(class_probabilities(logits), valid, safe, self.per_image, self.squared)
-        loss = self.per_class(inter, p_sum, ground)
+        loss = self.per_class(*uncounted_as_perfect(inter, p_sum, ground, self.classes))
         if not self.include_background and loss.shape[-1] > 1:
             loss, ground = loss[..., 1:], ground[..., 1:]
         counted = valid.flatten(1).any(1) if self.per_image else valid.any()
         return class_mean(loss, ground, counted, self.classes)
+
+
+def uncounted_as_perfect(inter: Tensor, p_sum: Tensor, ground: Tensor, classes: str) -> tuple[Tensor, Tensor, Tensor]:
+    """Replace the sums of classes that must contribute nothing by I = P = G = 1 (a perfect, finite score):
+
+    * with ``classes="present"``, every class absent from the target (G_c = 0), which the class mean
+      leaves out;
+    * with ``classes="all"``, a class absent from both target and prediction (P_c = G_c = 0), whose score
+      with s = 0 is 0/0 and whose limit s → 0⁺ is s/s = 1 (loss 0).
+
+    Without this, s = 0 makes such a class's score 0/0 = NaN, and NaN × a zero class weight stays NaN in the
+    loss and its gradient. ``torch.where`` on the *inputs* keeps the gradient exactly 0 there (a ``where`` on
+    the output would still back-propagate 0 × ∞)."""
+    skip = ground == 0 if classes == "present" else (ground == 0) & (p_sum == 0)
+    one = torch.ones((), dtype=inter.dtype, device=inter.device)
+    return torch.where(skip, one, inter), torch.where(skip, one, p_sum), torch.where(skip, one, ground)

@@ -1,0 +1,125 @@
+"""Config checks before anything is built: wrong types and values, metric names nothing logs, empty
+folders — one message each (all of them together), naming the key, the value, what is expected and a fix."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from segloss.errors import ConfigError
+from segloss.utils.config_checks import check_config, logged_metrics
+from tests.conftest import run_cli
+
+CASES = [
+    ("trainer.max_epochs=ten", r"trainer.max_epochs='ten' must be an integer ≥ 1 .*e\.g\. trainer.max_epochs=24"),
+    ("trainer.max_epochs=0", r"trainer.max_epochs=0 must be .*0 epochs would train nothing"),
+    ("trainer.max_epochs=2.5", r"trainer.max_epochs=2.5 must be an integer"),
+    ("trainer.max_steps=0", r"trainer.max_steps=0 must be an integer ≥ 1, or -1"),
+    ("data.batch_size=0", r"data.batch_size=0 must be a positive integer \(the global batch\)"),
+    ("data.batch_size=four", r"data.batch_size='four' must be a positive integer"),
+    ("data.num_workers=-1", r"data.num_workers=-1 must be an integer ≥ 0"),
+    ("optimizer.lr=-0.1", r"optimizer.lr=-0.1 must be a positive number \(e\.g\. optimizer.lr=0.001\)"),
+    ("optimizer.lr=fast", r"optimizer.lr='fast' must be a positive number"),
+    ("seed=abc", r"seed='abc' must be a non-negative integer or null"),
+    ("trainer.devices=0", r"trainer.devices=0 must be a positive integer, a list of device ids or auto"),
+    ("trainer.accelerator=tpu", r"trainer.accelerator='tpu' must be one of \['auto', 'cpu'"),
+    ("trainer.log_every_n_steps=0", r"trainer.log_every_n_steps=0 must be a positive integer"),
+    ("save_every_n_steps=0", r"save_every_n_steps=0 must be a positive number of steps, or null"),
+    ("resume=yes", r"resume='yes' must be auto or null \(for a given checkpoint use ckpt_path=…\)"),
+    ("model.nonfinite=maybe", r"model.nonfinite='maybe' must be raise, skip or ignore"),
+    ("model.channels_last=yes", r"model.channels_last='yes' must be true or false"),
+    ("float32_matmul_precision=fast", r"float32_matmul_precision='fast' must be one of \['highest', 'high'"),
+    ("data.train_transform.crop_size=[128]", r"crop_size=\[128\] must be \[height, width\] in pixels"),
+    ("trainer.precision=fp8", r"trainer.precision='fp8' is not one of \['auto'"),
+    ("trainer.precision=16-mixed", r"float16\) needs a CUDA GPU"),
+    ("optimized_metric=val/loss", r"optimized_metric='val/loss' is not a validation score of this run \(the valid"),
+    ("optimized_metric=val/IoU/unicorn", r"optimized_metric='val/IoU/unicorn' is not a validation score"),
+    ("optimized_metric=val/case_mDice", r"optimized_metric='val/case_mDice' is not a validation score"),  # no cases
+    ("callbacks.model_checkpoint.monitor=val/acc", r"monitor='val/acc' differs from optimized_metric='val/mIoU'"),
+    ("callbacks.model_checkpoint.mode=min", r"callbacks.model_checkpoint.mode='min': validation scores are maximised"),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize("override,message", CASES, ids=[c[0] for c in CASES])
+def test_a_wrong_value_is_named_with_what_is_expected(make_cfg, override, message):
+    cfg = make_cfg([override])
+    with pytest.raises(ConfigError, match=message):
+        check_config(cfg)
+
+
+def test_every_problem_is_listed_in_one_message(make_cfg):
+    cfg = make_cfg(["trainer.max_epochs=0", "data.batch_size=-2", "optimizer.lr=0"])
+    with pytest.raises(
+        ConfigError, match=r"3 problems in the config:\n  - .*max_epochs.*\n  - .*batch_size.*\n  - .*lr"
+    ):
+        check_config(cfg)
+
+
+def test_training_forever_is_refused(make_cfg):
+    with pytest.raises(ConfigError, match=r"max_epochs=-1 and trainer.max_steps=-1 would train forever"):
+        check_config(make_cfg(["trainer.max_epochs=-1", "trainer.max_steps=-1"]))
+
+
+def test_a_monitor_that_names_no_logged_metric(make_cfg):
+    early = ["+callbacks.early_stop._target_=lightning.pytorch.callbacks.EarlyStopping",
+             "+callbacks.early_stop.monitor=val/MIoU"]  # fmt: skip
+    with pytest.raises(ConfigError, match=r"callbacks.early_stop.monitor='val/MIoU' names no logged metric; e.g. \["):
+        check_config(make_cfg(early))
+    check_config(make_cfg([*early[:1], "+callbacks.early_stop.monitor=val/loss"]))  # logged: accepted
+
+
+def test_the_metric_names_follow_the_loss_terms_and_the_data(make_cfg):
+    cfg = make_cfg(["loss=dice_ce"])
+    logged = logged_metrics(cfg, per_case=False)
+    assert {"val/loss/dice", "train/loss/ce_epoch", "val/IoU/pole", "val/mIoU_best"} <= logged
+    assert "val/case_mDice" not in logged and "val/case_mDice" in logged_metrics(cfg, per_case=True)
+
+
+@pytest.mark.parametrize("experiment", ["base_msd_unet", "dice_kvasir", "focal_cityscapes", "ce_voc"])
+def test_the_shipped_experiments_pass(make_cfg, experiment):
+    check_config(make_cfg([f"experiment={experiment}"]))
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the message given without a GPU")
+def test_a_gpu_trainer_without_a_gpu(make_cfg):
+    with pytest.raises(
+        ConfigError, match=r"trainer.accelerator=gpu but no CUDA GPU is available here; use trainer=cpu"
+    ):
+        check_config(make_cfg(["trainer=gpu"]))
+
+
+def test_a_wrong_type_on_the_command_line_costs_seconds_and_one_line(tmp_path):
+    proc = run_cli("train", [f"hydra.run.dir={tmp_path}", "trainer.max_epochs=ten"], check=False)
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    assert proc.stderr.strip().splitlines()[-1] == (
+        "segloss: error: trainer.max_epochs='ten' must be an integer ≥ 1 (or -1 with trainer.max_steps > 0); "
+        "0 epochs would train nothing (e.g. trainer.max_epochs=24)"
+    )
+    assert not (tmp_path / "config.yaml").exists() and not (tmp_path / "checkpoints").exists()
+
+
+def test_an_empty_data_root_never_writes_at_the_filesystem_root(tmp_path, monkeypatch):
+    monkeypatch.setenv("DATA_ROOT", "")
+    proc = run_cli("train", [f"hydra.run.dir={tmp_path}"], check=False)
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    assert "DATA_ROOT is set but empty" in proc.stderr and "unset DATA_ROOT" in proc.stderr
+    assert not Path("/synthetic_city").exists()
+
+
+def test_an_argument_the_net_does_not_take_names_the_config_node(tmp_path):
+    proc = run_cli("train", [f"hydra.run.dir={tmp_path}", "+model.net.width=3"], check=False)
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    assert ("segloss: error: cannot build model.net (segloss.models.nets.unet.UNet) from the config: TypeError: "
+            in proc.stderr and "unexpected keyword argument 'width'" in proc.stderr)  # fmt: skip
+
+
+@pytest.mark.parametrize("override,message", [("+optimizer.momentum_x=0.9", r"TypeError: .*momentum_x"),
+                                              ("optimizer.weight_decay=-1", r"ValueError: Invalid weight_decay"),
+                                              ("+scheduler.power_x=2", r"TypeError: poly\(\) .*power_x")])  # fmt: skip
+def test_optimizer_and_scheduler_arguments_fail_when_built_not_when_training_starts(make_cfg, override, message):
+    from segloss.build import build_module
+
+    with pytest.raises(ConfigError, match=rf"cannot build (optimizer|scheduler).*{message}.*Fix the"):
+        build_module(make_cfg([override]))
