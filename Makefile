@@ -55,8 +55,11 @@ predict: $(STAMP) ## label a folder of images: make predict CKPT=… INPUT=folde
 stats: $(STAMP) ## label statistics + class weights: make stats [DATA=cityscapes] [ARGS="data.root=…"]
 	$(PY) -m segloss.stats $(if $(DATA),data=$(DATA)) $(ARGS)
 
-test: $(STAMP) ## run the whole test suite
-	$(PY) -m pytest -q $(ARGS)
+# One pytest worker per core (pytest-xdist), each test module on one worker (its module fixtures built once);
+# each worker runs torch single-threaded. TEST_WORKERS=0 runs in one process.
+TEST_WORKERS ?= auto
+test: $(STAMP) ## run the whole test suite (in parallel: TEST_WORKERS=auto|N|0)
+	$(PY) -m pytest -q -n $(TEST_WORKERS) --dist loadscope $(ARGS)
 
 bench-losses: $(STAMP) ## loss fwd+bwd time and peak memory vs smp / MONAI / torch (ARGS="--device cuda")
 	$(PY) benchmarks/bench_losses.py $(ARGS)

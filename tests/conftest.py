@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import numpy as np
@@ -16,7 +17,13 @@ from PIL import Image
 from segloss.utils.config import CONFIG_DIR, set_environment
 
 set_environment()
-torch.set_num_threads(2)
+# Under pytest-xdist (make test) every core runs a worker: one torch thread each, and the same for the
+# processes the tests start (they inherit OMP_NUM_THREADS), so that the workers share the cores.
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    os.environ["OMP_NUM_THREADS"] = "1"
+    torch.set_num_threads(1)
+else:
+    torch.set_num_threads(min(2, os.cpu_count() or 1))
 
 # A small synthetic_city that trains in seconds (the same generator as the default, fewer/smaller images).
 TINY_SYNTHETIC = [
@@ -91,7 +98,6 @@ QUIET_RUN = [
 
 def run_cli(module: str, overrides: list[str], timeout: int = 300, check: bool = True):
     """``python -m segloss.<module> overrides…`` in a subprocess (the tests package importable)."""
-    import os
     import subprocess
     import sys
 

@@ -9,9 +9,9 @@ from hydra.errors import MissingConfigException
 from omegaconf import open_dict
 
 from segloss.build import build_module, build_trainer, resolve_class_weights
+from segloss.checks import check_config
 from segloss.errors import DatasetNotFoundError
 from segloss.utils.config import CONFIG_DIR
-from segloss.utils.config_checks import check_config
 
 EXPERIMENTS = sorted(p.stem for p in (CONFIG_DIR / "experiment").glob("*.yaml"))
 MODELS = sorted(p.stem for p in (CONFIG_DIR / "model").glob("*.yaml"))

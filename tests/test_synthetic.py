@@ -41,6 +41,21 @@ def test_deterministic_in_seed(tmp_path):
     assert any((a / f).read_bytes() != (c / f).read_bytes() for f in files)
 
 
+def test_the_files_are_the_same_for_any_number_of_generating_processes(tmp_path, monkeypatch):
+    from segloss.data import synthetic
+
+    params = SyntheticCity(num_train=66, num_val=2, height=16, width=32, seed=3)
+    assert synthetic.generation_workers(68) >= 1 and synthetic.generation_workers(10) == 1
+    monkeypatch.setattr(synthetic, "generation_workers", lambda images: 2)
+    parallel = params.ensure(tmp_path / "parallel")
+    monkeypatch.setattr(synthetic, "generation_workers", lambda images: 1)
+    serial = params.ensure(tmp_path / "serial")
+    files = sorted(p.relative_to(serial) for p in serial.rglob("*") if p.is_file())
+    assert len(files) == 2 * 68 + 1
+    assert files == sorted(p.relative_to(parallel) for p in parallel.rglob("*") if p.is_file())
+    assert all((serial / f).read_bytes() == (parallel / f).read_bytes() for f in files)
+
+
 def test_class_balance_has_rare_classes_and_ignore(city):
     masks = _masks(city, "train")
     counts = torch.bincount(masks[masks != 255], minlength=19).double()

@@ -10,16 +10,20 @@ once on a dummy parameter, so a wrong argument costs seconds, not an epoch.
 from __future__ import annotations
 
 import copy
+from pathlib import Path
 
 import lightning.pytorch as L
 import torch
+from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.utilities import rank_zero_only
 from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
+from segloss.callbacks import SignalCheckpoint, stop_signals
 from segloss.errors import ConfigError
 from segloss.losses.class_weights import METHODS, class_weights
 from segloss.models.module import SegmentationModule
+from segloss.utils.checkpoints import AtomicCheckpointIO
 from segloss.utils.cluster import check_launch, cluster_plugins
 from segloss.utils.config import instantiate, instantiate_group
 from segloss.utils.precision import check_precision, resolve_precision, set_matmul_precision
@@ -138,10 +142,24 @@ def class_weights_from_data(datamodule, method: str, cache_dir: str):
     return class_weights(torch.tensor(stats["counts"]), method, torch.tensor(stats["image_pixels"]))
 
 
-def build_trainer(cfg: DictConfig, loggers: list, callbacks=(), plugins=(), multirun: bool = False) -> L.Trainer:
+def build_trainer(
+    cfg: DictConfig, loggers: list, callbacks=(), run_dir: Path | None = None, multirun: bool = False
+) -> L.Trainer:
     """The Trainer of ``cfg.trainer`` with the ``callbacks`` group (plus ``callbacks``), ``loggers``, the
-    cluster environment (plus ``plugins``), ``trainer.precision=auto`` resolved for this machine (said
-    once) and the CUDA float32 matmul precision set; process layouts that would hang are refused."""
+    cluster environment, ``trainer.precision=auto`` resolved for this machine (said once) and the CUDA
+    float32 matmul precision set; process layouts that would hang are refused.
+
+    A training (``run_dir`` given) also gets what makes resuming exact: atomic checkpoint writes,
+    ``last.ckpt`` every ``save_every_n_steps`` (a separate ``ModelCheckpoint``, so the one that saves after
+    each validation still does so at the same step) and on SIGTERM/SIGINT/SIGUSR1."""
+    plugins = []
+    if run_dir is not None:
+        ckpt_dir = Path(run_dir) / "checkpoints"
+        callbacks = [*callbacks, SignalCheckpoint(ckpt_dir, stop_signals(cfg))]
+        if cfg.get("save_every_n_steps"):
+            options = {"save_top_k": 0, "save_last": True, "enable_version_counter": False}
+            callbacks.insert(0, ModelCheckpoint(ckpt_dir, every_n_train_steps=int(cfg.save_every_n_steps), **options))
+        plugins.append(AtomicCheckpointIO())
     accelerator = cfg.trainer.get("accelerator", "auto")
     precision, reason = resolve_precision(cfg.trainer.get("precision", "auto"), accelerator)
     check_precision(precision, accelerator)

@@ -24,11 +24,11 @@ from omegaconf import DictConfig
 
 from segloss.build import build_module, build_trainer
 from segloss.callbacks import PredictionWriter
+from segloss.checks import check_config
 from segloss.errors import ConfigError
 from segloss.utils.checkpoints import load_weights
 from segloss.utils.cluster import launch_rank
 from segloss.utils.config import CONFIG_DIR, instantiate, instantiate_group, report_user_errors, set_environment
-from segloss.utils.config_checks import check_config
 from segloss.utils.rich_output import config_tree, print_results
 
 set_environment()

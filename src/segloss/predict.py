@@ -148,7 +148,7 @@ def predict(cfg: DictConfig) -> dict:
         raise ConfigError(f"output_dir={output_dir} is inside input_dir={input_dir}; choose a folder outside it")
     images = find_images(input_dir)
     plan = plan_outputs(images, input_dir, output_dir, bool(cfg.get("overlay")), bool(cfg.get("overwrite")))
-    from segloss.utils.config_checks import check_config  # imports torch: after the quick folder checks
+    from segloss.checks import check_config  # imports torch: after the quick folder checks
 
     check_config(cfg)
     if int(cfg.data.num_classes) > 256:

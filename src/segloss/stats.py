@@ -20,11 +20,11 @@ import torch
 from omegaconf import DictConfig
 from rich.table import Table
 
+from segloss.checks import check_config
 from segloss.data.label_stats import cached_label_counts
 from segloss.errors import ConfigError
 from segloss.losses.class_weights import METHODS, class_weights
 from segloss.utils.config import CONFIG_DIR, instantiate, report_user_errors, set_environment
-from segloss.utils.config_checks import check_config
 
 set_environment()
 

@@ -20,10 +20,9 @@ from omegaconf import DictConfig
 
 from segloss.build import build_module, build_trainer
 from segloss.callbacks import StoppedBySignal
-from segloss.utils.checkpoints import AtomicCheckpointIO
+from segloss.checks import check_config
 from segloss.utils.cluster import launch_rank
 from segloss.utils.config import CONFIG_DIR, instantiate, report_user_errors, set_environment
-from segloss.utils.config_checks import check_config
 from segloss.utils.rich_output import print_results
 from segloss.utils.run_dir import RunDirectory
 from segloss.utils.tracking import finish_wandb, start_tracking
@@ -53,7 +52,7 @@ def train(cfg: DictConfig) -> dict:
     module = build_module(cfg, datamodule=datamodule)
     run.check_fits(module)
     loggers = start_tracking(cfg, run.path, run.resumed_step)
-    trainer = build_trainer(cfg, loggers, run.resume_callbacks(cfg), [AtomicCheckpointIO()], is_multirun())
+    trainer = build_trainer(cfg, loggers, run_dir=run.path, multirun=is_multirun())
     datamodule.check_world_size(trainer.world_size)
 
     try:  # weights_only: a resumed checkpoint is data, never code (segloss.utils.checkpoints)

@@ -14,9 +14,12 @@ from __future__ import annotations
 
 import argparse
 import json
+import multiprocessing
 import os
 import shutil
+import sys
 import time
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -69,18 +72,20 @@ class SyntheticCity:
         # One scratch folder per process: several DDP ranks may generate at once; the first rename wins.
         tmp = root.with_name(f".{root.name}.{os.getpid()}.partial")
         shutil.rmtree(tmp, ignore_errors=True)
+        jobs = [(self, tmp, split, i) for split, count in (("train", self.num_train), ("val", self.num_val))
+                for i in range(count)]  # fmt: skip
         for split, count in (("train", self.num_train), ("val", self.num_val)):
-            cities = CITIES[split]
-            for i in range(count):
-                rng = np.random.default_rng([self.seed, SPLIT_KEYS[split], i])
-                rgb, label = render_scene(rng, self.height, self.width)
-                city = cities[i % len(cities)]
-                stem = f"{city}_{i // len(cities):06d}_000019"
-                img_dir, gt_dir = tmp / "leftImg8bit" / split / city, tmp / "gtFine" / split / city
-                img_dir.mkdir(parents=True, exist_ok=True)
-                gt_dir.mkdir(parents=True, exist_ok=True)
-                Image.fromarray(rgb).save(img_dir / f"{stem}_leftImg8bit.png", compress_level=1)
-                Image.fromarray(label).save(gt_dir / f"{stem}_gtFine_labelIds.png", compress_level=1)
+            for city in CITIES[split][:count]:
+                (tmp / "leftImg8bit" / split / city).mkdir(parents=True, exist_ok=True)
+                (tmp / "gtFine" / split / city).mkdir(parents=True, exist_ok=True)
+        workers = generation_workers(len(jobs))
+        if workers > 1:  # each image has its own seed: the files are the same for any number of workers
+            context = multiprocessing.get_context("fork")
+            with ProcessPoolExecutor(workers, mp_context=context) as pool:
+                list(pool.map(_write_image, jobs, chunksize=16))
+        else:
+            for job in jobs:
+                _write_image(job)
         (tmp / MARKER).write_text(json.dumps(asdict(self), indent=2))
         root.parent.mkdir(parents=True, exist_ok=True)
         if (root / MARKER).is_file():  # another process finished first: same parameters, same files
@@ -94,6 +99,26 @@ class SyntheticCity:
             if not (root / MARKER).is_file():
                 raise
             shutil.rmtree(tmp)
+
+
+def generation_workers(images: int) -> int:
+    """Processes that render the images: one per available core (at most 8) where ``fork`` exists
+    (Linux), for sets of more than 64 images; 1 elsewhere."""
+    if images <= 64 or "fork" not in multiprocessing.get_all_start_methods() or sys.platform == "darwin":
+        return 1
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    return max(1, min(cores, 8))
+
+
+def _write_image(job: tuple) -> None:
+    """Render image ``i`` of ``split`` from its own seed ``(seed, split, i)`` and write its two PNGs."""
+    params, tmp, split, i = job
+    rng = np.random.default_rng([params.seed, SPLIT_KEYS[split], i])
+    rgb, label = render_scene(rng, params.height, params.width)
+    cities = CITIES[split]
+    city, stem = cities[i % len(cities)], f"{cities[i % len(cities)]}_{i // len(cities):06d}_000019"
+    Image.fromarray(rgb).save(tmp / "leftImg8bit" / split / city / f"{stem}_leftImg8bit.png", compress_level=1)
+    Image.fromarray(label).save(tmp / "gtFine" / split / city / f"{stem}_gtFine_labelIds.png", compress_level=1)
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -14,7 +14,7 @@ loss-family tag, the W&B run id of a resumed training), prints it and writes ``c
 
 No checkpoint anywhere: the training starts from scratch (so ``resume=auto`` is safe to put in a job
 that may or may not have run before). The checkpoints that make resuming exact — ``last.ckpt`` every
-``save_every_n_steps`` and on SIGTERM/SIGINT/SIGUSR1 — come from :meth:`RunDirectory.resume_callbacks`.
+``save_every_n_steps`` and on SIGTERM/SIGINT/SIGUSR1 — are added by :func:`segloss.build.build_trainer`.
 """
 
 from __future__ import annotations
@@ -22,7 +22,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from lightning.pytorch.callbacks import Callback, ModelCheckpoint
 from lightning.pytorch.utilities import rank_zero_only, rank_zero_warn
 from omegaconf import DictConfig, open_dict
 
@@ -104,18 +103,6 @@ class RunDirectory:
         if self.resumed_state is not None:
             check_fits(module, self.resumed_state, self.ckpt_path)
             self.resumed_state = None  # Lightning reads the file itself
-
-    def resume_callbacks(self, cfg: DictConfig) -> list[Callback]:
-        """``last.ckpt`` every ``save_every_n_steps`` (a separate ``ModelCheckpoint``, so the one that saves
-        after each validation still does so at the same step) and on a stop signal."""
-        from segloss.callbacks import SignalCheckpoint, stop_signals
-
-        callbacks: list[Callback] = [SignalCheckpoint(self.path / "checkpoints", stop_signals(cfg))]
-        every = cfg.get("save_every_n_steps")
-        if every:
-            options = {"save_top_k": 0, "save_last": True, "enable_version_counter": False}
-            callbacks.insert(0, ModelCheckpoint(self.path / "checkpoints", every_n_train_steps=int(every), **options))
-        return callbacks
 
 
 def complete_config(cfg: DictConfig, ckpt_path: str | None, output_dir: Path) -> None:

@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 import torch
 
+from segloss.checks import check_config, logged_metrics
 from segloss.errors import ConfigError
-from segloss.utils.config_checks import check_config, logged_metrics
 from tests.conftest import run_cli
 
 CASES = [
