@@ -37,6 +37,8 @@ TINY_SYNTHETIC = [
     "data.batch_size=8",
     "model.net.base_channels=8",
     "model.net.depth=3",
+    "optimizer.lr=0.002",
+    "trainer.check_val_every_n_epoch=1",
 ]
 
 

@@ -1,20 +1,27 @@
-"""Datasets (official on-disk layouts), joint transforms and the DataModule."""
+"""Datasets (official on-disk layouts), joint transforms and the DataModule.
 
-from segloss.data.cityscapes import CityscapesDataset
-from segloss.data.datamodule import SegmentationDataModule
-from segloss.data.folders import ImageMaskFolderDataset
-from segloss.data.medical import MSDSliceDataset
-from segloss.data.synthetic import SyntheticCity
-from segloss.data.voc import VOCDataset
-from segloss.errors import DatasetFormatError, DatasetNotFoundError
+The names below are imported on first use (PEP 562), so that ``segloss-synthetic`` — which needs only
+numpy and PIL — does not pay for importing torch and Lightning.
+"""
 
-__all__ = [
-    "CityscapesDataset",
-    "DatasetFormatError",
-    "DatasetNotFoundError",
-    "ImageMaskFolderDataset",
-    "MSDSliceDataset",
-    "SegmentationDataModule",
-    "SyntheticCity",
-    "VOCDataset",
-]
+from __future__ import annotations
+
+import importlib
+
+_HOMES = {
+    "CityscapesDataset": "segloss.data.cityscapes",
+    "SegmentationDataModule": "segloss.data.datamodule",
+    "ImageMaskFolderDataset": "segloss.data.folders",
+    "MSDSliceDataset": "segloss.data.medical",
+    "SyntheticCity": "segloss.data.synthetic",
+    "VOCDataset": "segloss.data.voc",
+    "DatasetFormatError": "segloss.errors",
+    "DatasetNotFoundError": "segloss.errors",
+}
+__all__ = sorted(_HOMES)
+
+
+def __getattr__(name: str):
+    if name not in _HOMES:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    return getattr(importlib.import_module(_HOMES[name]), name)
