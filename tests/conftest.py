@@ -19,11 +19,10 @@ from segloss.utils.config import CONFIG_DIR, set_environment
 set_environment()
 # Under pytest-xdist (make test) every core runs a worker: one torch thread each, and the same for the
 # processes the tests start (they inherit OMP_NUM_THREADS), so that the workers share the cores.
-if os.environ.get("PYTEST_XDIST_WORKER"):
-    os.environ["OMP_NUM_THREADS"] = "1"
-    torch.set_num_threads(1)
-else:
-    torch.set_num_threads(min(2, os.cpu_count() or 1))
+# In-process and subprocess trainings use the same thread count, so their results can be compared bit for bit.
+THREADS = 1 if os.environ.get("PYTEST_XDIST_WORKER") else min(2, os.cpu_count() or 1)
+os.environ["OMP_NUM_THREADS"] = str(THREADS)
+torch.set_num_threads(THREADS)
 
 # A small synthetic_city that trains in seconds (the same generator as the default, fewer/smaller images).
 TINY_SYNTHETIC = [
@@ -53,6 +52,13 @@ def compose_config(config_name: str, overrides: list[str], output_dir: Path) -> 
         cfg.print_config = False
         del cfg.hydra
     return cfg
+
+
+def fit(overrides: list[str], output_dir: Path) -> dict:
+    """``segloss.train.train`` in this process (no interpreter start-up) on ``overrides``, writing ``output_dir``."""
+    from segloss.train import train
+
+    return train(compose_config("train", list(overrides), Path(output_dir)))
 
 
 @pytest.fixture

@@ -25,7 +25,7 @@ from segloss.models.nets.unet import UNet
 from segloss.utils.checkpoints import load_weights, read_checkpoint
 from segloss.utils.config import CONFIG_DIR
 from segloss.utils.precision import check_precision
-from tests.conftest import run_cli
+from tests.conftest import TINY_SYNTHETIC, fit, run_cli
 from tests.trees.folders import write_folder_tree
 from tests.trees.voc import write_voc_tree
 
@@ -249,6 +249,6 @@ def test_a_missing_or_truncated_checkpoint(tmp_path, content, message):
 
 def test_resuming_from_a_checkpoint_of_another_model_stops_before_training(tmp_path):
     other = _save(tmp_path, _module())
-    proc = run_cli("train", [f"hydra.run.dir={tmp_path / 'run'}", f"ckpt_path={other}"], check=False)
-    assert proc.returncode == 2 and "does not fit the configured model" in proc.stderr
+    with pytest.raises(ConfigError, match=r"does not fit the configured model"):
+        fit([*TINY_SYNTHETIC, f"paths.data_dir={tmp_path / 'data'}", f"ckpt_path={other}"], tmp_path / "run")
     assert not (tmp_path / "run" / "checkpoints").exists()

@@ -76,7 +76,20 @@ def test_metric_benchmark_runs_and_our_update_has_no_mask_indexing(tmp_path):
 
 @pytest.mark.slow
 def test_overhead_benchmark_runs_all_three_variants(tmp_path):
-    args = ("--steps", "2", "--rounds", "1", "--batch", "2", "--size", "32", "32", "--precision", "32-true")
+    args = (
+        "--steps",
+        "2",
+        "--rounds",
+        "1",
+        "--batch",
+        "2",
+        "--size",
+        "32",
+        "32",
+        "--precision",
+        "32-true",
+        "--default-malloc",
+    )  # no re-execution with heap reuse: one interpreter start-up less
     result = _bench("bench_overhead", *args, tmp_path=tmp_path)
     assert set(result["ratio_to_loop"]) == {"loop", "lightning", "lightning+metrics"}
     assert result["ratio_to_loop"]["loop"] == 1.0 and all(r > 0 for r in result["ratio_to_loop"].values())

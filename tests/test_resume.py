@@ -1,4 +1,4 @@
-"""Reproducibility: bit-for-bit repeatable CPU runs, exact resume after SIGKILL, resume=auto."""
+"""Reproducibility: bit-for-bit repeatable CPU runs, exact resume after SIGKILL and SIGTERM, resume=auto."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ import torch
 
 from segloss.errors import ConfigError
 from segloss.utils.run_dir import find_resume_checkpoint, resolve_resume
-from tests.conftest import QUIET_RUN, TINY_SYNTHETIC, load_ckpt, run_cli
+from tests.conftest import QUIET_RUN, TINY_SYNTHETIC, fit, load_ckpt, run_cli
 
 KILL = "+callbacks.kill._target_=tests.fault_callbacks.KillAtStep"
 
@@ -26,7 +26,7 @@ def base(tmp_path_factory):
 @pytest.fixture(scope="module")
 def uninterrupted(base, tmp_path_factory):
     run = tmp_path_factory.mktemp("uninterrupted")
-    run_cli("train", [*base, f"hydra.run.dir={run}"])
+    fit(base, run)
     return run
 
 
@@ -45,7 +45,7 @@ def _validations(run) -> list[dict]:
 
 @pytest.mark.slow
 def test_cpu_runs_are_bit_for_bit_repeatable_with_any_number_of_workers(base, uninterrupted, tmp_path):
-    run_cli("train", [*base, "data.num_workers=2", f"hydra.run.dir={tmp_path}"])
+    fit([*base, "data.num_workers=2"], tmp_path)
     first, second = load_ckpt(uninterrupted / "checkpoints/last.ckpt"), load_ckpt(tmp_path / "checkpoints/last.ckpt")
     assert first["global_step"] == second["global_step"] == 36
     assert _same_weights(first, second) == []
@@ -61,8 +61,8 @@ def test_sigkill_mid_epoch_and_at_an_epoch_end_then_resume_auto_is_exact(base, u
     # … resumed (a requeued job: same run directory) and killed again right after epoch 2's validation …
     proc = run_cli("train", [*base, *run, "resume=auto", KILL, "+callbacks.kill.step=24"], check=False)
     assert proc.returncode == -signal.SIGKILL and "resuming from" in proc.stdout
-    # … and resumed to the end.
-    run_cli("train", [*base, *run, "resume=auto"])
+    # … and resumed to the end (in this process: only the kills need processes of their own).
+    fit([*base, "resume=auto"], tmp_path)
     expected, got = load_ckpt(uninterrupted / "checkpoints/last.ckpt"), load_ckpt(tmp_path / "checkpoints/last.ckpt")
     assert got["global_step"] == expected["global_step"] == 36
     assert _same_weights(expected, got) == []
@@ -73,6 +73,20 @@ def test_sigkill_mid_epoch_and_at_an_epoch_end_then_resume_auto_is_exact(base, u
     # Every validation of the uninterrupted run is in the resumed run's metrics.csv, with the same values.
     val, got_val = _validations(uninterrupted), _validations(tmp_path)
     assert len(val) == 3 and got_val == val
+
+
+@pytest.mark.slow
+def test_sigterm_saves_a_checkpoint_and_resume_auto_finishes_exactly(base, uninterrupted, tmp_path, capfd):
+    signal_at = ["+callbacks.stop._target_=tests.fault_callbacks.SignalAtStep", "+callbacks.stop.step=7"]
+    with pytest.raises(SystemExit) as stop:  # what `python -m segloss.train` exits with
+        fit([*base, *signal_at], tmp_path)
+    assert stop.value.code == 128 + signal.SIGTERM
+    assert "SIGTERM received: saved" in capfd.readouterr().err
+    assert load_ckpt(tmp_path / "checkpoints" / "last.ckpt")["global_step"] == 8  # the signalled step's batch finished
+    fit([*base, "resume=auto"], tmp_path)
+    expected, got = load_ckpt(uninterrupted / "checkpoints/last.ckpt"), load_ckpt(tmp_path / "checkpoints/last.ckpt")
+    assert got["global_step"] == expected["global_step"] == 36
+    assert _same_weights(expected, got) == []
 
 
 def test_resume_auto_prefers_the_run_directory_then_the_latest_run_of_the_same_name(tmp_path):

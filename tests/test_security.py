@@ -9,8 +9,9 @@ import pytest
 import torch
 from PIL import Image
 
+from segloss.errors import ConfigError
 from segloss.utils.secrets import REDACTED, redact
-from tests.conftest import QUIET_RUN, TINY_SYNTHETIC, run_cli
+from tests.conftest import QUIET_RUN, TINY_SYNTHETIC, compose_config, run_cli
 
 MARKER = Path(torch.__file__).parent / "segloss_security_test_marker"
 
@@ -36,9 +37,20 @@ def test_a_malicious_checkpoint_is_refused_by_eval_predict_and_resume(evil_check
     (tmp_path / "in").mkdir()
     Image.new("RGB", (16, 8)).save(tmp_path / "in" / "photo.png")
     extra = {"predict": [f"input_dir={tmp_path / 'in'}", f"output_dir={tmp_path / 'out'}"]}.get(entry, [])
-    proc = run_cli(entry, [f"ckpt_path={evil_checkpoint}", f"hydra.run.dir={tmp_path / 'run'}", *extra], check=False)
-    assert proc.returncode == 2, proc.stderr[-2000:]
-    assert "refusing to load" in proc.stderr and "weights_only=True" in proc.stderr
+    if entry == "train":  # through the command line once: exit status 2, the message, no traceback
+        proc = run_cli(entry, [f"ckpt_path={evil_checkpoint}", f"hydra.run.dir={tmp_path / 'run'}"], check=False)
+        assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr[-2000:]
+        message = proc.stderr
+    else:  # the same entry functions in this process (a payload that ran would touch MARKER here too)
+        from segloss.eval import evaluate
+        from segloss.predict import predict
+
+        tiny = [*TINY_SYNTHETIC, f"paths.data_dir={tmp_path / 'data'}"]
+        cfg = compose_config(entry, [*tiny, f"ckpt_path={evil_checkpoint}", *extra], tmp_path / "run")
+        with pytest.raises(ConfigError) as err:
+            (evaluate if entry == "eval" else predict)(cfg)
+        message = str(err.value)
+    assert "refusing to load" in message and "weights_only=True" in message
     assert not MARKER.exists()  # the payload never ran
 
 

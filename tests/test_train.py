@@ -26,9 +26,7 @@ def data_dir(tmp_path_factory):
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory, data_dir):
     base = [*TINY_SYNTHETIC, f"paths.data_dir={data_dir}"]
-    cfg = compose_config(
-        "train", [*base, "trainer.max_epochs=10", "optimizer.lr=0.005"], tmp_path_factory.mktemp("run")
-    )
+    cfg = compose_config("train", [*base, "trainer.max_epochs=7", "optimizer.lr=0.005"], tmp_path_factory.mktemp("run"))
     return cfg, train(cfg), base
 
 
@@ -66,8 +64,8 @@ def test_training_learns_well_above_chance(trained):
     _, out, _ = trained
     rows = [r for r in _csv_rows(Path(out["output_dir"])) if r.get("val/mIoU")]
     mious = [float(r["val/mIoU"]) for r in rows]
-    assert len(mious) == 10
-    # chance (uniform over the 19 classes) is ≈ 0.03; 120 steps at 64×128 reach ≈ 0.26
+    assert len(mious) == 7
+    # chance (uniform over the 19 classes) is ≈ 0.03; 84 steps at 64×128 reached 0.252 (first epoch 0.047)
     assert max(mious) > 0.20 and max(mious) > 4 * mious[0], mious
     assert float(out["results"]["mIoU"]) == pytest.approx(max(mious), abs=1e-6)
 
