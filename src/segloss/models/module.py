@@ -38,6 +38,9 @@ class SegmentationModule(L.LightningModule):
     :class:`segloss.data.sampling.ShardSampler`), metric states are summed over ranks at compute, and
     ``val/loss`` is the batch-size-weighted mean over all ranks' batches. ``train/loss`` is rank 0's.
     Evaluation runs with rank 0's BatchNorm buffers (the checkpointed ones), broadcast once per validation.
+    Evaluation predictions come from ``inference`` (whole image or sliding window,
+    :mod:`segloss.models.inference`); ``validation_step``/``test_step`` return ``{"preds": N×H×W}`` for
+    callbacks such as :class:`segloss.callbacks.PredictionWriter`.
 
     A run whose training masks hold no labelled pixel in the first epoch, or whose validation split holds
     none, stops with a :class:`segloss.errors.DatasetFormatError` instead of reporting an untrained net.
