@@ -6,9 +6,10 @@ p = sigmoid(logit) of the foreground when C = 1; y = one-hot(target).
     I_c = Σ p_c·y_c      P_c = Σ p_c  (Σ p_c² when ``squared``)      G_c = Σ y_c
 
 Sums run over batch and space (``per_image=False``: "batch" statistics, as nnU-Net) or over space
-only (``per_image=True``), giving shape (C,) or (N, C). I_c and G_c are accumulated with
-``scatter_add`` from the target-class probability, so no N×C×S one-hot tensor is built and nothing
-waits on the host.
+only (``per_image=True``), giving shape (C,) or (N, C). Batch statistics are those of the global batch
+when training under DDP (:mod:`segloss.losses._distributed`); per-image ones stay per rank. I_c and G_c
+are accumulated with ``scatter_add`` from the target-class probability, so no N×C×S one-hot tensor is
+built and nothing waits on the host.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ import torch
 from torch import Tensor
 
 from segloss.losses._checks import at_least_float32, check_hard_target
+from segloss.losses._distributed import active, sum_over_ranks, sum_over_ranks_detached
 
 CLASS_MODES = ("all", "present")
 
@@ -98,11 +100,19 @@ class RegionLossBase(torch.nn.Module):
     def forward(self, logits: Tensor, target: Tensor) -> Tensor:
         valid, safe = check_hard_target(logits, target, self.ignore_index, self.check_values)
         inter, p_sum, ground = region_sums(class_probabilities(logits), valid, safe, self.per_image, self.squared)
+        counted = valid.flatten(1).any(1) if self.per_image else valid.any()
+        if not self.per_image and active(self):  # DDP: the statistics of the global batch
+            inter, p_sum, ground = global_region_sums(inter, p_sum, ground)
+            counted = sum_over_ranks_detached(valid.sum()) > 0
         loss = self.per_class(*uncounted_as_perfect(inter, p_sum, ground, self.classes))
         if not self.include_background and loss.shape[-1] > 1:
             loss, ground = loss[..., 1:], ground[..., 1:]
-        counted = valid.flatten(1).any(1) if self.per_image else valid.any()
         return class_mean(loss, ground, counted, self.classes)
+
+
+def global_region_sums(inter: Tensor, p_sum: Tensor, ground: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    """(I, P, G) of the batch summed over the DDP ranks, gradients included (:mod:`._distributed`)."""
+    return sum_over_ranks(torch.stack([inter, p_sum, ground])).unbind(0)
 
 
 def uncounted_as_perfect(inter: Tensor, p_sum: Tensor, ground: Tensor, classes: str) -> tuple[Tensor, Tensor, Tensor]:

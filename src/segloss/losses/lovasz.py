@@ -16,6 +16,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from segloss.losses._checks import at_least_float32, check_hard_target
+from segloss.losses._distributed import active, gather_last_dim, sum_over_ranks, sum_over_ranks_detached
 from segloss.losses._region import CLASS_MODES, class_mean, class_probabilities
 
 CHUNK_ELEMENTS = 1 << 21  # rows are processed in groups of about this many elements to bound memory
@@ -47,6 +48,11 @@ def lovasz_rows(errors: Tensor, fg: Tensor) -> Tensor:
     The loss is piecewise linear in the errors, so its gradient is ∇ scattered back to the pixels:
     the order and ∇ are computed without autograd, which then only sees Σ e·∇.
     """
+    return (errors * lovasz_gradient(errors, fg)).sum(-1)
+
+
+def lovasz_gradient(errors: Tensor, fg: Tensor) -> Tensor:
+    """∇ of :func:`lovasz_rows` at ``errors``, scattered back to the pixels (no autograd)."""
     with torch.no_grad():
         grads = []
         step = max(1, CHUNK_ELEMENTS // max(errors.shape[-1], 1))
@@ -58,8 +64,7 @@ def lovasz_rows(errors: Tensor, fg: Tensor) -> Tensor:
             jaccard = rank / (cum_fg[..., -1:] + rank - cum_fg)
             sorted_grad = torch.diff(jaccard, dim=-1, prepend=jaccard.new_zeros((*jaccard.shape[:-1], 1)))
             grads.append(torch.empty_like(sorted_grad).scatter_(-1, order, sorted_grad))
-        grad = torch.cat(grads) if len(grads) > 1 else grads[0]
-    return (errors * grad).sum(-1)
+        return torch.cat(grads) if len(grads) > 1 else grads[0]
 
 
 class LovaszSoftmaxLoss(torch.nn.Module):
@@ -69,6 +74,7 @@ class LovaszSoftmaxLoss(torch.nn.Module):
     ground truth; 0 when none is. For C = 1 the two classes are background 1 − p and foreground p.
 
     The authors advise combining it with cross-entropy or fine-tuning after CE (see ``ce_lovasz``).
+    In batch mode under DDP the sort runs over the pixels of the global batch (:mod:`._distributed`).
     """
 
     def __init__(
@@ -86,8 +92,20 @@ class LovaszSoftmaxLoss(torch.nn.Module):
         if probs.shape[1] == 1:
             probs = torch.cat([1 - probs, probs], dim=1)
         errors, fg, counted = self._errors(probs, valid, safe)
+        if not self.per_image and active(self):  # DDP: sort the pixels of the global batch
+            return self._global_batch(errors, fg, counted)
         per_class = lovasz_rows(errors.flatten(0, 1), fg.flatten(0, 1)).view(errors.shape[:2])
         return class_mean(per_class, fg.sum(-1), counted, self.classes)
+
+    def _global_batch(self, errors: Tensor, fg: Tensor, counted: Tensor) -> Tensor:
+        """Batch mode under DDP: ∇ from the sort of every rank's pixels; this rank's part of ⟨e, ∇⟩ summed
+        over ranks (gradients included); class presence from the global counts."""
+        all_errors, mine = gather_last_dim(errors.flatten(0, 1))
+        all_fg, _ = gather_last_dim(fg.flatten(0, 1))
+        grad = lovasz_gradient(all_errors, all_fg)[..., mine]
+        per_class = sum_over_ranks((errors.flatten(0, 1) * grad).sum(-1)).view(errors.shape[:2])
+        ground = sum_over_ranks_detached(fg.sum(-1))
+        return class_mean(per_class, ground, sum_over_ranks_detached(counted.long()) > 0, self.classes)
 
     def _errors(self, probs: Tensor, valid: Tensor, safe: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         """|y_c − p_c| per (row, class, pixel), 0 on ignored pixels; the bool ground truth; which rows

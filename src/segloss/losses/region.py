@@ -12,7 +12,8 @@ import torch
 from torch import Tensor
 
 from segloss.losses._checks import check_hard_target
-from segloss.losses._region import RegionLossBase, class_probabilities, region_sums
+from segloss.losses._distributed import active
+from segloss.losses._region import RegionLossBase, class_probabilities, global_region_sums, region_sums
 
 
 class DiceLoss(RegionLossBase):
@@ -112,6 +113,8 @@ class GeneralizedDiceLoss(torch.nn.Module):
     def forward(self, logits: Tensor, target: Tensor) -> Tensor:
         valid, safe = check_hard_target(logits, target, self.ignore_index, self.check_values)
         inter, p_sum, ground = region_sums(class_probabilities(logits), valid, safe, self.per_image)
+        if not self.per_image and active(self):  # DDP: the statistics of the global batch
+            inter, p_sum, ground = global_region_sums(inter, p_sum, ground)
         weight = 1 / (ground * ground)
         finite = torch.isfinite(weight)
         largest = torch.where(finite, weight, torch.zeros_like(weight)).amax(-1, keepdim=True)
