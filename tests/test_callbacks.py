@@ -42,18 +42,40 @@ def _module(stats: dict) -> SegmentationModule:
                               input_std=stats["std"])  # fmt: skip
 
 
+def _validate(callback, module, batches, epoch=3):
+    """Drive a callback through one validation of ``batches`` (their predictions all class 0)."""
+    trainer = SimpleNamespace(sanity_checking=False, is_global_zero=True, current_epoch=epoch,
+                              datamodule=SimpleNamespace(datasets={"val": None}))  # fmt: skip
+    callback.on_validation_epoch_start(trainer, module)
+    for index, batch in enumerate(batches):
+        preds = torch.zeros(batch["mask"].shape, dtype=torch.long)
+        callback.on_validation_batch_end(trainer, module, {"preds": preds}, batch, index)
+    callback.on_validation_epoch_end(trainer, module)
+
+
 @pytest.mark.parametrize("stats", [MSD, IMAGENET], ids=["msd", "imagenet"])
 @pytest.mark.parametrize("on_device", [False, True], ids=["float", "uint8"])
 def test_the_prediction_grid_shows_the_images_as_they_were_read(tmp_path, stats, on_device):
     items, originals = _items(stats, on_device)
     assert (items[0]["image"].dtype == torch.uint8) == on_device
-    datamodule = SimpleNamespace(datasets={"val": items})
-    trainer = SimpleNamespace(sanity_checking=False, datamodule=datamodule, current_epoch=3)
-    PredictionGrid(str(tmp_path), num_images=2).on_validation_epoch_end(trainer, _module(stats))
+    batches = [{k: (torch.stack([i[k]]) if k != "name" else [i[k]]) for k in i} for i in items]  # batches of 1
+    _validate(PredictionGrid(str(tmp_path), num_images=2), _module(stats), batches)
     grid = np.asarray(Image.open(tmp_path / "epoch_003.png"))
     for row, original in enumerate(originals):  # row r: image (24 px) | 2 | truth | 2 | prediction, then 2 px
         panel = grid[row * 18 : row * 18 + 16, :24].astype(int)
         assert np.abs(panel - original).max() <= 1  # ImageNet statistics on MSD data were off by ~60 grey levels
+
+
+def test_the_prediction_grid_draws_full_resolution_frames_at_a_bounded_size(tmp_path):
+    image = torch.randint(0, 256, (1, 3, 1024, 2048), dtype=torch.uint8)
+    mask = torch.zeros(1, 1024, 2048, dtype=torch.long)
+    mask[:, :, 1024:] = 1
+    batch = {"image": image, "mask": mask, "name": ["frame"]}
+    _validate(PredictionGrid(str(tmp_path), num_images=4, max_side=512), _module(MSD), [batch])
+    grid = np.asarray(Image.open(tmp_path / "latest.png"))
+    assert grid.shape == (256 + 2, 3 * 512 + 4, 3)  # one row: three 256×512 panels, 2-px separators
+    truth = grid[:256, 514:1026]
+    assert (truth[:, :250] == truth[0, 0]).all() and (truth[:, 262:] == truth[0, -1]).all()  # nearest: 2 labels
 
 
 @pytest.mark.parametrize("on_device", [False, True], ids=["float", "uint8"])

@@ -75,3 +75,27 @@ def test_logits_not_probabilities_are_averaged():
 def test_bad_inference_settings_are_named(kwargs, needle):
     with pytest.raises(ConfigError, match=needle.replace("[", r"\[").replace("(", r"\(")):
         Inference(**kwargs)
+
+
+@pytest.mark.parametrize("window_batch", [2, 4, 9, 20])
+def test_windows_in_batches_give_the_logits_of_one_window_at_a_time(window_batch):
+    torch.manual_seed(1)
+    net = nn.Sequential(nn.Conv2d(3, 6, 3, padding=1), nn.BatchNorm2d(6), nn.ReLU(), nn.Conv2d(6, 4, 3, padding=1))
+    net.eval()
+    image = torch.randn(2, 3, 30, 50)
+    calls = []
+
+    def forward(x):
+        calls.append(x.shape[0])
+        return net(x)
+
+    one = slide_inference(net, image, (16, 20), (7, 9))  # 3 × 5 = 15 windows, one per call
+    batched = slide_inference(forward, image, (16, 20), (7, 9), window_batch=window_batch)
+    torch.testing.assert_close(batched, one, rtol=1e-5, atol=1e-6)
+    assert len(calls) == -(-15 // window_batch) and sum(calls) == 15 * 2  # ⌈15/k⌉ calls of up to k·N crops
+    assert Inference("slide", crop_size=(16, 20), stride=(7, 9), window_batch=window_batch).window_batch == window_batch
+
+
+def test_a_window_batch_that_is_not_a_positive_count():
+    with pytest.raises(ConfigError, match=r"inference.window_batch=0: give a positive number of windows per call"):
+        Inference("slide", crop_size=(8, 8), stride=(4, 4), window_batch=0)

@@ -44,7 +44,8 @@ def setup(make_cfg, tmp_path):
 
     def cfg(input_dir: Path, output_dir: Path, *extra: str):
         overrides = [*TINY, f"paths.data_dir={data_dir}", f"ckpt_path={ckpt}", f"input_dir={input_dir}"]
-        return make_cfg([*overrides, f"output_dir={output_dir}", "device=cpu", *extra], name="predict")
+        exact = ["trainer.precision=32-true"]  # predictions compared exactly with a float32 forward
+        return make_cfg([*overrides, f"output_dir={output_dir}", "device=cpu", *exact, *extra], name="predict")
 
     return module, cfg, data_dir
 
@@ -114,6 +115,7 @@ def test_sliding_window_writes_the_slide_inference(setup, tmp_path):
     write_inputs(inputs, broken=False)
     slide = ["inference=slide", "inference.crop_size=[16,16]", "inference.stride=[8,8]"]
     result = predict(cfg(inputs, out, *slide))
+    assert result.pop("frames_per_s") > 0
     assert result == {
         "written": [out / Path(n).with_suffix(".png") for n in sorted(GOOD)],
         "overlays": [],
@@ -163,3 +165,28 @@ def test_cli_empty_folder_is_one_clear_line(tmp_path):
     assert len(lines) == 1 and "Traceback" not in proc.stderr
     assert lines[0].startswith("segloss: error: input_dir=") and str(tmp_path / "empty") in lines[0]
     assert ".tiff" in lines[0] and not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize(
+    "precision,flags,dtype",
+    [("auto", set(), None), ("auto", {"avx512_bf16"}, torch.bfloat16), ("bf16-mixed", set(), torch.bfloat16),
+     ("32-true", {"amx_bf16"}, None)],
+)  # fmt: skip
+def test_prediction_runs_under_the_training_precision(setup, tmp_path, monkeypatch, precision, flags, dtype):
+    from segloss.predict import autocast_dtype
+    from segloss.utils import precision as P
+
+    monkeypatch.setattr(P, "cpu_flags", lambda *_: flags)
+    _, cfg, _ = setup
+    config = cfg(tmp_path / "in", tmp_path / "out", f"trainer.precision={precision}")
+    assert autocast_dtype(config, torch.device("cpu")) == dtype
+
+
+def test_a_bf16_prediction_labels_every_image(setup, tmp_path):
+    _, cfg, _ = setup
+    inputs, out = tmp_path / "in", tmp_path / "out"
+    write_inputs(inputs, broken=False)
+    result = predict(cfg(inputs, out, "trainer.precision=bf16-mixed"))
+    assert len(result["written"]) == len(GOOD) and all(p.is_file() for p in result["written"])
+    for name in GOOD:
+        assert mask_of((out / name).with_suffix(".png"))[1].shape == GOOD[name]

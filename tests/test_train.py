@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -161,6 +162,8 @@ def test_cli_eval_prints_the_table(trained, data_dir, tmp_path):
     proc = _cli(["segloss.eval", *TINY_SYNTHETIC, f"ckpt_path={out['best_ckpt']}"], data_dir, tmp_path)
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert "mIoU" in proc.stdout and "traffic sign" in proc.stdout
+    throughput = r"12 frames in [0-9.]+ s: [0-9.]+ frames/s \(Inference\(mode='whole'\), (32-true|bf16-mixed), 1"
+    assert re.search(throughput, " ".join(proc.stdout.split())), proc.stdout[-500:]
 
 
 def test_compound_loss_terms_are_logged(make_cfg, data_dir):

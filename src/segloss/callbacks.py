@@ -6,7 +6,7 @@
 * :class:`PredictionWriter` — every evaluation prediction as a label file (official result formats).
 * :class:`WandbMedia` — per-class table, confusion matrix and prediction overlays in W&B.
 
-Images shown by the last three are undone from exactly the normalisation of the data config (the module's
+Pictures drawn by PredictionGrid and WandbMedia undo exactly the normalisation of the data config (the module's
 ``input_mean``/``input_std``; uint8 batches of ``data.normalize_on_device`` pass unchanged).
 """
 
@@ -17,7 +17,6 @@ import sys
 from pathlib import Path
 
 import lightning.pytorch as L
-import torch
 from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.utilities import rank_zero_only
 
@@ -27,6 +26,7 @@ from segloss.utils.visualize import (
     confusion_matrix_image,
     default_palette,
     display_image,
+    fit_within,
     overlay_image,
     palette_lut,
     prediction_grid,
@@ -134,39 +134,66 @@ def stop_signals(cfg) -> tuple[int, ...]:
     return (signal.SIGTERM, signal.SIGINT) + (() if usr1_taken else (signal.SIGUSR1,))
 
 
-def _display(pl_module: L.LightningModule, image: torch.Tensor):
-    """``image`` as the data config delivered it (normalised float or uint8) → uint8 H×W×3 for display."""
-    return display_image(image, getattr(pl_module, "input_mean", None), getattr(pl_module, "input_std", None))
+class FirstPredictions:
+    """The first ``count`` images of a validation with their ground truth and the predictions of
+    ``validation_step`` itself (no extra forward pass): ``(picture H×W×3 uint8, mask, prediction, name)``.
+    The picture undoes exactly the data config's normalisation (uint8 batches pass as they are); items
+    padded to a common batch size are cropped back to their own size. Under DDP: rank 0's first items."""
+
+    def __init__(self, count: int) -> None:
+        self.count, self.samples = count, []
+
+    def reset(self) -> None:
+        self.samples = []
+
+    def add(self, pl_module: L.LightningModule, outputs, batch: dict, batch_idx: int) -> None:
+        wanted = self.count - len(self.samples)
+        if wanted <= 0 or not outputs or "preds" not in outputs:
+            return
+        sizes, names = batch.get("size"), batch.get("name")
+        mean, std = getattr(pl_module, "input_mean", None), getattr(pl_module, "input_std", None)
+        for i in range(min(wanted, len(outputs["preds"]))):
+            height, width = (int(v) for v in sizes[i]) if sizes is not None else batch["mask"].shape[-2:]
+            self.samples.append(
+                (
+                    display_image(batch["image"][i], mean, std)[:height, :width],
+                    batch["mask"][i, :height, :width].cpu().numpy(),
+                    outputs["preds"][i, :height, :width].cpu().numpy(),
+                    str(names[i]) if names is not None else f"{batch_idx}/{i}",
+                )
+            )
 
 
 class PredictionGrid(L.Callback):
     """After each validation, write ``<dirpath>/epoch_XXX.png`` (and ``latest.png``): the first
     ``num_images`` validation images with their ground truth and prediction, coloured with the
-    dataset's palette (ignore pixels black)."""
+    dataset's palette (ignore pixels black). The predictions are those of the validation itself, and each
+    panel is drawn at most ``max_side`` pixels on its long side (a 1024×2048 frame at 256×512), so the grid
+    costs milliseconds at any resolution."""
 
-    def __init__(self, dirpath: str, num_images: int = 4) -> None:
-        self.dirpath, self.num_images = Path(dirpath), num_images
+    def __init__(self, dirpath: str, num_images: int = 4, max_side: int = 512) -> None:
+        if max_side < 1:
+            raise ValueError(f"max_side must be ≥ 1, got {max_side}")
+        self.dirpath, self.num_images, self.max_side = Path(dirpath), num_images, max_side
+        self._first = FirstPredictions(num_images)
+
+    def on_validation_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._first.reset()
+
+    def on_validation_batch_end(self, trainer, pl_module, outputs, batch, batch_idx, dataloader_idx=0) -> None:
+        if not trainer.sanity_checking and trainer.is_global_zero and self.num_images > 0:
+            self._first.add(pl_module, outputs, batch, batch_idx)
 
     @rank_zero_only
     def on_validation_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        if trainer.sanity_checking or self.num_images <= 0 or trainer.datamodule is None:
+        samples, self._first.samples = self._first.samples, []
+        if trainer.sanity_checking or not samples:
             return
-        dataset = trainer.datamodule.datasets.get("val")
-        if dataset is None:
-            return
-        samples = [dataset[i] for i in range(min(self.num_images, len(dataset)))]
+        dataset = trainer.datamodule.datasets.get("val") if trainer.datamodule is not None else None
         palette = getattr(dataset, "PALETTE", None) or default_palette(pl_module.hparams.num_classes)
-        was_training = pl_module.training
-        pl_module.eval()
-        with torch.no_grad():
-            preds = [pl_module(s["image"][None].to(pl_module.device)).argmax(1)[0].cpu().numpy() for s in samples]
-        pl_module.train(was_training)
-        grid = prediction_grid(
-            [_display(pl_module, s["image"]) for s in samples],
-            [s["mask"].numpy() for s in samples],
-            preds,
-            palette_lut(palette),
-        )
+        shrink = [fit_within(s, self.max_side) for s in samples]
+        grid = prediction_grid([i for i, _, _ in shrink], [m for _, m, _ in shrink], [p for _, _, p in shrink],
+                               palette_lut(palette))  # fmt: skip
         self.dirpath.mkdir(parents=True, exist_ok=True)
         grid.save(self.dirpath / f"epoch_{trainer.current_epoch:03d}.png")
         grid.save(self.dirpath / "latest.png")
@@ -229,32 +256,22 @@ class WandbMedia(L.Callback):
         if every_n_epochs < 1:
             raise ValueError(f"every_n_epochs must be >= 1, got {every_n_epochs}")
         self.num_images, self.every_n_epochs = num_images, every_n_epochs
-        self._samples: list[tuple] = []  # (image H×W×3, mask, prediction, name) of this validation
+        self._first = FirstPredictions(num_images)  # (image H×W×3, mask, prediction, name) of this validation
+
+    @property
+    def _samples(self) -> list[tuple]:
+        return self._first.samples
 
     @staticmethod
     def _active(trainer: L.Trainer) -> bool:
         return not trainer.sanity_checking and trainer.is_global_zero and find_wandb_logger(trainer.loggers) is not None
 
     def on_validation_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        self._samples = []
+        self._first.reset()
 
     def on_validation_batch_end(self, trainer, pl_module, outputs, batch, batch_idx, dataloader_idx=0) -> None:
-        wanted = self.num_images - len(self._samples)
-        if wanted <= 0 or not outputs or "preds" not in outputs or trainer.current_epoch % self.every_n_epochs:
-            return
-        if not self._active(trainer):
-            return
-        sizes, names = batch.get("size"), batch.get("name")
-        for i in range(min(wanted, len(outputs["preds"]))):
-            height, width = (int(v) for v in sizes[i]) if sizes is not None else batch["mask"].shape[-2:]
-            self._samples.append(
-                (
-                    _display(pl_module, batch["image"][i])[:height, :width],
-                    batch["mask"][i, :height, :width].cpu().numpy(),
-                    outputs["preds"][i, :height, :width].cpu().numpy(),
-                    str(names[i]) if names is not None else f"{batch_idx}/{i}",
-                )
-            )
+        if trainer.current_epoch % self.every_n_epochs == 0 and self._active(trainer):
+            self._first.add(pl_module, outputs, batch, batch_idx)
 
     def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         results = getattr(pl_module, "last_results", {}).get("val")
@@ -273,7 +290,7 @@ class WandbMedia(L.Callback):
                 overlay_image(image, mask, pred, names, ignore_index, caption=name)
                 for image, mask, pred, name in self._samples
             ]
-            self._samples = []
+            self._first.reset()
         logger.log_metrics(media)  # no step: W&B pairs the row with the last trainer/global_step (step_sync)
         best = getattr(pl_module, "best", None)
         if best is not None and best.value is not None:

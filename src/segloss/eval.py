@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import math
+import time
 from pathlib import Path
 
 import hydra
@@ -35,8 +36,10 @@ set_environment()
 
 
 def evaluate(cfg: DictConfig) -> dict:
-    """Evaluate ``cfg.ckpt_path`` on ``cfg.split``; prints and returns the per-class results and
-    writes them to ``<output_dir>/results_<split>.json`` (with the confusion matrix).
+    """Evaluate ``cfg.ckpt_path`` on ``cfg.split``; prints and returns the per-class results and the
+    throughput (``frames``, ``seconds``, ``frames_per_s``: the whole split, data loading included) and
+    writes them to ``<output_dir>/results_<split>.json`` (with the confusion matrix). The Trainer runs
+    under the resolved ``trainer.precision`` (autocast for the mixed precisions).
 
     Runs on several processes too (``trainer=ddp_cpu|ddp``): each image is scored exactly once and the
     results equal a single-process evaluation; only rank 0 prints and writes.
@@ -59,10 +62,15 @@ def evaluate(cfg: DictConfig) -> dict:
     trainer = build_trainer(cfg, instantiate_group(cfg.get("logger"), "logger"), writer, multirun=multirun)
     datamodule.check_world_size(trainer.world_size, train=False)
     run = trainer.validate if split == "val" else trainer.test
+    start = time.perf_counter()
     run(module, datamodule=datamodule, verbose=False)
-    results = module.last_results[split]
+    seconds = time.perf_counter() - start  # loading, inference and metrics of the whole split, all ranks
+    frames = len(datamodule.datasets[split])
+    results = {**module.last_results[split], "frames": frames, "seconds": seconds, "frames_per_s": frames / seconds}
     if trainer.is_global_zero:
         print_results(f"{split} — {Path(cfg.ckpt_path).name}", module.class_names, results)
+        rich.print(f"{frames} frames in {seconds:.1f} s: {frames / seconds:.2f} frames/s ({module.inference}, "
+                   f"{trainer.precision}, {trainer.world_size} process(es))")  # fmt: skip
         save_results(results, module.class_names, Path(cfg.paths.output_dir) / f"results_{split}.json")
         if cfg.get("save_predictions"):
             rich.print(f"predictions written to {cfg.predictions_dir}")

@@ -16,6 +16,7 @@ been checked, so a wrong folder or an existing output is reported at once.
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -113,14 +114,31 @@ def overlay_image(image: torch.Tensor, indices: np.ndarray, lut: np.ndarray) -> 
     return Image.fromarray(((rgb + lut[indices] + 1) // 2).astype(np.uint8))
 
 
-def predict_indices(module, transform, image: torch.Tensor, device: torch.device) -> np.ndarray:
-    """Class indices H×W (uint8) of one uint8 3×H×W image."""
+def autocast_dtype(cfg: DictConfig, device: torch.device):
+    """The autocast dtype of the run's precision on ``device`` (``trainer.precision``, ``auto`` resolved as
+    training resolves it): bfloat16 for bf16, float16 for 16 (CUDA only), None for full precision."""
+    from segloss.utils.precision import resolve_precision
+
+    precision, _ = resolve_precision(cfg.trainer.get("precision", "auto"), "gpu" if device.type == "cuda" else "cpu")
+    if precision.startswith("bf16"):
+        import torch
+
+        return torch.bfloat16
+    if precision.startswith("16") and device.type == "cuda":
+        import torch
+
+        return torch.float16
+    return None
+
+
+def predict_indices(module, transform, image: torch.Tensor, device: torch.device, dtype=None) -> np.ndarray:
+    """Class indices H×W (uint8) of one uint8 3×H×W image, under autocast to ``dtype`` if given."""
     import torch
 
     height, width = image.shape[-2:]
     mask = torch.zeros((height, width), dtype=torch.int64)  # the joint transform wants one; unused
     normalised = transform({"image": image, "mask": mask, "name": ""})["image"]
-    with torch.no_grad():
+    with torch.no_grad(), torch.autocast(device.type, dtype=dtype or torch.float32, enabled=dtype is not None):
         logits = module.inference(module, normalised.unsqueeze(0).to(device))
     if logits.shape[-2:] != (height, width):
         raise ConfigError(
@@ -178,15 +196,17 @@ def label_images(cfg: DictConfig, plan: dict, output_dir: Path) -> dict:
         raise ConfigError("data.eval_transform is not set: prediction normalises images as evaluation does")
     palette = class_palette(cfg)
     lut = palette_lut(palette)
+    dtype = autocast_dtype(cfg, device)
 
     written, overlays, failures = [], [], {}
+    start = time.perf_counter()
     for path in track(list(plan), description="predicting", transient=True):
         try:
             image = read_image(path)
         except DatasetFormatError as err:
             failures[path] = str(err)  # names the file and the decoder's complaint
             continue
-        indices = predict_indices(module, transform, image, device)
+        indices = predict_indices(module, transform, image, device, dtype)
         mask_path, overlay_path = plan[path]
         save_palette_png(indices, palette, mask_path)
         written.append(mask_path)
@@ -194,13 +214,16 @@ def label_images(cfg: DictConfig, plan: dict, output_dir: Path) -> dict:
             overlay_image(image, indices, lut).save(overlay_path)
             overlays.append(overlay_path)
 
+    seconds = time.perf_counter() - start  # reading, inference and writing
     rich.print(
-        f"[bold]predict[/]: {len(written)} of {len(plan)} images labelled ({module.inference}, {device}) → "
-        f"{output_dir}" + (f" (with {len(overlays)} overlays)" if overlays else "")
+        f"[bold]predict[/]: {len(written)} of {len(plan)} images labelled ({module.inference}, {device}, "
+        f"{dtype or 'float32'}) → {output_dir}"
+        + (f" (with {len(overlays)} overlays)" if overlays else "")
+        + f"; {len(written) / seconds:.2f} frames/s"
     )
     if failures:
         raise UnreadableImagesError(failures, written, output_dir)
-    return {"written": written, "overlays": overlays, "failed": []}
+    return {"written": written, "overlays": overlays, "failed": [], "frames_per_s": len(written) / seconds}
 
 
 @hydra.main(version_base="1.3", config_path=str(CONFIG_DIR), config_name="predict")

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 
+import torch
 from torch import Tensor
 
 from segloss.errors import ConfigError
@@ -29,30 +30,45 @@ def window_origins(size: int, window: int, stride: int) -> list[int]:
 
 
 def slide_inference(
-    forward: Callable[[Tensor], Tensor], image: Tensor, crop_size: Sequence[int], stride: Sequence[int]
+    forward: Callable[[Tensor], Tensor],
+    image: Tensor,
+    crop_size: Sequence[int],
+    stride: Sequence[int],
+    window_batch: int = 1,
 ) -> Tensor:
-    """Logits N×C×H×W of ``forward`` applied to windows of ``image`` (N×3×H×W), averaged in overlaps."""
+    """Logits N×C×H×W of ``forward`` applied to windows of ``image`` (N×3×H×W), averaged in overlaps.
+    ``window_batch`` windows go through ``forward`` at once (a batch of window_batch·N crops): fewer,
+    larger calls, which keep a GPU busy; the logits are those of one window at a time."""
     (crop_h, crop_w), (stride_h, stride_w) = crop_size, stride
     height, width = image.shape[-2:]
+    n = image.shape[0]
+    origins = [
+        (y, x) for y in window_origins(height, crop_h, stride_h) for x in window_origins(width, crop_w, stride_w)
+    ]
     logits = count = None
-    for y in window_origins(height, crop_h, stride_h):
-        for x in window_origins(width, crop_w, stride_w):
-            window = image[..., y : y + crop_h, x : x + crop_w]
-            out = forward(window).float()
-            if logits is None:
-                logits = out.new_zeros((image.shape[0], out.shape[1], height, width))
-                count = out.new_zeros((1, 1, height, width))
-            logits[..., y : y + crop_h, x : x + crop_w] += out
+    for start in range(0, len(origins), max(1, window_batch)):
+        group = origins[start : start + max(1, window_batch)]
+        out = forward(torch.cat([image[..., y : y + crop_h, x : x + crop_w] for y, x in group])).float()
+        if logits is None:
+            logits = out.new_zeros((n, out.shape[1], height, width))
+            count = out.new_zeros((1, 1, height, width))
+        for i, (y, x) in enumerate(group):
+            logits[..., y : y + crop_h, x : x + crop_w] += out[i * n : (i + 1) * n]
             count[..., y : y + crop_h, x : x + crop_w] += 1
     return logits / count
 
 
 class Inference:
-    """``Inference(mode="whole" | "slide", crop_size=(h, w), stride=(s_h, s_w))``: how evaluation
-    turns an image batch into logits. ``whole`` runs the net once on the full image."""
+    """``Inference(mode="whole" | "slide", crop_size=(h, w), stride=(s_h, s_w), window_batch=k)``: how
+    evaluation turns an image batch into logits. ``whole`` runs the net once on the full image; ``slide``
+    runs it on windows, ``window_batch`` of them per call."""
 
     def __init__(
-        self, mode: str = "whole", crop_size: Sequence[int] | None = None, stride: Sequence[int] | None = None
+        self,
+        mode: str = "whole",
+        crop_size: Sequence[int] | None = None,
+        stride: Sequence[int] | None = None,
+        window_batch: int = 1,
     ) -> None:
         if mode not in MODES:
             raise ConfigError(f"inference.mode={mode!r}: choose one of {MODES}")
@@ -67,15 +83,21 @@ class Inference:
                     f"inference.stride={list(stride)} is larger than inference.crop_size={list(crop_size)}: "
                     "some pixels would never be predicted; use a stride ≤ the window"
                 )
-        self.mode = mode
+        if not isinstance(window_batch, int) or window_batch < 1:
+            raise ConfigError(f"inference.window_batch={window_batch!r}: give a positive number of windows per call")
+        self.mode, self.window_batch = mode, window_batch
         self.crop_size = tuple(crop_size) if crop_size is not None else None
         self.stride = tuple(stride) if stride is not None else None
 
     def __call__(self, forward: Callable[[Tensor], Tensor], image: Tensor) -> Tensor:
         if self.mode == "whole":
             return forward(image)
-        return slide_inference(forward, image, self.crop_size, self.stride)
+        return slide_inference(forward, image, self.crop_size, self.stride, self.window_batch)
 
     def __repr__(self) -> str:
-        extra = f", crop_size={self.crop_size}, stride={self.stride}" if self.mode == "slide" else ""
+        extra = (
+            f", crop_size={self.crop_size}, stride={self.stride}, window_batch={self.window_batch}"
+            if self.mode == "slide"
+            else ""
+        )
         return f"Inference(mode={self.mode!r}{extra})"

@@ -41,6 +41,22 @@ def display_image(image: torch.Tensor, mean: Sequence[float] | None, std: Sequen
     return rgb.round().byte().permute(1, 2, 0).numpy()
 
 
+def fit_within(sample: tuple, max_side: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """``(image H×W×3, mask, prediction)`` scaled down so that the long side is at most ``max_side``
+    (bilinear for the image, nearest for the label maps); unchanged when already small enough."""
+    image, mask, pred = sample[:3]
+    height, width = image.shape[:2]
+    scale = max_side / max(height, width)
+    if scale >= 1:
+        return image, mask, pred
+    size = (max(1, round(width * scale)), max(1, round(height * scale)))  # PIL: (W, H)
+    small = np.asarray(Image.fromarray(image).resize(size, Image.BILINEAR))
+    labels = [
+        np.asarray(Image.fromarray(np.asarray(x, dtype=np.int32)).resize(size, Image.NEAREST)) for x in (mask, pred)
+    ]
+    return small, labels[0], labels[1]
+
+
 def prediction_grid(
     images: Sequence[np.ndarray], masks: Sequence[np.ndarray], preds: Sequence[np.ndarray], lut: np.ndarray
 ) -> Image.Image:
