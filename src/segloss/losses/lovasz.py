@@ -54,17 +54,21 @@ def lovasz_rows(errors: Tensor, fg: Tensor) -> Tensor:
 def lovasz_gradient(errors: Tensor, fg: Tensor) -> Tensor:
     """∇ of :func:`lovasz_rows` at ``errors``, scattered back to the pixels (no autograd)."""
     with torch.no_grad():
-        grads = []
+        grad = torch.empty_like(errors)
         step = max(1, CHUNK_ELEMENTS // max(errors.shape[-1], 1))
+        rank = torch.arange(1, errors.shape[-1] + 1, device=errors.device, dtype=errors.dtype)
         for rows in range(0, errors.shape[0], step):
             e, g = errors[rows : rows + step].detach(), fg[rows : rows + step]
             order = _descending_order(e)
             cum_fg = g.gather(-1, order).cumsum(-1, dtype=e.dtype)
-            rank = torch.arange(1, e.shape[-1] + 1, device=e.device, dtype=e.dtype)
-            jaccard = rank / (cum_fg[..., -1:] + rank - cum_fg)
-            sorted_grad = torch.diff(jaccard, dim=-1, prepend=jaccard.new_zeros((*jaccard.shape[:-1], 1)))
-            grads.append(torch.empty_like(sorted_grad).scatter_(-1, order, sorted_grad))
-        return torch.cat(grads) if len(grads) > 1 else grads[0]
+            total = cum_fg[..., -1:].clone()
+            # J_k = k / (Σg + k − cumsum(g)_k), in place (integers below 2^24: exact in float32 in any order)
+            jaccard = torch.div(rank, torch.sub(rank, cum_fg, out=cum_fg).add_(total), out=cum_fg)
+            sorted_grad = torch.empty_like(jaccard)  # ∇_k = J_k − J_{k−1}, J_0 = 0
+            sorted_grad[..., :1] = jaccard[..., :1]
+            torch.sub(jaccard[..., 1:], jaccard[..., :-1], out=sorted_grad[..., 1:])
+            grad[rows : rows + step].scatter_(-1, order, sorted_grad)
+        return grad
 
 
 class LovaszSoftmaxLoss(torch.nn.Module):
@@ -115,7 +119,9 @@ class LovaszSoftmaxLoss(torch.nn.Module):
         v = _rows(valid.reshape(n, -1), self.per_image).unsqueeze(1)
         t = _rows(safe.reshape(n, -1), self.per_image).unsqueeze(1)
         fg = (t == torch.arange(c, device=t.device).view(1, c, 1)) & v
-        return torch.where(fg, 1 - p, torch.where(v, p, 0.0)), fg, v.squeeze(1).any(-1)
+        # |y − p|: 1 − p on the class's pixels, p elsewhere, 0 where ignored (|p − 1| = 1 − p exactly)
+        errors = (p - fg.to(p.dtype)).abs_().mul_(v)
+        return errors, fg, v.squeeze(1).any(-1)
 
 
 class LovaszHingeLoss(torch.nn.Module):
