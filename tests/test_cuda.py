@@ -1,0 +1,72 @@
+"""On a CUDA device (``gpu`` mark; skipped without one): every loss gives the CPU's values and gradients, the
+metrics count the same, batched sliding windows equal one window at a time, a bf16 training step and a
+one-rank NCCL DDP run finish with finite losses. Run on a lent GPU with ``pytest -m gpu``."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from tests.conftest import TINY_SYNTHETIC
+from tests.test_losses_no_sync import PRESETS, _preset
+
+pytestmark = [
+    pytest.mark.gpu,
+    pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device"),
+]
+
+
+@pytest.mark.parametrize("name", PRESETS)
+def test_every_loss_preset_gives_the_cpu_values_and_gradients_on_cuda(name):
+    torch.manual_seed(0)
+    logits = torch.randn(2, 19, 24, 40)
+    target = torch.randint(0, 19, (2, 24, 40))
+    target[:, :3] = 255
+    results = []
+    for device in ("cpu", "cuda"):
+        x = logits.to(device).requires_grad_()
+        value = _preset(name).to(device)(x, target.to(device))
+        value.backward()
+        results.append((value.detach().cpu(), x.grad.cpu()))
+    (cpu_value, cpu_grad), (cuda_value, cuda_grad) = results
+    torch.testing.assert_close(cuda_value, cpu_value, rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(cuda_grad, cpu_grad, rtol=1e-3, atol=1e-6)
+
+
+def test_metrics_count_the_same_on_cuda():
+    from segloss.metrics import SegmentationMetrics
+
+    torch.manual_seed(1)
+    preds, target = torch.randint(0, 19, (2, 64, 64)), torch.randint(0, 19, (2, 64, 64))
+    target[:, :5] = 255
+    counts = []
+    for device in ("cpu", "cuda"):
+        metric = SegmentationMetrics(19).to(device)
+        metric.update(preds.to(device), target.to(device))
+        counts.append(metric.compute()["confmat"].cpu())
+    assert torch.equal(counts[0], counts[1])
+
+
+def test_batched_windows_equal_single_windows_on_cuda():
+    from segloss.models.inference import slide_inference
+
+    torch.manual_seed(2)
+    net = torch.nn.Sequential(torch.nn.Conv2d(3, 8, 3, padding=1), torch.nn.ReLU(), torch.nn.Conv2d(8, 4, 1)).cuda()
+    image = torch.randn(2, 3, 64, 96, device="cuda")
+    with torch.no_grad():
+        one = slide_inference(net, image, (32, 48), (16, 24))
+        batched = slide_inference(net, image, (32, 48), (16, 24), window_batch=4)
+    torch.testing.assert_close(batched, one, rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("trainer", [["trainer=gpu"], ["trainer=ddp", "trainer.devices=1"]], ids=["bf16", "ddp_nccl"])
+def test_a_training_step_on_the_gpu(make_cfg, tmp_path, trainer):
+    from segloss.train import train
+
+    cfg = make_cfg([*TINY_SYNTHETIC, f"paths.data_dir={tmp_path / 'data'}", "debug=fdr", "logger=csv", *trainer,
+                    "trainer.accelerator=gpu"])  # fmt: skip
+    out = train(cfg)
+    assert out["trainer"].global_step == 1
+    native = torch.cuda.is_bf16_supported(including_emulation=False)
+    assert out["trainer"].precision == ("bf16-mixed" if native else "32-true")
+    assert torch.isfinite(out["trainer"].callback_metrics["train/loss_epoch"])
