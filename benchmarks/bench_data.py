@@ -35,10 +35,13 @@ from pathlib import Path
 import numpy as np
 import torch
 import torchvision
-from data_variants import decoders, pipelines, uint8_variant  # benchmarks/ is on sys.path as the script's folder
+
+# benchmarks/ is on sys.path as the script's folder
+from data_variants import decoders, device_variant, pipelines, uint8_variant
 from PIL import Image, ImageFilter
 from torch.utils.data import DataLoader
 
+from segloss.data import device_augment
 from segloss.data.cityscapes import IMAGE_SUFFIX, MASK_SUFFIX, CityscapesDataset
 from segloss.data.synthetic_scene import render_scene
 
@@ -128,31 +131,41 @@ def time_pipelines(dataset: CityscapesDataset, count: int, variants: dict, round
     return out
 
 
-def loader_rates(root: Path, transform, uint8_transform, epochs: int, batch_size: int = 2) -> dict[str, dict]:
+def loader_rates(
+    root: Path, transform, uint8_transform, device_transform, epochs: int, batch_size: int = 2
+) -> dict[str, dict]:
     """Images/s of DataLoaders over the same frames, epochs alternating between them: one worker, one
     worker per core (also with ``normalize_on_device``: uint8 crops, a quarter of the bytes to hand
-    over), and in the main process for reference. Each epoch's first batch starts the clock (worker
-    start-up and prefetch latency excluded); ``per_core`` = images/s ÷ processes that decode."""
+    over; and with ``augment_on_device``: uint8 source regions packed per batch, the pixels left to the
+    device — ``MB_per_image`` is what each hands over), and in the main process for reference. Each
+    epoch's first batch starts the clock (worker start-up and prefetch latency excluded); ``per_core`` =
+    images/s ÷ processes that decode."""
     cores = os.cpu_count() or 1
     dataset = CityscapesDataset(root, "train", transform)
     raw = CityscapesDataset(root, "train", uint8_transform)
+    regions = CityscapesDataset(root, "train", device_transform)
 
-    def loader(data, workers: int) -> DataLoader:
-        return DataLoader(data, batch_size=batch_size, num_workers=workers, persistent_workers=workers > 0)
+    def loader(data, workers: int, collate=None) -> DataLoader:
+        return DataLoader(
+            data, batch_size=batch_size, num_workers=workers, persistent_workers=workers > 0, collate_fn=collate
+        )
 
     loaders = {
         "1 worker": (loader(dataset, 1), 1),
         f"{cores} workers": (loader(dataset, cores), cores),
         f"{cores} workers, uint8": (loader(raw, cores), cores),
+        f"{cores} workers, augment_on_device": (loader(regions, cores, device_augment.collate), cores),
         "in-process": (loader(dataset, 0), 1),
     }
-    totals = {name: [0, 0.0] for name in loaders}
+    totals = {name: [0, 0.0, 0] for name in loaders}  # images, seconds, bytes of images + masks
     for _ in range(epochs):
         for name, (loader, _) in loaders.items():
             batches = iter(loader)
             next(batches)
             start = time.perf_counter()
-            totals[name][0] += sum(len(batch["image"]) for batch in batches)
+            for batch in batches:
+                totals[name][0] += len(batch["name"])
+                totals[name][2] += sum(batch[k].numel() * batch[k].element_size() for k in ("image", "mask"))
             totals[name][1] += time.perf_counter() - start
     return {
         name: {
@@ -160,8 +173,9 @@ def loader_rates(root: Path, transform, uint8_transform, epochs: int, batch_size
             "per_core": n / seconds / loaders[name][1],
             "images": n,
             "batch_size": batch_size,
+            "MB_per_image": size / max(n, 1) / 1e6,
         }
-        for name, (n, seconds) in totals.items()
+        for name, (n, seconds, size) in totals.items()
     }
 
 
@@ -195,8 +209,11 @@ def print_tables(result: dict) -> None:
         )  # fmt: skip
     console.print(table)
     for name, row in result["dataloader"].items():
-        rate, images, core = row["images_per_s"], row["images"], row["per_core"]
-        console.print(f"DataLoader ({name}), fast transform: {rate:.1f} images/s, {core:.1f} per core ({images} timed)")
+        rate, images, core, mb = row["images_per_s"], row["images"], row["per_core"], row["MB_per_image"]
+        console.print(
+            f"DataLoader ({name}): {rate:.1f} images/s, {core:.1f} per core, {mb:.2f} MB handed over per image "
+            f"({images} timed)"
+        )
     for note in result["skipped"]:
         console.print(f"skipped {note}")
 
@@ -229,7 +246,9 @@ def main() -> None:
         result = {
             "decoders": time_decoders(paths, args.rounds),
             "pipelines": time_pipelines(dataset, len(paths), variants, args.rounds),
-            "dataloader": loader_rates(root, variants["fast"], uint8_variant(args), epochs=1 if args.quick else 3),
+            "dataloader": loader_rates(
+                root, variants["fast"], uint8_variant(args), device_variant(args), epochs=1 if args.quick else 3
+            ),
             "skipped": skipped,
         }
     result["meta"] = {

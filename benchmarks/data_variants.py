@@ -89,6 +89,8 @@ def pipelines(args) -> tuple[dict, list[str]]:
         "torchvision (no jitter)": train_transform(**recipe, color_jitter=None, resample="torchvision"),
         "fast": train_transform(**recipe, color_jitter=args.jitter),
         "fast (no jitter)": train_transform(**recipe, color_jitter=None),
+        # the loader's half of data.augment_on_device: draws + the uint8 source region (pixels on the device)
+        "augment_on_device (loader half)": train_transform(**recipe, color_jitter=args.jitter, augment_on_device=True),
     }
     skipped = []
     try:
@@ -97,6 +99,12 @@ def pipelines(args) -> tuple[dict, list[str]]:
     except ImportError as err:
         skipped.append(f"albumentations: not importable ({err}); pip install -e '.[bench]'")
     return table, skipped
+
+
+def device_variant(args):
+    """The loader half of ``data.augment_on_device`` (uint8 source regions + parameters)."""
+    recipe = {"crop_size": args.crop, "base_size": args.base, "scale_range": (0.5, 2.0), "hflip": 0.5}
+    return train_transform(**recipe, color_jitter=args.jitter, augment_on_device=True)
 
 
 def uint8_variant(args):

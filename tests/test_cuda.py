@@ -1,5 +1,6 @@
 """On a CUDA device (``gpu`` mark; skipped without one): every loss gives the CPU's values and gradients, the
-metrics count the same, batched sliding windows equal one window at a time, a bf16 training step and a
+metrics count the same, the device augmentation gives the CPU pipeline's crops, batched sliding windows equal
+one window at a time, a bf16 training step and a
 one-rank NCCL DDP run finish with finite losses. Run on a lent GPU with ``pytest -m gpu``."""
 
 from __future__ import annotations
@@ -45,6 +46,22 @@ def test_metrics_count_the_same_on_cuda():
         metric.update(preds.to(device), target.to(device))
         counts.append(metric.compute()["confmat"].cpu())
     assert torch.equal(counts[0], counts[1])
+
+
+def test_the_device_augmentation_gives_the_cpu_pipelines_crops_on_cuda():
+    from lightning.pytorch.utilities import move_data_to_device
+
+    from segloss.data.datamodule import PadCollate
+    from segloss.data.device_augment import augment_batch
+    from segloss.data.transforms import train_transform
+    from tests.test_device_augment import ARGS, _both_paths, _items
+
+    expected, _, regions = _both_paths(_items(8, "channels_last"), ARGS)
+    batch = move_data_to_device(PadCollate(255)(regions), torch.device("cuda"))  # as Lightning moves it
+    got = augment_batch(batch, train_transform(**ARGS, augment_on_device=True))
+    assert got["image"].is_cuda and got["mask"].is_cuda
+    assert (got["image"].cpu() - expected["image"]).abs().max() < 1e-3
+    assert torch.equal(got["mask"].cpu(), expected["mask"])
 
 
 def test_batched_windows_equal_single_windows_on_cuda():

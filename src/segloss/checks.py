@@ -78,6 +78,7 @@ RULES: list[tuple[str, Callable, str, str]] = [
     ("data.class_names", lambda v: isinstance(v, list | ListConfig) and all(isinstance(x, str) for x in v),
      "a list of class names", "data.class_names=[background,spleen]"),
     ("data.normalize_on_device", is_bool, "true or false", "data.normalize_on_device=true"),
+    ("data.augment_on_device", is_bool, "true or false", "data.augment_on_device=true"),
     ("data.train_transform.crop_size", size_pair, "[height, width] in pixels",
      "data.train_transform.crop_size=[512,1024]"),
     ("data.train_transform.base_size", size_pair, "[height, width] in pixels",

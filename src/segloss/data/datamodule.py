@@ -8,9 +8,9 @@ from pathlib import Path
 
 import lightning.pytorch as L
 import torch
-from torch.nn import functional as F
 from torch.utils.data import DataLoader, Dataset, default_collate
 
+from segloss.data import device_augment
 from segloss.data.sampling import ResumableLoader, SeededItems, ShardSampler
 from segloss.errors import ConfigError
 
@@ -27,21 +27,20 @@ class PadCollate:
         self.ignore_index = ignore_index
 
     def __call__(self, items: list[dict]) -> dict:
+        if "augment" in items[0]:  # data.augment_on_device: source regions + their sampling parameters
+            return device_augment.collate(items)
         sizes = [tuple(item["image"].shape[-2:]) for item in items]
         if len(set(sizes)) == 1:
             return default_collate(items)
         height, width = max(h for h, _ in sizes), max(w for _, w in sizes)
         rest = default_collate([{k: v for k, v in item.items() if k not in ("image", "mask")} for item in items])
-        images = [
-            F.pad(it["image"], (0, width - it["image"].shape[-1], 0, height - it["image"].shape[-2])) for it in items
-        ]
-        masks = [
-            F.pad(
-                it["mask"], (0, width - it["mask"].shape[-1], 0, height - it["mask"].shape[-2]), value=self.ignore_index
-            )
-            for it in items
-        ]
-        return {**rest, "image": torch.stack(images), "mask": torch.stack(masks), "size": torch.tensor(sizes)}
+        first_image, first_mask = items[0]["image"], items[0]["mask"]
+        images = first_image.new_zeros((len(items), *first_image.shape[:-2], height, width))
+        masks = first_mask.new_full((len(items), *first_mask.shape[:-2], height, width), self.ignore_index)
+        for i, (item, (h, w)) in enumerate(zip(items, sizes, strict=True)):  # one copy per item
+            images[i, ..., :h, :w] = item["image"]
+            masks[i, ..., : item["mask"].shape[-2], : item["mask"].shape[-1]] = item["mask"]
+        return {**rest, "image": images, "mask": masks, "size": torch.tensor(sizes)}
 
 
 class SegmentationDataModule(L.LightningDataModule):
@@ -62,6 +61,9 @@ class SegmentationDataModule(L.LightningDataModule):
         generator: optional object with ``ensure(root)`` that creates a synthetic dataset when missing.
         normalize_on_device: read by the transforms' configs (``${data.normalize_on_device}``): batches
             carry uint8 images that the module normalises on its device.
+        augment_on_device: read by the training transform's config (``${data.augment_on_device}``): the
+            loader cuts uint8 source regions and :meth:`on_after_batch_transfer` scales, crops, flips,
+            jitters and normalises them on the model's device (:mod:`segloss.data.device_augment`).
     """
 
     def __init__(
@@ -82,6 +84,7 @@ class SegmentationDataModule(L.LightningDataModule):
         generator=None,
         seed: int | None = None,
         normalize_on_device: bool = False,
+        augment_on_device: bool = False,
     ) -> None:
         super().__init__()
         if len(class_names) != num_classes:
@@ -105,7 +108,13 @@ class SegmentationDataModule(L.LightningDataModule):
         }
         self.splits = {"train": "train", "val": "val", "test": None, **(splits or {})}
         self.datasets: dict[str, Dataset] = {}
-        self.seed, self.normalize_on_device = seed, normalize_on_device
+        self.seed, self.normalize_on_device, self.augment_on_device = seed, normalize_on_device, augment_on_device
+        if augment_on_device and not isinstance(train_transform, device_augment.DeviceAugmentation):
+            raise ConfigError(
+                "data.augment_on_device=true but data.train_transform is not segloss.data.transforms."
+                f"train_transform with augment_on_device=${{data.augment_on_device}} (got {train_transform!r}); "
+                "add augment_on_device: ${data.augment_on_device} to the train_transform node"
+            )
         self._train_loader: ResumableLoader | None = None
         self._loader_state: dict | None = None  # position restored from a checkpoint, applied once
         # Evaluation shards are not padded, so a rank may get no batch when there are more ranks than images.
@@ -205,6 +214,12 @@ class SegmentationDataModule(L.LightningDataModule):
             self._loader_state = None
         self._train_loader = loader
         return loader
+
+    def on_after_batch_transfer(self, batch, dataloader_idx: int):
+        """Training batches of ``augment_on_device`` are augmented here, on the model's device."""
+        if isinstance(batch, dict) and "augment" in batch:
+            return device_augment.augment_batch(batch, self.train_transform)
+        return batch
 
     def state_dict(self) -> dict:
         """The training loader's position (epoch, batches handed out), saved in every checkpoint."""

@@ -91,12 +91,14 @@ def to_uint8(image: torch.Tensor) -> torch.Tensor:
 
 
 def _grey(image: torch.Tensor) -> torch.Tensor:
-    r, g, b = image
+    """Luma of a …×3×H×W image (one image or a batch)."""
+    r, g, b = image.unbind(-3)
     return r.mul(GREY_WEIGHTS[0]).add_(g, alpha=GREY_WEIGHTS[1]).add_(b, alpha=GREY_WEIGHTS[2])
 
 
-def shift_hue_(image: torch.Tensor, shift: float) -> torch.Tensor:
-    """Rotate the HSV hue of a float RGB image (any value scale) by ``shift`` turns, in place.
+def shift_hue_(image: torch.Tensor, shift: float | torch.Tensor) -> torch.Tensor:
+    """Rotate the HSV hue of a float RGB image (…×3×H×W, any value scale) by ``shift`` turns, in place
+    (a batch may take one shift per image, shaped N×1×1).
 
     Same result as torchvision's ``adjust_hue`` (rgb → hsv, h + shift, hsv → rgb) without the HSV
     round trip: max ``v``, min ``low`` and chroma ``c = v − low`` are unchanged. The hue sector
@@ -105,7 +107,7 @@ def shift_hue_(image: torch.Tensor, shift: float) -> torch.Tensor:
     w_G = clamp(2 − |H − 2|), w_B = clamp(2 − |H − 4|) clamped to [0, 1]. Branch-free: the "is the
     max" masks are 1 − sign(v − channel), which is far cheaper on CPU than comparisons + ``where``.
     """
-    r, g, b = image
+    r, g, b = image.unbind(-3)
     v = torch.maximum(torch.maximum(r, g), b)
     low = torch.minimum(torch.minimum(r, g), b)
     chroma = v - low
@@ -120,6 +122,29 @@ def shift_hue_(image: torch.Tensor, shift: float) -> torch.Tensor:
         weight = (weight.sub_(1) if rising else weight.neg_().add_(2)).clamp_(0, 1)
         torch.addcmul(low, chroma, weight, out=channel)
     return image
+
+
+def apply_jitter_(image: torch.Tensor, op: int, factor: float | torch.Tensor) -> torch.Tensor:
+    """One ``PhotometricJitter`` operation on a float 0–255 image, in place, clamped to [0, 255]:
+    0 brightness ``x·f``, 1 contrast ``x·f + (1 − f)·mean(grey)``, 2 saturation ``x·f + (1 − f)·grey``,
+    3 hue :func:`shift_hue_`. A batch (N×3×H×W) may take one factor per image (N×1×1×1); then every
+    step stays on the device (no value is read back)."""
+    if op == 3:
+        shift_hue_(image, factor if not torch.is_tensor(factor) else factor.flatten(1)[:, :, None])
+    elif op == 0:
+        image.mul_(factor)
+    elif not torch.is_tensor(factor):
+        grey = _grey(image)
+        image.mul_(factor)
+        if op == 1:
+            image.add_((1 - factor) * float(grey.mean()))
+        else:
+            image.add_(grey, alpha=1 - factor)
+    else:
+        grey = _grey(image).unsqueeze(-3)
+        blend = grey.mean((-2, -1), keepdim=True) if op == 1 else grey
+        image.mul_(factor).addcmul_(blend, 1 - factor)
+    return image.clamp_(0, 255)
 
 
 class PhotometricJitter:
@@ -137,24 +162,18 @@ class PhotometricJitter:
         self.ranges = [(max(0.0, 1 - s), 1 + s) if s else None for s in (brightness, contrast, saturation)]
         self.ranges.append((-hue, hue) if hue else None)
 
-    def __call__(self, image: torch.Tensor) -> torch.Tensor:
+    def draw(self) -> tuple[list[int], list[float | None]]:
+        """The random order of the four operations and their factors (None = left out), drawn from
+        torch's RNG as ``v2.ColorJitter`` does."""
         order = torch.randperm(4).tolist()
         factors = [None if rng is None else float(torch.empty(1).uniform_(*rng)) for rng in self.ranges]
+        return order, factors
+
+    def __call__(self, image: torch.Tensor) -> torch.Tensor:
+        order, factors = self.draw()
         for op in order:
-            f = factors[op]
-            if f is None:
-                continue
-            if op == 0:
-                image.mul_(f)
-            elif op == 1:
-                mean = float(_grey(image).mean())
-                image.mul_(f).add_((1 - f) * mean)
-            elif op == 2:
-                grey = _grey(image)
-                image.mul_(f).add_(grey, alpha=1 - f)
-            else:
-                shift_hue_(image, f)
-            image.clamp_(0, 255)
+            if factors[op] is not None:
+                apply_jitter_(image, op, factors[op])
         return image
 
     def __repr__(self) -> str:
@@ -214,7 +233,8 @@ def train_transform(
     std: Sequence[float] = IMAGENET_STD,
     resample: str = "fast",
     normalize_on_device: bool = False,
-) -> JointTransform:
+    augment_on_device: bool = False,
+):
     """The standard segmentation recipe (DeepLab, MMSegmentation): random scale, crop, flip,
     photometric jitter, normalise.
 
@@ -226,14 +246,27 @@ def train_transform(
     ``resample``: ``"fast"`` (window-only bilinear resampling, no antialias) or ``"torchvision"``
     (whole-frame antialiased v2 resize, then crop); both draw the same random parameters.
     ``normalize_on_device``: return uint8 images and leave the normalisation to the model (:class:`Normalise`).
+    ``augment_on_device``: the loader only draws the parameters and cuts the uint8 source region; scale,
+    crop, flip, jitter and normalisation run on the model's device
+    (:class:`segloss.data.device_augment.DeviceAugmentation`; same parameters, same results).
     """
     check_crop(crop_size, base_size, scale_range)
+    if augment_on_device and resample != "fast":
+        raise ConfigError(
+            f"data.augment_on_device=true runs the 'fast' resampling on the device, but resample={resample!r}; "
+            "set data.train_transform.resample=fast or data.augment_on_device=false"
+        )
     if resample == "torchvision":
         args = (crop_size, base_size, scale_range, hflip, ignore_index, color_jitter, mean, std, normalize_on_device)
         return JointTransform(_torchvision_pipeline(*args))
     if resample != "fast":
         raise ValueError(f"resample must be 'fast' or 'torchvision', got {resample!r}")
     jitter = None if color_jitter is None else PhotometricJitter(*color_jitter)
+    if augment_on_device:
+        from segloss.data.device_augment import DeviceAugmentation
+
+        normalise = Normalise(mean, std)  # on the device, to float: what the model takes
+        return DeviceAugmentation(crop_size, base_size, scale_range, hflip, ignore_index, jitter, normalise)
     normalise = Normalise(mean, std, on_device=normalize_on_device)
     return JointTransform(FastTrainPipeline(crop_size, base_size, scale_range, hflip, ignore_index, jitter, normalise))
 
