@@ -45,6 +45,34 @@ def test_a_non_finite_loss_stops_the_run_and_keeps_the_last_good_checkpoint(base
 
 
 @pytest.mark.slow
+def test_a_deferred_check_names_the_broken_step_and_writes_no_checkpoint_after_it(base, tmp_path):
+    # What runs on GPUs (no per-step host sync): the losses are read at logging steps and before checkpoints.
+    with pytest.raises(NonFiniteLossError) as err:
+        fit([*base, *POISON, "model.nonfinite_defer=true"], tmp_path)
+    message = str(err.value)
+    assert "the training loss is nan at step 6, epoch 0, batch 6 (read at a checkpoint save, step 8" in message
+    assert "aachen_" in message or "_000019" in message
+    last = load_ckpt(tmp_path / "checkpoints" / "last.ckpt")  # step 8's save was refused: step 4's is intact
+    assert last["global_step"] == 4
+    assert all(torch.isfinite(v).all() for v in last["state_dict"].values() if v.is_floating_point())
+
+
+def test_a_deferred_check_reads_nothing_until_asked_and_reports_the_first_broken_step():
+    from segloss.models.nonfinite import NonFinitePolicy
+
+    policy = NonFinitePolicy("raise", defer=True)
+    assert policy.defers(torch.tensor(1.0)) and not NonFinitePolicy("raise").defers(torch.tensor(1.0))
+    assert not NonFinitePolicy("skip", defer=True).defers(torch.tensor(1.0))  # skip must read every step
+    terms = {"ce": torch.tensor(0.5), "dice": torch.tensor(float("inf"))}
+    policy.record(torch.tensor(0.7), {"ce": torch.tensor(0.5), "dice": torch.tensor(0.2)}, {"where": "a", "names": []})
+    policy.record(torch.tensor(float("inf")), terms, {"where": "b", "names": ["x"]})
+    policy.record(torch.tensor(float("nan")), terms, {"where": "c", "names": []})
+    found = policy.first_broken()
+    assert found["where"] == "b" and found["names"] == ["x"] and found["broken"] == ["dice"]
+    assert found["loss"] == float("inf") and policy.first_broken() is None  # read once, then forgotten
+
+
+@pytest.mark.slow
 def test_skip_policy_drops_the_bad_batch_and_counts_it(base, tmp_path):
     fit([*base, *POISON, "model.nonfinite=skip"], tmp_path)
     last = load_ckpt(tmp_path / "checkpoints" / "last.ckpt")

@@ -54,6 +54,7 @@ def build_module(cfg: DictConfig, with_optimizer: bool = True, datamodule=None) 
         compile=cfg.model.get("compile", False),
         train_metrics=cfg.model.get("train_metrics", True),
         nonfinite=cfg.model.get("nonfinite", "raise"),
+        nonfinite_defer=cfg.model.get("nonfinite_defer"),
         optimized_metric=cfg.get("optimized_metric", "val/mIoU"),
         **input_normalisation(cfg),
     )

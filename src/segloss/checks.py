@@ -89,6 +89,7 @@ RULES: list[tuple[str, Callable, str, str]] = [
     ("model.compile", is_bool, "true or false", "model.compile=false"),
     ("model.train_metrics", is_bool, "true or false", "model.train_metrics=true"),
     ("model.nonfinite", one_of("raise", "skip", "ignore"), "raise, skip or ignore", "model.nonfinite=raise"),
+    ("model.nonfinite_defer", lambda v: v is None or is_bool(v), "true, false or null", "model.nonfinite_defer=null"),
     ("save_every_n_steps", int_at_least(1, allow_none=True), "a positive number of steps, or null",
      "save_every_n_steps=500"),
     ("resume", one_of("auto", "none", False, allow_none=True), "auto or null (for a given checkpoint use ckpt_path=…)",

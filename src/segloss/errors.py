@@ -66,8 +66,23 @@ class NonFiniteLossError(SeglossError):
         image_ok, logits_ok = bool(batch["image"].float().isfinite().all()), bool(logits.isfinite().all())
         return cls(
             f"the training loss is {float(loss.detach())} at {where}; images {names}; non-finite term(s): "
-            f"{broken}; inputs finite: {image_ok}, logits finite: {logits_ok}. Nothing was saved after it, so the "
-            "last checkpoint is intact. Fixes: check those images, lower optimizer.lr, set "
-            "trainer.gradient_clip_val, use trainer.precision=32-true, or skip such batches with "
-            "model.nonfinite=skip"
+            f"{broken}; inputs finite: {image_ok}, logits finite: {logits_ok}. {cls.FIXES}"
+        )
+
+    FIXES = (
+        "Nothing was saved after it, so the last checkpoint is intact. Fixes: check those images, lower "
+        "optimizer.lr, set trainer.gradient_clip_val, use trainer.precision=32-true, or skip such batches with "
+        "model.nonfinite=skip"
+    )
+
+    @classmethod
+    def found_later(cls, found: dict, now: str) -> NonFiniteLossError:
+        """The error for a broken step found by a deferred read (:mod:`segloss.models.nonfinite`) at ``now``."""
+        if found.get("elsewhere"):
+            return cls(f"the training loss became non-finite on another rank (read at {now}). {cls.FIXES}")
+        broken = found["broken"] or ["the loss itself"]
+        return cls(
+            f"the training loss is {found['loss']} at {found['where']} (read at {now}: on accelerators the check "
+            f"is read at logging steps and before checkpoints; model.nonfinite_defer=false reads every step); "
+            f"images {found['names']}; non-finite term(s): {broken}. {cls.FIXES}"
         )

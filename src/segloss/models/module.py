@@ -62,6 +62,8 @@ class SegmentationModule(L.LightningModule):
         train_metrics: also accumulate and log ``train/mIoU``, ``train/acc`` (an argmax and a count per
             step; ``model.train_metrics=false`` skips them).
         nonfinite: what a NaN/Inf training loss does: raise, skip or ignore (:mod:`segloss.models.nonfinite`).
+        nonfinite_defer: read the ``raise`` check at logging steps and before checkpoints instead of every step
+            (no per-step host sync); None = on accelerators only.
         optimized_metric: the validation score that picks the best epoch (:mod:`segloss.models.best`).
     """
 
@@ -81,6 +83,7 @@ class SegmentationModule(L.LightningModule):
         compile: bool = False,
         train_metrics: bool = True,
         nonfinite: str = "raise",
+        nonfinite_defer: bool | None = None,
         optimized_metric: str = "val/mIoU",
     ) -> None:
         super().__init__()
@@ -107,7 +110,7 @@ class SegmentationModule(L.LightningModule):
         self.optimizer_factory, self.scheduler_factory = optimizer, scheduler
         self.class_names, self.num_classes, self.ignore_index = class_names, num_classes, ignore_index
         self.track_train_metrics = train_metrics
-        self.nonfinite = NonFinitePolicy(nonfinite)
+        self.nonfinite = NonFinitePolicy(nonfinite, nonfinite_defer)
         self.train_metrics = SegmentationMetrics(num_classes, ignore_index)
         self.val_metrics = SegmentationMetrics(num_classes, ignore_index)
         self.test_metrics = SegmentationMetrics(num_classes, ignore_index)
@@ -150,7 +153,9 @@ class SegmentationModule(L.LightningModule):
     def training_step(self, batch: dict, batch_idx: int) -> Tensor | None:
         self.nonfinite.before_step(self.net)
         loss, logits, terms = self.model_step(batch)
-        if self.nonfinite.broke(loss, self._trainer):
+        if self.nonfinite.defers(loss):
+            self._record_loss(loss, terms, batch, batch_idx)
+        elif self.nonfinite.broke(loss, self._trainer):
             if self.nonfinite.mode == "raise":
                 raise NonFiniteLossError.at_step(self, batch, batch_idx, loss, logits, terms)
             self.nonfinite.skip()
@@ -163,6 +168,21 @@ class SegmentationModule(L.LightningModule):
         if self.track_train_metrics:
             self.train_metrics.update(logits.detach().argmax(1), batch["mask"])
         return loss
+
+    def _record_loss(self, loss: Tensor, terms: dict[str, Tensor], batch: dict, batch_idx: int) -> None:
+        """Deferred ``nonfinite=raise``: keep the values, read them on the steps the loggers write."""
+        trainer = self._trainer
+        where = f"step {trainer.global_step}, epoch {trainer.current_epoch}, batch {batch_idx}" if trainer else ""
+        self.nonfinite.record(loss, terms, {"where": where or f"batch {batch_idx}", "names": batch.get("name", [])[:8]})
+        if getattr(getattr(trainer, "_logger_connector", None), "should_update_logs", False):
+            self.check_finite("a logging step")
+
+    def check_finite(self, now: str) -> None:
+        """Raise :class:`NonFiniteLossError` if a recorded (deferred) training loss was not finite."""
+        found = self.nonfinite.first_broken(self._trainer)
+        if found is not None:
+            step = f"step {self._trainer.global_step}" if self._trainer else "the end"
+            raise NonFiniteLossError.found_later(found, f"{now}, {step}")
 
     def _eval_step(self, stage: str, batch: dict) -> dict[str, Tensor]:
         loss, logits, terms = self.model_step(batch, self.inference(self, batch["image"]))
@@ -231,6 +251,7 @@ class SegmentationModule(L.LightningModule):
         self.best.load(self._resumed_best)
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:
+        self.check_finite("a checkpoint save")  # never write the weights of a broken step
         state = self.best.state()  # the same on every rank: the results are synced
         if state is not None:
             checkpoint["val_best"] = state
@@ -248,6 +269,7 @@ class SegmentationModule(L.LightningModule):
         self._labelled_pixels = torch.zeros((), dtype=torch.int64, device=self.device) if first else None
 
     def on_train_epoch_end(self) -> None:
+        self.check_finite("the end of epoch")
         for name, total in self._train_loss_sums.items():
             self.log(f"{name}_epoch", total / max(self._train_loss_count, 1))
         self._train_loss_sums, self._train_loss_count = {}, 0

@@ -6,11 +6,20 @@
   NaN forward has already poisoned — restored from a copy taken before the step.
 * ``ignore`` does not check.
 
-The check reads one number from the device per step (the module's only per-step host sync); under DDP
-every rank skips or none does (one boolean all-reduce).
+``raise`` on an accelerator is **deferred** (``model.nonfinite_defer``, null = deferred on accelerators,
+per step on the CPU, where reading a number costs nothing): each step appends its loss and terms to a
+list on the device, and the list is read — one host sync — on the steps the loggers write
+(``trainer.log_every_n_steps``), at the end of each training epoch and **before every checkpoint is
+written**, so a GPU never waits for the host between steps and no checkpoint is written after a broken
+step. The error names the first broken step, its images and terms, as the per-step check does (not
+whether its inputs and logits were finite: those are not kept). ``skip`` must decide before the
+optimizer step, so it reads the loss every step. Under DDP every rank skips or raises or none does (one
+boolean all-reduce per read).
 """
 
 from __future__ import annotations
+
+import math
 
 import torch
 from torch import Tensor, nn
@@ -19,10 +28,11 @@ MODES = ("raise", "skip", "ignore")
 
 
 class NonFinitePolicy:
-    def __init__(self, mode: str = "raise") -> None:
+    def __init__(self, mode: str = "raise", defer: bool | None = None) -> None:
         if mode not in MODES:
             raise ValueError(f"nonfinite={mode!r}: choose raise, skip or ignore")
-        self.mode = mode
+        self.mode, self.defer = mode, defer
+        self._pending: list[tuple[Tensor, dict]] = []  # deferred: (loss and term values, where and images)
         self.skipped = 0
         self._kept: list[Tensor] | None = None
         self._live: list[Tensor] = []
@@ -50,3 +60,35 @@ class NonFinitePolicy:
         """Undo the step's effect on the buffers and count the skipped batch."""
         torch._foreach_copy_(self._live, self._kept)
         self.skipped += 1
+
+    def defers(self, loss: Tensor) -> bool:
+        """Whether this loss is recorded for a later read instead of being read now."""
+        if self.mode != "raise":
+            return False
+        return self.defer if self.defer is not None else loss.device.type != "cpu"
+
+    def record(self, loss: Tensor, terms: dict[str, Tensor], info: dict) -> None:
+        """Keep the step's loss and term values (on their device) with ``info`` (``where``, ``names``)."""
+        values = torch.stack([loss.detach().float(), *(v.detach().float() for v in terms.values())])
+        self._pending.append((values, {**info, "terms": list(terms)}))
+
+    def first_broken(self, trainer=None) -> dict | None:
+        """Read the recorded steps (one host sync) and forget them: the ``info`` of the first whose loss is
+        not finite, with ``loss`` and the ``broken`` term names; ``{"elsewhere": True}`` when only another
+        rank broke; None when all were finite."""
+        if not self._pending:
+            return None
+        pending, self._pending = self._pending, []
+        finite = [bool(ok) for ok in torch.stack([v[0] for v, _ in pending]).isfinite().tolist()]
+        broke = not all(finite)
+        if trainer is not None and trainer.world_size > 1:
+            if not bool(trainer.strategy.reduce_boolean_decision(broke, all=False)):
+                return None
+            if not broke:
+                return {"elsewhere": True}
+        if not broke:
+            return None
+        values, info = pending[finite.index(False)]
+        values = values.tolist()
+        broken = [name for name, value in zip(info["terms"], values[1:], strict=True) if not math.isfinite(value)]
+        return {**info, "loss": values[0], "broken": broken}
