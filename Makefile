@@ -15,7 +15,7 @@ export DATA_ROOT
 endif
 
 .DEFAULT_GOAL := help
-.PHONY: help install data train sweep compare eval predict stats test lint format bench bench-losses bench-data bench-overhead bench-metrics bench-train-step clean clean-logs clean-data
+.PHONY: help install data train sweep compare eval predict stats test lint format bench bench-losses bench-data bench-overhead bench-metrics bench-train-step bench-recipe clean clean-logs clean-data
 
 help: ## show this help
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN{FS=":.*## "}{printf "  make %-11s %s\n", $$1, $$2}'
@@ -77,7 +77,10 @@ bench-metrics: $(STAMP) ## metric update vs torchmetrics MulticlassJaccardIndex,
 bench-train-step: $(STAMP) ## GPU training step: fp32 / bf16 / channels_last / compile, images/s, memory, MFU
 	$(PY) benchmarks/bench_train_step.py $(ARGS)
 
-bench: bench-losses bench-overhead bench-data bench-metrics bench-train-step ## every benchmark (tables + benchmarks/results/*.json)
+bench-recipe: $(STAMP) ## training recipe (Trainer + Cityscapes loader) vs the raw step, img/s (ARGS="--device cpu --quick")
+	$(PY) benchmarks/bench_recipe.py $(ARGS)
+
+bench: bench-losses bench-overhead bench-data bench-metrics bench-train-step bench-recipe ## every benchmark (tables + benchmarks/results/*.json)
 
 lint: $(STAMP) ## ruff check + format check
 	$(VENV)/bin/ruff check .
