@@ -354,3 +354,38 @@ def test_class_weights_by_hand(method):
     else:  # 1 / ln(1.02 + n_c/N)
         expected = [1 / math.log(1.02 + f) for f in (0.6, 0.3, 0.1, 0.0)]
     assert got.tolist() == pytest.approx(expected, rel=1e-6)
+
+
+REGION_LOSSES = [
+    ("Dice", {}),
+    ("Dice", {"per_image": True, "classes": "present"}),
+    ("Dice", {"squared": True, "log": True}),
+    ("Jaccard", {"per_image": True}),
+    ("Tversky", {"alpha": 0.3, "beta": 0.7}),
+    ("FocalTversky", {"per_image": True}),
+    ("GeneralizedDice", {}),
+    ("GeneralizedDice", {"per_image": True}),
+]
+
+
+@pytest.mark.parametrize(("name", "kwargs"), REGION_LOSSES)
+def test_the_one_hot_path_of_accelerators_gives_the_scatter_paths_values_and_gradients(name, kwargs, monkeypatch):
+    """Region sums run as one-hot reductions on accelerators and as ``scatter_add`` on the CPU: same numbers."""
+    from segloss.losses import _region
+
+    torch.manual_seed(0)
+    logits = torch.randn(3, 5, 12, 10)
+    target = torch.randint(0, 5, (3, 12, 10))
+    target[0, :4] = 255
+    target[2] = 1  # an image with one class only
+    results = []
+    for one_hot in (False, True):
+        monkeypatch.setattr(_region, "one_hot_sums", lambda device, on=one_hot: on)
+        x = logits.clone().requires_grad_()
+        value = getattr(L, f"{name}Loss")(**kwargs)(x, target)
+        value.backward()
+        results.append((value.detach(), x.grad))
+    (scatter_value, scatter_grad), (onehot_value, onehot_grad) = results
+    torch.testing.assert_close(onehot_value, scatter_value, rtol=1e-6, atol=1e-7)
+    torch.testing.assert_close(onehot_grad, scatter_grad, rtol=1e-5, atol=1e-8)
+    assert scatter_value.item() > 0 and scatter_grad.abs().sum() > 0

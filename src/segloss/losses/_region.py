@@ -8,8 +8,14 @@ p = sigmoid(logit) of the foreground when C = 1; y = one-hot(target).
 Sums run over batch and space (``per_image=False``: "batch" statistics, as nnU-Net) or over space
 only (``per_image=True``), giving shape (C,) or (N, C). Batch statistics are those of the global batch
 when training under DDP (:mod:`segloss.losses._distributed`); per-image ones stay per rank. I_c and G_c
-are accumulated with ``scatter_add`` from the target-class probability, so no N×C×S one-hot tensor is
-built and nothing waits on the host.
+are accumulated per device with what is fastest there, the same sums either way (tested to 1e-6):
+
+* CPU: ``scatter_add`` of the target-class probability into (N, C) — no N×C×S one-hot tensor is built;
+* accelerators: a one-hot mask ``y = (target == c)·valid`` and plain reductions ``Σ p·y``, ``Σ y`` (as
+  MONAI does). On a GPU, ``scatter_add`` sends every pixel's atomic add to one of C addresses per image,
+  and that contention made Dice 1.5× slower than MONAI's reductions on an H200 (issue 14).
+
+Nothing waits on the host in either.
 """
 
 from __future__ import annotations
@@ -29,6 +35,11 @@ def class_probabilities(logits: Tensor) -> Tensor:
     return logits.sigmoid() if logits.shape[1] == 1 else logits.softmax(dim=1)
 
 
+def one_hot_sums(device: torch.device) -> bool:
+    """Whether :func:`region_sums` uses one-hot reductions (accelerators) rather than ``scatter_add`` (CPU)."""
+    return device.type != "cpu"
+
+
 def region_sums(
     probs: Tensor, valid: Tensor, safe: Tensor, per_image: bool, squared: bool = False
 ) -> tuple[Tensor, Tensor, Tensor]:
@@ -42,6 +53,9 @@ def region_sums(
     if c == 1:  # binary: the single class is the foreground
         y = (t == 1).to(p.dtype) * v
         inter, ground = (p[:, 0] * y).sum(-1, keepdim=True), y.sum(-1, keepdim=True)
+    elif one_hot_sums(p.device):
+        y = (t.unsqueeze(1) == torch.arange(c, device=t.device)[:, None]).to(p.dtype).mul_(v.unsqueeze(1))
+        inter, ground = (p * y).sum(-1), y.sum(-1)
     else:
         p_true = p.gather(1, t.unsqueeze(1)).squeeze(1) * v
         inter = p.new_zeros(n, c).scatter_add_(1, t, p_true)
