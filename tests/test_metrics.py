@@ -63,3 +63,19 @@ def test_update_never_waits_for_the_device():
     with HostSyncRecorder() as rec:
         confusion_counts(preds.to("meta"), target.to("meta"), 19)
     assert rec.calls == []
+
+
+@pytest.mark.parametrize("path", ["histc", "scatter"])
+def test_every_counting_path_gives_bincounts_counts(path, monkeypatch):
+    """Accelerators count with histc (or scatter_add_ under deterministic algorithms): the CPU's numbers."""
+    from segloss.metrics import confusion
+
+    torch.manual_seed(0)
+    size = 19 * 19
+    index = torch.randint(0, size + 1, (50_000,))  # the spare bin `size` included
+    index[:5000] = 7  # a crowded bin, as the diagonal is
+    monkeypatch.setattr(confusion, "HISTC_CHUNK", 4096)  # many chunks
+    expected = confusion.count_bins(index, size, path="bincount")
+    got = confusion.count_bins(index, size, path=path)
+    assert got.dtype == torch.int64 and torch.equal(got, expected)
+    assert int(expected.sum()) == int((index < size).sum()) and int(expected[7]) >= 5000

@@ -16,6 +16,7 @@ from torchvision import tv_tensors
 from torchvision.transforms import v2
 from torchvision.transforms.v2 import functional as TF
 
+from segloss.data.photometric import shift_hue_
 from segloss.data.scale_crop import ScaleCropParams, sample_scale_crop, scale_crop
 from segloss.data.transforms import (
     IMAGENET_MEAN,
@@ -23,7 +24,6 @@ from segloss.data.transforms import (
     Normalise,
     PhotometricJitter,
     eval_transform,
-    shift_hue_,
     train_transform,
 )
 

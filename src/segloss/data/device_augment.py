@@ -32,8 +32,8 @@ import torch
 from torch import Tensor
 from torch.utils.data import default_collate, get_worker_info
 
+from segloss.data.photometric import Normalise, PhotometricJitter, apply_jitter_
 from segloss.data.scale_crop import AxisTaps, linear_taps, nearest_taps, sample_scale_crop
-from segloss.data.transforms import Normalise, PhotometricJitter, apply_jitter_
 
 AXES = ("row", "col")
 

@@ -14,7 +14,9 @@ The numbers equal torchmetrics' ``MulticlassJaccardIndex(average="none", zero_di
 of two (IoU and accuracy each built their own counts) and never waits for the device: torchmetrics
 drops ``ignore_index`` pixels by boolean-mask indexing and counts with ``bincount``, both of which
 read a size from the GPU. Here ignored pixels go to a spare bin that is cut off, and on an
-accelerator the counts are a ``scatter_add_`` into a fixed-size vector.
+accelerator the counts are a ``histc`` with fixed bounds (per-block histograms in shared memory, as
+``bincount`` uses once it knows the size — the size is known here, so nothing is read back), or a
+``scatter_add_`` into a fixed-size vector where deterministic algorithms are required.
 """
 
 from __future__ import annotations
@@ -35,12 +37,28 @@ def confusion_counts(preds: Tensor, target: Tensor, num_classes: int) -> Tensor:
     return count_bins(index, c * c).view(c, c)
 
 
-def count_bins(index: Tensor, size: int) -> Tensor:
+HISTC_CHUNK = 1 << 24  # float32 counts are exact integers up to 2^24: histc runs on chunks of at most that
+
+
+def count_bins(index: Tensor, size: int, path: str | None = None) -> Tensor:
     """Counts of the values 0…size−1 in the int64 vector ``index``, whose values lie in [0, size]
-    (``size`` = a spare bin, dropped). No host sync: on an accelerator a ``scatter_add_`` into a
-    fixed-size vector; on the CPU ``bincount``, the fastest there (a CPU has nothing to wait for)."""
-    if index.device.type == "cpu":
+    (``size`` = a spare bin, dropped). No host sync. ``path`` (None = by device): ``"bincount"`` on the
+    CPU, the fastest there (a CPU has nothing to wait for); ``"histc"`` on accelerators: bins of width 1
+    over [0, size + 1), so value v lands in bin ⌊v·(size+1)/(size+1)⌋ = v exactly (integers below 2^24
+    in float32), chunked so that no float count passes 2^24; ``"scatter"`` (a ``scatter_add_`` of ones:
+    every pixel an atomic add on one of a few addresses) where deterministic algorithms are on."""
+    if path is None:
+        if index.device.type == "cpu":
+            path = "bincount"
+        else:
+            exact = size < HISTC_CHUNK  # bin values must be exact in float32 too
+            path = "histc" if exact and not torch.are_deterministic_algorithms_enabled() else "scatter"
+    if path == "bincount":
         counts = torch.bincount(index, minlength=size + 1)
+    elif path == "histc":
+        counts = torch.zeros(size + 1, dtype=torch.int64, device=index.device)
+        for chunk in index.split(HISTC_CHUNK):
+            counts += torch.histc(chunk.float(), bins=size + 1, min=0, max=size + 1).long()
     else:
         counts = torch.zeros(size + 1, dtype=torch.int64, device=index.device)
         counts.scatter_add_(0, index, torch.ones_like(index))
