@@ -7,6 +7,7 @@ import json
 import os
 
 import lightning.pytorch as L
+import numpy as np
 import pytest
 import torch
 from hydra import compose, initialize_config_dir
@@ -56,6 +57,10 @@ def test_ddp_evaluation_equals_one_process_exactly_on_an_uneven_split(checkpoint
     assert two["confmat"] == expected["confmat"]  # every pixel of every image counted once, none twice
     for key in ("IoU", "Dice", "mIoU", "mDice", "acc"):
         assert two[key] == expected[key], key
+    one_images, two_images = (np.load(tmp_path / run / "per_image_val.npz") for run in ("one", "two"))
+    for key in ("index", "names", "tp", "fp", "fn"):  # each image's counts, gathered from both ranks in order
+        assert np.array_equal(two_images[key], one_images[key]), key
+    assert len(one_images["index"]) == 13
     assert not (tmp_path / "two" / "eval_rank1.log").read_text()  # rank 1 logged, but printed no table
 
 

@@ -27,6 +27,7 @@ from segloss.build import build_module, build_trainer
 from segloss.callbacks import PredictionWriter
 from segloss.checks import check_config
 from segloss.errors import ConfigError
+from segloss.metrics.per_image import save_per_image
 from segloss.utils.checkpoints import load_weights
 from segloss.utils.cluster import launch_rank
 from segloss.utils.config import CONFIG_DIR, instantiate, instantiate_group, report_user_errors, set_environment
@@ -71,7 +72,11 @@ def evaluate(cfg: DictConfig) -> dict:
         print_results(f"{split} — {Path(cfg.ckpt_path).name}", module.class_names, results)
         rich.print(f"{frames} frames in {seconds:.1f} s: {frames / seconds:.2f} frames/s ({module.inference}, "
                    f"{trainer.precision}, {trainer.world_size} process(es))")  # fmt: skip
-        save_results(results, module.class_names, Path(cfg.paths.output_dir) / f"results_{split}.json")
+        out = Path(cfg.paths.output_dir)
+        per_image = results.pop("per_image", None)
+        save_results(results, module.class_names, out / f"results_{split}.json")
+        if per_image is not None:  # each image's TP/FP/FN (segloss.metrics.per_image)
+            save_per_image(out / f"per_image_{split}.npz", per_image, module.class_names, f"{split}/mIoU", None)
         if cfg.get("save_predictions"):
             rich.print(f"predictions written to {cfg.predictions_dir}")
     return results

@@ -21,6 +21,7 @@ from omegaconf import DictConfig
 from segloss.build import build_module, build_trainer
 from segloss.callbacks import StoppedBySignal
 from segloss.checks import check_config
+from segloss.metrics.per_image import save_per_image
 from segloss.utils.cluster import launch_rank
 from segloss.utils.config import CONFIG_DIR, instantiate, report_user_errors, set_environment
 from segloss.utils.rich_output import print_results
@@ -63,6 +64,9 @@ def train(cfg: DictConfig) -> dict:
         finish_wandb()
 
     best = module.best.results or module.last_results.get("val")
+    if best is not None and "per_image" in best and trainer.is_global_zero:  # what make compare resamples
+        save_per_image(run.path / "per_image_val.npz", best["per_image"], module.class_names, module.best.metric,
+                       module.best.value)  # fmt: skip
     checkpoint = trainer.checkpoint_callback
     best_path = checkpoint.best_model_path if checkpoint is not None else ""
     if best is not None and trainer.is_global_zero:

@@ -12,6 +12,7 @@ from torch import Tensor, nn
 from segloss.errors import ConfigError, DatasetFormatError, NonFiniteLossError
 from segloss.losses import CompoundLoss
 from segloss.metrics import CaseDice, SegmentationMetrics
+from segloss.metrics.per_image import PerImageCounts
 from segloss.models.best import BestScore
 from segloss.models.inference import Inference
 from segloss.models.nonfinite import NonFinitePolicy
@@ -27,7 +28,8 @@ class SegmentationModule(L.LightningModule):
     per-class IoU accumulated over the whole split, over the classes that occur in its ground truth or
     predictions (the official Cityscapes convention; see :mod:`segloss.metrics`). Each stage has its own
     metric objects. ``last_results[stage]`` holds the epoch's results; for val/test also ``"confmat"``, the
-    split's confusion matrix (rows: ground truth, columns: prediction; summed over ranks). ``best``
+    split's confusion matrix (rows: ground truth, columns: prediction; summed over ranks) and ``"per_image"``,
+    each image's per-class TP/FP/FN (:mod:`segloss.metrics.per_image`; what ``make compare`` resamples). ``best``
     (:class:`segloss.models.best.BestScore`) holds the best validation by ``optimized_metric`` and its
     results; it is kept in checkpoints, so a resumed training goes on with it.
 
@@ -116,6 +118,9 @@ class SegmentationModule(L.LightningModule):
         self.test_metrics = SegmentationMetrics(num_classes, ignore_index)
         self.val_case = CaseDice(num_classes, ignore_index)
         self.test_case = CaseDice(num_classes, ignore_index)
+        self.val_images = PerImageCounts(num_classes, ignore_index)  # what make compare resamples and pairs
+        self.test_images = PerImageCounts(num_classes, ignore_index)
+        self._eval_seen = 0  # images this rank has scored in the current validation/test
         self.inference = inference if isinstance(inference, Inference) else Inference(**(inference or {}))
         self.best = BestScore(optimized_metric, class_names)
         self._resumed_best: dict | None = None  # the best of the checkpoint a training resumes from
@@ -192,6 +197,10 @@ class SegmentationModule(L.LightningModule):
             self.log(f"{stage}/loss/{name}", value, **opts)
         preds = logits.argmax(1)
         getattr(self, f"{stage}_metrics").update(preds, batch["mask"])
+        world, rank = (self._trainer.world_size, self.global_rank) if self._trainer else (1, 0)
+        names = batch.get("name") or [""] * len(preds)
+        getattr(self, f"{stage}_images").update(preds, batch["mask"], names, rank + world * self._eval_seen, world)
+        self._eval_seen += len(preds)
         if "case" in batch:
             getattr(self, f"{stage}_case").update(preds, batch["mask"], batch["case"])
         return {"preds": preds}
@@ -233,6 +242,9 @@ class SegmentationModule(L.LightningModule):
             for name, iou, dice in zip(self.class_names, results["IoU"], results["Dice"]):
                 log(f"{stage}/IoU/{name}", iou)
                 log(f"{stage}/Dice/{name}", dice)
+            images = getattr(self, f"{stage}_images")
+            results = {**results, "per_image": images.compute()}  # see segloss.metrics.per_image
+            images.reset()
             case_metric = getattr(self, f"{stage}_case")
             if case_metric.update_called:
                 case = case_metric.compute()
@@ -295,9 +307,11 @@ class SegmentationModule(L.LightningModule):
 
     def on_validation_epoch_start(self) -> None:
         self._share_rank_zero_buffers()
+        self._eval_seen = 0
 
     def on_test_epoch_start(self) -> None:
         self._share_rank_zero_buffers()
+        self._eval_seen = 0
 
     def on_validation_epoch_end(self) -> None:
         results = self._log_epoch("val")

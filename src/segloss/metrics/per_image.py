@@ -1,0 +1,109 @@
+"""Per-image, per-class TP / FP / FN of a split: what a loss comparison resamples and pairs.
+
+For image i and class c (pixels whose target is ``ignore_index`` count nowhere):
+
+    TP_ic = #{pred = c, target = c}    FP_ic = #{pred = c, target ≠ c}    FN_ic = #{pred ≠ c, target = c}
+
+The split-level counts are their sums over images, so the split's IoU_c = ΣTP / Σ(TP + FP + FN) and its mIoU
+(:mod:`segloss.metrics.confusion`) follow from these rows exactly, and so do those of any resample of the
+images (:mod:`segloss.comparison.stats`). Recall, precision and Dice come from the same three counts.
+
+Images are identified by their position in the split (``index``: under DDP, rank r's k-th image is
+r + k·W, the order of :class:`segloss.data.sampling.ShardSampler`) and by name. The counts are a
+``dist_reduce_fx="cat"`` list state (rows ``[index, TP_0.., FP_0.., FN_0..]``, int64, no host sync per
+update); the names stay on the host of the rank that saw them and are gathered at ``compute()``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+import torch
+from torch import Tensor
+from torchmetrics import Metric
+from torchmetrics.utilities import dim_zero_cat
+
+from segloss.metrics.confusion import count_bins
+
+
+class PerImageCounts(Metric):
+    """``update(preds N×H×W, target N×H×W, names, first_index, stride)``; ``compute()`` → ``{"index": int64 M,
+    "names": [M], "tp"/"fp"/"fn": int64 M×C}`` sorted by index (CPU tensors)."""
+
+    is_differentiable = False
+    full_state_update = False
+    rows: list[Tensor]
+
+    def __init__(self, num_classes: int, ignore_index: int = 255, **kwargs) -> None:
+        super().__init__(**kwargs)
+        self.num_classes, self.ignore_index = num_classes, ignore_index
+        self.width = 1 + 3 * num_classes
+        self.names: dict[int, str] = {}  # index → name of the images this rank saw (host only)
+        self.add_state("rows", default=[], dist_reduce_fx="cat")
+        self.rows.append(self._no_rows())
+
+    def _no_rows(self) -> Tensor:
+        return torch.zeros(0, self.width, dtype=torch.int64, device=self.device)
+
+    def reset(self) -> None:
+        super().reset()
+        self.names = {}
+        self.rows.append(self._no_rows())
+
+    def update(self, preds: Tensor, target: Tensor, names: Sequence[str], first_index: int, stride: int = 1) -> None:
+        """Counts of N images whose positions in the split are ``first_index + stride·k``, k < N."""
+        n, c = preds.shape[0], self.num_classes
+        if not n:
+            return
+        image = torch.arange(n, device=preds.device).view(-1, 1, 1)
+        valid = (target >= 0) & (target < c) & (preds >= 0) & (preds < c)
+        flat = (image * c + target.long()) * c + preds.long()
+        confusion = count_bins(torch.where(valid, flat, n * c * c).reshape(-1), n * c * c).view(n, c, c)
+        tp = confusion.diagonal(dim1=1, dim2=2)
+        fp, fn = confusion.sum(dim=1) - tp, confusion.sum(dim=2) - tp
+        index = first_index + stride * torch.arange(n, device=preds.device, dtype=torch.int64)
+        self.rows.append(torch.cat([index[:, None], tp, fp, fn], dim=1))
+        for k, name in enumerate(names):
+            self.names[first_index + stride * k] = str(name)
+
+    def compute(self) -> dict:
+        rows = dim_zero_cat(self.rows).view(-1, self.width).cpu()
+        rows = rows[rows[:, 0].argsort()]
+        names = dict(self.names)
+        if torch.distributed.is_available() and torch.distributed.is_initialized():
+            gathered: list = [None] * torch.distributed.get_world_size()
+            torch.distributed.all_gather_object(gathered, self.names)
+            for part in gathered:
+                names.update(part)
+        tp, fp, fn = rows[:, 1:].split(self.num_classes, dim=1)
+        return {
+            "index": rows[:, 0],
+            "names": [names.get(i, "") for i in rows[:, 0].tolist()],
+            "tp": tp,
+            "fp": fp,
+            "fn": fn,
+        }
+
+
+def save_per_image(path, counts: dict, class_names: Sequence[str], metric: str, value: float | None) -> None:
+    """Write the per-image counts of a run's best validation (``per_image_val.npz``): arrays ``index``, ``names``,
+    ``class_names``, ``tp``, ``fp``, ``fn`` and the ``metric`` that chose that validation with its ``value``.
+    Written to a temporary name and renamed, so a reader never sees half a file."""
+    from pathlib import Path
+
+    path = Path(path)
+    partial = path.with_name(path.name + ".partial")
+    with partial.open("wb") as handle:
+        np.savez_compressed(
+            handle,
+            index=counts["index"].numpy(),
+            names=np.array(counts["names"], dtype=str),
+            class_names=np.array(list(class_names), dtype=str),
+            tp=counts["tp"].numpy(),
+            fp=counts["fp"].numpy(),
+            fn=counts["fn"].numpy(),
+            metric=np.array(metric),
+            value=np.array(np.nan if value is None else value),
+        )
+    partial.replace(path)

@@ -1,0 +1,44 @@
+"""Per-image TP/FP/FN: they sum to the split's confusion counts, and a training stores those of its best epoch."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from segloss.metrics import SegmentationMetrics
+from segloss.metrics.per_image import PerImageCounts
+from tests.conftest import QUIET_RUN, TINY_SYNTHETIC, fit
+
+
+def test_counts_per_image_sum_to_the_split_counts_and_follow_the_positions():
+    torch.manual_seed(0)
+    preds, target = torch.randint(0, 4, (5, 6, 7)), torch.randint(0, 4, (5, 6, 7))
+    target[1, :2] = 255
+    images, split = PerImageCounts(4), SegmentationMetrics(4)
+    images.update(preds[:3], target[:3], ["a", "b", "c"], first_index=0, stride=2)  # rank 0 of 2: 0, 2, 4
+    images.update(preds[3:], target[3:], ["d", "e"], first_index=1, stride=2)  # rank 1: 1, 3
+    split.update(preds, target)
+    out = images.compute()
+    assert out["index"].tolist() == [0, 1, 2, 3, 4] and out["names"] == ["a", "d", "b", "e", "c"]
+    confmat = split.compute()["confmat"]
+    tp = confmat.diagonal()
+    assert torch.equal(out["tp"].sum(0), tp)
+    assert torch.equal(out["fp"].sum(0), confmat.sum(0) - tp) and torch.equal(out["fn"].sum(0), confmat.sum(1) - tp)
+    one = (preds[0] == 2) & (target[0] == 2)
+    assert out["tp"][0, 2] == one.sum() and out["fp"][0, 2] == ((preds[0] == 2) & (target[0] != 2)).sum()
+    assert int(out["tp"][2].sum() + out["fn"][2].sum()) == int((target[1] != 255).sum())  # image "b" = row 2
+
+
+@pytest.mark.slow
+def test_a_training_stores_the_per_image_counts_of_its_best_epoch(tmp_path):
+    run = fit([*TINY_SYNTHETIC, *QUIET_RUN, f"paths.data_dir={tmp_path / 'data'}", "trainer.max_epochs=2"], tmp_path)
+    stored = np.load(tmp_path / "per_image_val.npz")
+    assert len(stored["index"]) == 12 and list(stored["index"]) == list(range(12))
+    assert all(name for name in stored["names"]) and len(set(stored["names"])) == 12
+    tp, fp, fn = (stored[k].sum(0).astype(float) for k in ("tp", "fp", "fn"))
+    union = tp + fp + fn
+    iou = np.divide(tp, union, out=np.full_like(tp, np.nan), where=union > 0)
+    assert np.nanmean(iou) == pytest.approx(float(run["best_value"]), abs=1e-6)
+    assert str(stored["metric"]) == "val/mIoU" and float(stored["value"]) == pytest.approx(run["best_value"])
+    assert torch.allclose(run["results"]["IoU"].double(), torch.from_numpy(iou), equal_nan=True, atol=1e-6)
