@@ -41,7 +41,7 @@ SEEDS ?= 0,1,2
 sweep: $(STAMP) $(SYNTHETIC) ## losses × seeds multirun: make sweep [EXP=name] [LOSSES=ce,focal] [SEEDS=0,1,2] [ARGS=…]
 	$(PY) -m segloss.train --multirun $(if $(LAUNCHER),launcher=$(LAUNCHER)) $(EXP_ARG) loss=$(LOSSES) seed=$(SEEDS) $(ARGS)
 
-compare: $(STAMP) ## table + plots of a sweep: make compare [DIR=logs/train/multiruns/<sweep>] [ARGS="--out folder"]
+compare: $(STAMP) ## table (95 % intervals, paired tests) + plots of a sweep: make compare [DIR=…] [ARGS="--baseline ce --out folder"]
 	$(PY) -m segloss.compare $(DIR) $(ARGS)
 
 eval: $(STAMP) ## evaluate a checkpoint: make eval CKPT=logs/.../best.ckpt [EXP=name] [ARGS="split=val"]

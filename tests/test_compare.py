@@ -10,12 +10,14 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
+import torch
 import yaml
 
 from segloss.compare import main
 from segloss.comparison.runs import load_runs
-from segloss.comparison.summary import markdown_table, summarise
+from segloss.comparison.summary import add_statistics, markdown_table, summarise
 from segloss.errors import ConfigError
 
 CLASSES = ["road", "car", "wall"]  # wall never occurs in these runs' validation split
@@ -83,7 +85,7 @@ def test_cli_writes_tables_plots_and_a_reloadable_runs_json(sweep, tmp_path, cap
     for png in ("iou_by_class.png", "miou_curves.png"):
         assert (out / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and (out / png).stat().st_size > 5000
     reloaded, _ = load_runs(out)  # runs.json stands in for the sweep
-    assert summarise(reloaded) == summary
+    assert add_statistics(summarise(reloaded), reloaded) == summary
     assert json.loads((out / "runs.json").read_text())[0]["curve"] == [[0, 0.2], [1, 0.5], [2, 0.4]]
 
 
@@ -116,3 +118,94 @@ def test_a_failing_job_does_not_stop_the_sweep(tmp_path):
     assert not (jobs[1] / "FAILED").exists() and (jobs[1] / "csv" / "metrics.csv").is_file()
     runs, skipped = load_runs(sweep)
     assert len(runs) == 1 and skipped == [str(jobs[0])]
+
+
+def write_counts(run: Path, tp: np.ndarray, fp: np.ndarray, fn: np.ndarray, classes=("road", "car")) -> None:
+    """The per_image_val.npz a training writes for its best epoch (segloss.metrics.per_image.save_per_image)."""
+    from segloss.metrics.per_image import save_per_image
+
+    names = [f"img{i:03d}" for i in range(len(tp))]
+    counts = {"index": torch.arange(len(tp)), "names": names, **{k: torch.from_numpy(v) for k, v in
+              (("tp", tp), ("fp", fp), ("fn", fn))}}  # fmt: skip
+    save_per_image(run / "per_image_val.npz", counts, list(classes), "val/mIoU", None)
+
+
+@pytest.fixture
+def counted_sweep(tmp_path):
+    """3 losses × 3 seeds × 40 images: "better" detects 10 points more of each class than "ce"; "same" is drawn
+    like "ce". The CSV rows carry the mIoU the counts give, as a training's would."""
+    rng = np.random.default_rng(7)
+    root = tmp_path / "sweep"
+    for num, (loss, hit) in enumerate([("ce", 0.6), ("same", 0.6), ("better", 0.7)]):
+        for seed in range(3):
+            truth = rng.integers(200, 400, size=(40, 2))
+            tp = rng.binomial(truth, hit)
+            fp = rng.integers(20, 80, size=(40, 2))
+            fn = truth - tp
+            iou = tp.sum(0) / (tp + fp + fn).sum(0)
+            run = write_run(root, 3 * num + seed, loss, seed, [0.1, float(iou.mean())], dict(zip(CLASSES, iou)))
+            write_counts(run, tp, fp, fn)
+    return root
+
+
+def test_intervals_and_holm_corrected_paired_tests_from_per_image_counts(counted_sweep, tmp_path):
+    runs, _ = load_runs(counted_sweep)
+    summary = add_statistics(summarise(runs), runs, baseline="ce", draws=1000)
+    for loss in ("ce", "same", "better"):
+        mean = summary["stats"][loss]["mIoU"][0]
+        low, high = summary["ci"][loss]["mIoU"]
+        assert low < mean < high and high - low < 0.05
+    better, same = summary["vs_baseline"]["better"], summary["vs_baseline"]["same"]
+    assert better["delta"] == pytest.approx(summary["stats"]["better"]["mIoU"][0] - summary["stats"]["ce"]["mIoU"][0])
+    assert better["interval"][0] > 0 and better["p_holm"] < 0.01  # 10 points of recall: clearly real
+    assert same["interval"][0] < 0 < same["interval"][1] and same["p_holm"] > 0.05  # noise
+    assert better["p_holm"] == pytest.approx(min(1.0, 2 * better["p"]))  # Holm: the smaller of 2 p-values × 2
+    assert summary["vs_best"]["better"]["tied"] and math.isnan(summary["vs_best"]["better"]["p_holm"])
+    assert not summary["vs_best"]["ce"]["tied"] and not summary["vs_best"]["same"]["tied"]
+    table = markdown_table(summary)
+    assert "Δ mIoU vs ce" in table and "| better | 3 | **" in table and "| baseline |" in table
+    out = tmp_path / "cmp"
+    main([str(counted_sweep), "--out", str(out), "--baseline", "ce", "--draws", "1000"])
+    rows = {row["loss"]: row for row in csv.DictReader((out / "compare.csv").open())}
+    assert rows["better"]["vs_best"] == "best" and rows["same"]["vs_best"] == "<"
+    assert float(rows["better"]["p_holm"]) == pytest.approx(better["p_holm"])
+    reloaded, _ = load_runs(out)  # runs.json + the copied per-image counts stand in for the sweep
+    assert all((out / Path(run.per_image).relative_to(out)).is_file() for run in reloaded)
+    again = add_statistics(summarise(reloaded), reloaded, baseline="ce", draws=1000)
+    assert again["ci"] == summary["ci"] and again["vs_baseline"]["better"]["p"] == better["p"]
+
+
+def test_the_paired_test_holds_its_level_when_nothing_differs():
+    """Under the null hypothesis (both losses drawn alike), p < 0.05 must be rare: ≤ 4 of 40 here."""
+    from segloss.comparison.stats import Counts, paired_difference
+
+    rng = np.random.default_rng(11)
+
+    def draw() -> Counts:
+        truth = rng.integers(100, 300, size=(3, 30, 4))
+        tp = rng.binomial(truth, 0.5)
+        return Counts([0, 1, 2], tp, tp + rng.integers(10, 60, size=truth.shape) + (truth - tp))
+
+    p_values = [paired_difference(draw(), draw(), permutations=400, replicates=50, seed=k)["p"] for k in range(40)]
+    assert sum(p < 0.05 for p in p_values) <= 4 and max(p_values) > 0.5
+
+
+def test_an_unknown_baseline_is_a_clear_error(counted_sweep):
+    runs, _ = load_runs(counted_sweep)
+    with pytest.raises(ConfigError, match="--baseline 'focal' is not among the compared losses"):
+        add_statistics(summarise(runs), runs, baseline="focal")
+
+
+def test_the_table_reaches_wandb(counted_sweep, tmp_path, monkeypatch):
+    from tests.test_wandb import inspect, media_rows
+
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    out = tmp_path / "cmp"
+    main([str(counted_sweep), "--out", str(out), "--draws", "200", "--wandb"])
+    (run,) = (out / "wandb").glob("offline-run-*")
+    (row,) = media_rows(inspect(run, summary=False), "compare")
+    table = json.loads((run / "files" / row["compare.path"]).read_text())
+    rows = {r["loss"]: r for r in csv.DictReader((out / "compare.csv").open())}
+    assert table["columns"] == list(rows["ce"])
+    logged = {r[0]: r for r in table["data"]}
+    assert logged["better"][-1] == "best" and f"{logged['better'][2]:.6f}" == rows["better"]["mIoU_mean"]

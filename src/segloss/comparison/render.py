@@ -10,26 +10,26 @@ from rich.console import Console
 from rich.table import Table
 
 from segloss.comparison.runs import Run
-from segloss.comparison.summary import cell
+from segloss.comparison.summary import INTERVAL_NOTE, paired_cells, paired_columns, score_cells
 
 
 def print_table(summary: dict, title: str) -> Table:
-    """Per loss: seeds, mean ± std of mIoU and of each class's IoU (in %); best mean per column in green."""
-    table = Table(title=title)
+    """Per loss: seeds, mIoU, the paired tests (when the runs stored per-image counts) and each class's IoU,
+    in %; best mean per column in green (:func:`segloss.comparison.summary.markdown_table`'s layout)."""
+    table = Table(title=title, caption=INTERVAL_NOTE if summary.get("ci") else None)
+    columns, tests = summary["columns"], paired_columns(summary)
     table.add_column("loss", style="bold")
-    table.add_column("seeds", justify="right")
-    for column in summary["columns"]:
-        table.add_column(column, justify="right")
+    for name in ["seeds", columns[0], *tests, *columns[1:]]:
+        table.add_column(name, justify="right")
     for loss in summary["losses"]:
-        cells = []
-        for column in summary["columns"]:
-            text = cell(*summary["stats"][loss][column])
-            cells.append(f"[bold green]{text}[/]" if summary["best"].get(column) == loss else text)
-        table.add_row(loss, str(summary["seeds"][loss]), *cells)
+        scores = [f"[bold green]{text}[/]" if best else text for text, best in score_cells(summary, loss)]
+        table.add_row(loss, str(summary["seeds"][loss]), scores[0], *paired_cells(summary, loss), *scores[1:])
     console = Console()
     if not console.is_terminal:  # files and pipes get the whole table, not 80 columns
-        console = Console(width=max(120, 14 * (len(summary["columns"]) + 2)))
+        console = Console(width=max(120, 16 * (len(columns) + len(tests) + 2)))
     console.print(table)
+    for note in summary.get("notes", []):
+        console.print(f"note: {note}")
     return table
 
 
@@ -43,20 +43,27 @@ def _pyplot():
 
 
 def plot_iou_by_class(summary: dict, path: Path) -> Path:
-    """Grouped bars: one group per column (mIoU, then each class), one bar per loss, std as error bars."""
+    """Grouped bars: one group per column (mIoU, then each class), one bar per loss; error bars = the 95 %
+    intervals (the std over seeds for losses without per-image counts)."""
     plt = _pyplot()
     columns, losses = summary["columns"], summary["losses"]
     width = 0.8 / max(len(losses), 1)
     x = np.arange(len(columns))
     fig, ax = plt.subplots(figsize=(max(8, 1.1 * len(columns) + 2), 4.5))
     colours = plt.get_cmap("tab10" if len(losses) <= 10 else "tab20")
+    intervals = summary.get("ci", {})
     for i, loss in enumerate(losses):
-        means = [summary["stats"][loss][c][0] for c in columns]
-        stds = [summary["stats"][loss][c][1] for c in columns]
-        ax.bar(x + (i - (len(losses) - 1) / 2) * width, [100 * m for m in means], width,
-               yerr=[100 * s for s in stds], capsize=1.5, label=loss, color=colours(i))  # fmt: skip
+        means = np.array([summary["stats"][loss][c][0] for c in columns])
+        if loss in intervals:  # asymmetric bars: the 95 % interval
+            bounds = np.array([intervals[loss].get(c, (math.nan, math.nan)) for c in columns]).T
+            errors = np.clip(np.abs(bounds - means), 0, None)
+        else:
+            errors = np.array([summary["stats"][loss][c][1] for c in columns])
+        ax.bar(x + (i - (len(losses) - 1) / 2) * width, 100 * means, width, yerr=100 * np.nan_to_num(errors),
+               capsize=1.5, label=loss, color=colours(i))  # fmt: skip
     ax.set_xticks(x, columns, rotation=30, ha="right")
-    ax.set_ylabel("IoU % at the best epoch (mean ± std over seeds)")
+    spread = "95 % interval over seeds × images" if intervals else "± std over seeds"
+    ax.set_ylabel(f"IoU % at the best epoch (mean, {spread})")
     ax.set_ylim(0, 100)
     ax.legend(ncol=min(len(losses), 5), fontsize=8, loc="upper left")
     ax.grid(axis="y", alpha=0.3)

@@ -2,8 +2,10 @@
 
 A job directory holds ``config.yaml``, ``.hydra/hydra.yaml`` and the CSV logger's ``csv/metrics.csv``. Per
 run the best validation epoch (by the run's ``optimized_metric``, ``val/mIoU`` by default — the epoch of its
-checkpoint) and that epoch's mIoU and per-class IoU are taken, plus the
-``val/mIoU`` curve. Runs that failed (a ``FAILED`` file) or never validated are skipped and listed.
+checkpoint) and that epoch's mIoU and per-class IoU are taken, plus the ``val/mIoU`` curve and the path of
+``per_image_val.npz`` (that epoch's per-image counts, for the intervals and paired tests of
+:mod:`segloss.comparison.stats`). Runs that failed (a ``FAILED`` file) or never validated are skipped and
+listed.
 """
 
 from __future__ import annotations
@@ -17,6 +19,8 @@ from pathlib import Path
 import yaml
 
 from segloss.errors import ConfigError
+
+PER_IMAGE = "per_image_val.npz"  # written by segloss.train for the best epoch
 
 
 @dataclass
@@ -32,6 +36,7 @@ class Run:
     iou: dict[str, float]  # per class, at the best epoch
     curve: list[tuple[int, float]] = field(default_factory=list)  # (epoch, val/mIoU)
     path: str = ""
+    per_image: str = ""  # per_image_val.npz of the best epoch (segloss.metrics.per_image), "" if none
 
 
 def _float(value: str | None) -> float:
@@ -67,6 +72,7 @@ def read_run(run_dir: Path) -> Run | None:
         iou=iou,
         curve=[(int(float(row["epoch"])), _float(row["val/mIoU"])) for row in rows],
         path=str(run_dir),
+        per_image=str(run_dir / PER_IMAGE) if (run_dir / PER_IMAGE).is_file() else "",
     )
 
 
@@ -75,10 +81,14 @@ def load_runs(directory: str | Path) -> tuple[list[Run], list[str]]:
     folder holding the ``runs.json`` written by :func:`write_outputs`."""
     directory = Path(directory).expanduser()
     if (directory / "runs.json").is_file() and not any(directory.rglob("csv/metrics.csv")):
-        return [
+        runs = [
             Run(**{**r, "curve": [tuple(p) for p in r["curve"]]})
             for r in json.loads((directory / "runs.json").read_text())
-        ], []
+        ]
+        for run in runs:  # per-image counts copied next to runs.json (relative names)
+            if run.per_image and not Path(run.per_image).is_absolute():
+                run.per_image = str(directory / run.per_image)
+        return runs, []
     if not directory.is_dir():
         raise ConfigError(f"sweep directory {directory} does not exist; give DIR=logs/train/multiruns/<sweep>")
     runs, skipped = [], []

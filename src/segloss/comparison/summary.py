@@ -1,12 +1,16 @@
 """Per-loss summaries of a sweep's runs: mean ± sample standard deviation (n − 1) over seeds of the best
-mIoU and of each class's IoU at the best epoch; the best mean of each column marked."""
+mIoU and of each class's IoU at the best epoch; the best mean of each column marked. Where the runs stored
+their per-image counts: 95 % intervals, the paired difference to a baseline and whether each loss can be
+told apart from the best (:mod:`segloss.comparison.stats`)."""
 
 from __future__ import annotations
 
 import math
+from pathlib import Path
 
 import numpy as np
 
+from segloss.comparison import stats
 from segloss.comparison.runs import Run
 
 
@@ -39,17 +43,141 @@ def summarise(runs: list[Run]) -> dict:
     return {"losses": losses, "columns": columns, "stats": stats, "seeds": seeds, "best": best}
 
 
-def cell(mean: float, std: float) -> str:
-    return "—" if math.isnan(mean) else f"{100 * mean:.1f} ± {100 * std:.1f}"
+def load_counts(runs: list[Run], classes: list[str]) -> tuple[dict[str, stats.Counts], list[str]]:
+    """Per loss, the per-image counts of its runs (:class:`segloss.comparison.stats.Counts`) on the images that
+    every run with counts scored (matched by name) and on ``classes``; and notes on what was left out."""
+    stored = [(run, np.load(run.per_image)) for run in runs if run.per_image and Path(run.per_image).is_file()]
+    has_counts = {id(run) for run, _ in stored}
+    notes = [
+        f"{run.loss} seed {run.seed}: no per-image counts ({run.path})" for run in runs if id(run) not in has_counts
+    ]
+    if not stored:
+        return {}, notes
+    names = sorted(set.intersection(*(set(data["names"].tolist()) for _, data in stored)))
+    if any(len(data["names"]) != len(names) for _, data in stored):
+        notes.append(f"only the {len(names)} images that every run scored are compared")
+    grouped: dict[str, list] = {}
+    for run, data in stored:
+        rows = {name: i for i, name in enumerate(data["names"].tolist())}
+        order = [rows[name] for name in names]
+        known = data["class_names"].tolist()
+        cols = [known.index(c) if c in known else -1 for c in classes]
+        tp = np.where(np.array(cols) >= 0, data["tp"][order][:, cols], 0)
+        union = np.where(np.array(cols) >= 0, (data["tp"] + data["fp"] + data["fn"])[order][:, cols], 0)
+        grouped.setdefault(run.loss, []).append((run.seed, tp, union))
+    counts = {
+        loss: stats.Counts(
+            [s for s, _, _ in items], np.stack([t for _, t, _ in items]), np.stack([u for _, _, u in items])
+        )
+        for loss, items in grouped.items()
+    }
+    return counts, notes
+
+
+def add_statistics(
+    summary: dict, runs: list[Run], baseline: str | None = None, seed: int = 0, draws: int = 2000
+) -> dict:
+    """Add to ``summary``: ``"ci"`` {loss: {column: (low, high)}} (95 % bootstrap over seeds × images),
+    ``"baseline"`` and ``"vs_baseline"`` {loss: {delta, interval, p, p_holm}}, ``"vs_best"`` {loss: {p_holm,
+    tied}} (Holm over each family; tied = not told apart from the best at α = 0.05) and ``"notes"``."""
+    losses, classes = summary["losses"], summary["columns"][1:]
+    baseline = baseline or losses[0]
+    if baseline not in losses:
+        from segloss.errors import ConfigError
+
+        raise ConfigError(f"--baseline {baseline!r} is not among the compared losses {losses}")
+    counts, notes = load_counts(runs, classes)
+    ci = {}
+    for loss, c in counts.items():
+        interval = stats.bootstrap_interval(c, replicates=draws, seed=seed)
+        ci[loss] = {"mIoU": tuple(interval["mIoU"]), **{n: tuple(interval["IoU"][:, k]) for k, n in enumerate(classes)}}
+    vs_baseline = _family(counts, baseline, [name for name in losses if name != baseline], seed, draws)
+    best = summary["best"].get("mIoU")
+    vs_best = _family(counts, best, [name for name in losses if name != best], seed, draws) if best in counts else {}
+    tied = {loss: {"p_holm": r["p_holm"], "tied": r["p_holm"] >= stats.ALPHA} for loss, r in vs_best.items()}
+    if best in counts:
+        tied[best] = {"p_holm": math.nan, "tied": True}
+    return {**summary, "ci": ci, "baseline": baseline, "vs_baseline": vs_baseline, "vs_best": tied, "notes": notes}
+
+
+def _family(counts: dict, reference: str, others: list[str], seed: int, draws: int) -> dict:
+    """Paired differences of ``others`` against ``reference``, Holm-adjusted together."""
+    if reference not in counts:
+        return {}
+    results = {}
+    for loss in others:
+        if loss in counts:
+            found = stats.paired_difference(counts[loss], counts[reference], draws, draws, seed=seed)
+            if found is not None:
+                results[loss] = found
+    adjusted = stats.holm({loss: r["p"] for loss, r in results.items()})
+    return {loss: {**r, "p_holm": adjusted[loss]} for loss, r in results.items()}
+
+
+def cell(mean: float, std: float, interval: tuple[float, float] | None = None) -> str:
+    """A score in %: ``mean [low, high]`` with a 95 % interval, else ``mean ± std``."""
+    if math.isnan(mean):
+        return "—"
+    if interval is not None and not any(math.isnan(v) for v in interval):
+        return f"{100 * mean:.1f} [{100 * interval[0]:.1f}, {100 * interval[1]:.1f}]"
+    return f"{100 * mean:.1f} ± {100 * std:.1f}"
+
+
+def paired_columns(summary: dict) -> list[str]:
+    """The columns of the paired tests (none without per-image counts)."""
+    if not summary.get("vs_baseline") and not summary.get("vs_best"):
+        return []
+    return [f"Δ mIoU vs {summary['baseline']}", "p (Holm)", "≈ best"]
+
+
+def paired_cells(summary: dict, loss: str) -> list[str]:
+    """Δ vs the baseline with its interval (points of mIoU), its Holm-adjusted p, and whether the loss can be
+    told apart from the best (``best``, ``≈`` not told apart, ``<`` worse at α = 0.05)."""
+    if not paired_columns(summary):
+        return []
+    found = summary["vs_baseline"].get(loss)
+    if loss == summary["baseline"]:
+        delta, p = "baseline", ""
+    elif found is None:
+        delta, p = "—", "—"
+    else:
+        low, high = found["interval"]
+        delta = f"{100 * found['delta']:+.1f} [{100 * low:+.1f}, {100 * high:+.1f}]"
+        p = f"{found['p_holm']:.3f}"
+    return [delta, p, best_mark(summary["vs_best"].get(loss))]
+
+
+def best_mark(tie: dict | None) -> str:
+    if tie is None:
+        return "—"
+    return "best" if math.isnan(tie["p_holm"]) else ("≈" if tie["tied"] else "<")
+
+
+def score_cells(summary: dict, loss: str) -> list[tuple[str, bool]]:
+    """(text, best of its column) for mIoU and each class."""
+    intervals = summary.get("ci", {}).get(loss, {})
+    return [
+        (cell(*summary["stats"][loss][column], intervals.get(column)), summary["best"].get(column) == loss)
+        for column in summary["columns"]
+    ]
 
 
 def markdown_table(summary: dict) -> str:
-    columns = summary["columns"]
-    lines = ["| loss | seeds | " + " | ".join(columns) + " |", "|---|---:|" + "---:|" * len(columns)]
+    columns, tests = summary["columns"], paired_columns(summary)
+    header = ["loss", "seeds", columns[0], *tests, *columns[1:]]
+    lines = ["| " + " | ".join(header) + " |", "|---|" + "---:|" * (len(header) - 1)]
     for loss in summary["losses"]:
-        cells = []
-        for column in columns:
-            text = cell(*summary["stats"][loss][column])
-            cells.append(f"**{text}**" if summary["best"].get(column) == loss else text)
-        lines.append(f"| {loss} | {summary['seeds'][loss]} | " + " | ".join(cells) + " |")
+        scores = [f"**{text}**" if best else text for text, best in score_cells(summary, loss)]
+        row = [loss, str(summary["seeds"][loss]), scores[0], *paired_cells(summary, loss), *scores[1:]]
+        lines.append("| " + " | ".join(row) + " |")
+    if summary.get("ci"):
+        lines.append("")
+        lines.append(INTERVAL_NOTE)
     return "\n".join(lines) + "\n"
+
+
+INTERVAL_NOTE = (
+    "Scores in %: mean over seeds [95 % bootstrap interval over seeds × images]; Δ: paired difference to the "
+    "baseline on common seeds and images [95 % interval]; p: paired permutation test, Holm-corrected over the "
+    "table's comparisons; ≈ best: not told apart from the best mean mIoU at α = 0.05 (Holm), < : worse."
+)
