@@ -7,23 +7,29 @@ in each class's docstring and in ``docs/losses.md``.
 """
 
 from segloss.losses.class_weights import class_weights
+from segloss.losses.cldice import ClDiceLoss
 from segloss.losses.compound import CompoundLoss
 from segloss.losses.cross_entropy import BinaryCrossEntropyLoss, CrossEntropyLoss, cross_entropy
+from segloss.losses.distance import BoundaryLoss, HausdorffDTLoss
 from segloss.losses.focal import FocalLoss, focal_loss
 from segloss.losses.hard_mining import OhemCrossEntropyLoss, TopKCrossEntropyLoss
 from segloss.losses.kl import KLDivLoss
 from segloss.losses.lovasz import LovaszHingeLoss, LovaszSoftmaxLoss
 from segloss.losses.mse import MSELoss
 from segloss.losses.region import DiceLoss, FocalTverskyLoss, GeneralizedDiceLoss, JaccardLoss, TverskyLoss
+from segloss.losses.unified_focal import UnifiedFocalLoss
 
 __all__ = [
     "BinaryCrossEntropyLoss",
+    "BoundaryLoss",
+    "ClDiceLoss",
     "CompoundLoss",
     "CrossEntropyLoss",
     "DiceLoss",
     "FocalLoss",
     "FocalTverskyLoss",
     "GeneralizedDiceLoss",
+    "HausdorffDTLoss",
     "JaccardLoss",
     "KLDivLoss",
     "LovaszHingeLoss",
@@ -32,6 +38,7 @@ __all__ = [
     "OhemCrossEntropyLoss",
     "TopKCrossEntropyLoss",
     "TverskyLoss",
+    "UnifiedFocalLoss",
     "class_weights",
     "cross_entropy",
     "focal_loss",

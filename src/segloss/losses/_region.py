@@ -29,6 +29,13 @@ from segloss.losses._distributed import active, sum_over_ranks, sum_over_ranks_d
 CLASS_MODES = ("all", "present")
 
 
+def one_hot(target: Tensor, num_classes: int) -> Tensor:
+    """bool N×C×… one-hot masks of an N×… class-index tensor (values in [0, C)). Unlike ``F.one_hot``, which
+    reads the target's minimum and maximum back to check them (a host sync), a comparison."""
+    classes = torch.arange(num_classes, device=target.device).view(1, -1, *(1,) * (target.dim() - 1))
+    return target.unsqueeze(1) == classes
+
+
 def class_probabilities(logits: Tensor) -> Tensor:
     """float32 class probabilities: softmax over C ≥ 2, sigmoid of the foreground when C = 1."""
     logits = at_least_float32(logits)

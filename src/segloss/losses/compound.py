@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+
 import torch
 from torch import Tensor, nn
+
+from segloss.losses.schedules import WeightSchedule
 
 
 class CompoundLoss(nn.Module):
@@ -11,13 +15,15 @@ class CompoundLoss(nn.Module):
 
     Args:
         terms: ``{name: loss}``; each follows the loss contract.
-        weights: ``{name: w_i}``; a term without a weight gets 1.
+        weights: ``{name: w_i}``; a term without a weight gets 1. A weight may be a schedule of the training
+            progress (:mod:`segloss.losses.schedules`): the module calls :meth:`set_progress` at every
+            training batch, and logs the scheduled weights as ``train/loss_weight/<name>``.
 
     ``forward(logits, target, return_terms=True)`` also returns the unweighted term values, which
     the LightningModule logs as ``<stage>/loss/<name>``.
     """
 
-    def __init__(self, terms: dict[str, nn.Module], weights: dict[str, float] | None = None) -> None:
+    def __init__(self, terms: dict[str, nn.Module], weights: Mapping[str, float | Mapping] | None = None) -> None:
         super().__init__()
         if not terms:
             raise ValueError("CompoundLoss needs at least one term")
@@ -26,7 +32,17 @@ class CompoundLoss(nn.Module):
         if unknown:
             raise ValueError(f"weights name terms {unknown} that are not in terms {sorted(terms)}")
         self.terms = nn.ModuleDict(terms)
-        self.weights = {name: float(weights.get(name, 1.0)) for name in terms}
+        self.schedules = {name: WeightSchedule.of(weights.get(name, 1.0)) for name in terms}
+        self.set_progress(0, 0)
+
+    def set_progress(self, step: int, epoch: int) -> None:
+        """Evaluate the weight schedules at this optimizer step and epoch."""
+        self.weights = {name: schedule(step, epoch) for name, schedule in self.schedules.items()}
+
+    @property
+    def scheduled(self) -> list[str]:
+        """The terms whose weight changes during training."""
+        return [name for name, schedule in self.schedules.items() if not schedule.constant]
 
     def forward(self, logits: Tensor, target: Tensor, return_terms: bool = False):
         values = {name: term(logits, target) for name, term in self.terms.items()}

@@ -223,6 +223,8 @@ class SegmentationModule(L.LightningModule):
         if getattr(connector, "should_update_logs", True):
             for name, value in values.items():
                 self.log(f"{name}_step", value.detach(), on_step=True, on_epoch=False, prog_bar=name == "train/loss")
+            for name in getattr(self.loss, "scheduled", []):  # CompoundLoss weights that follow a schedule
+                self.log(f"train/loss_weight/{name}", self.loss.weights[name], on_step=True, on_epoch=False)
 
     # ------------------------------------------------------------------ epochs
 
@@ -274,6 +276,8 @@ class SegmentationModule(L.LightningModule):
     def on_train_batch_start(self, batch: dict, batch_idx: int) -> None:
         # Seeded runs: step k's randomness (dropout, …) depends on (seed, k, rank) only (exact resume).
         reseed_step(self.trainer.fit_loop.epoch_loop.batch_progress.total.ready, self.global_rank)
+        if isinstance(self.loss, CompoundLoss):  # scheduled term weights follow (step, epoch)
+            self.loss.set_progress(self.trainer.global_step, self.current_epoch)
 
     def on_train_epoch_start(self) -> None:
         self._train_loss_sums, self._train_loss_count = {}, 0

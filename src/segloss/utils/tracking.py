@@ -36,16 +36,19 @@ from segloss.utils.secrets import redact
 RUN_ID_FILE = "wandb_run_id.txt"
 
 # Loss preset (configs/loss/<name>.yaml) → family, the taxonomy of Ma et al. (2021), "Loss odyssey in
-# medical image segmentation". Lovász-Softmax is a convex surrogate of the IoU: region-based.
+# medical image segmentation". Lovász-Softmax is a convex surrogate of the IoU: region-based; clDice is an
+# overlap of skeletons: region-based; Unified Focal unifies CE and Dice terms: compound.
 LOSS_FAMILIES = {
     "distribution-based": ("ce", "wce", "focal", "ohem", "topk", "kl_ls", "mse"),
-    "region-based": ("dice", "tversky", "focal_tversky", "lovasz"),
-    "compound": ("dice_ce", "log_dice_ce", "dice_focal", "ce_lovasz"),
+    "region-based": ("dice", "tversky", "focal_tversky", "lovasz", "cldice"),
+    "boundary-based": ("boundary_gdl", "hausdorff_dt"),
+    "compound": ("dice_ce", "log_dice_ce", "dice_focal", "ce_lovasz", "unified_focal"),
 }
 
 
 def loss_family(preset: str | None) -> str:
-    """The family of a loss preset (``"distribution-based"``, ``"region-based"``, ``"compound"``);
+    """The family of a loss preset (``"distribution-based"``, ``"region-based"``, ``"boundary-based"``,
+    ``"compound"``);
     ``"other"`` for a preset not listed in :data:`LOSS_FAMILIES`."""
     return next((family for family, names in LOSS_FAMILIES.items() if preset in names), "other")
 
