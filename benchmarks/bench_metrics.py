@@ -3,9 +3,11 @@
     python benchmarks/bench_metrics.py [--device cpu|cuda] [--size N C H W] [--repeats R] [--json PATH]
 
 One update of a batch of predictions and labels (N=8, C=19, 512×1024 by default, the top 10 % of
-each label ignored): ours (one confusion matrix → IoU, Dice and accuracy) against torchmetrics'
+each label ignored): ours (one confusion matrix → IoU, Dice, accuracy and recall) against torchmetrics'
 ``MulticlassJaccardIndex`` alone and against the pair ``MulticlassJaccardIndex`` +
-``MulticlassAccuracy`` that segloss used before. Median of R interleaved repeats after a warm-up,
+``MulticlassAccuracy`` that segloss used before; and the optional metrics of the ``metrics`` config node
+(Boundary IoU, calibration from N×C×H×W logits, small-object recall), so their cost per validation
+batch is known before switching them on. Median of R interleaved repeats after a warm-up,
 ratio = time / ``MulticlassJaccardIndex`` time. Also counts the host–device synchronising operators
 of one update (:class:`segloss.utils.host_sync.HostSyncRecorder`); on CUDA the update runs once more
 under ``torch.cuda.set_sync_debug_mode("error")`` to prove it.
@@ -25,7 +27,20 @@ import torch
 from torchmetrics.classification import MulticlassAccuracy, MulticlassJaccardIndex
 
 from segloss.metrics import SegmentationMetrics
+from segloss.metrics.quality import BoundaryIoU, Calibration, SmallObjectRecall
 from segloss.utils.host_sync import HostSyncRecorder
+
+
+def quality_variants(num_classes: int, device: str, logits: torch.Tensor) -> dict:
+    """The optional validation metrics (``metrics`` config node), timed on the same batch."""
+    boundary = BoundaryIoU(num_classes).to(device)
+    calibration = Calibration(num_classes).to(device)
+    small = SmallObjectRecall(num_classes).to(device)
+    return {
+        "Boundary IoU (d = 2 % of the diagonal)": boundary.update,
+        "calibration (ECE + NLL, from logits)": lambda p, t: calibration.update(logits, t),
+        "small-object recall (CPU, scipy)": small.update,
+    }
 
 
 def variants(num_classes: int, device: str) -> dict:
@@ -64,6 +79,8 @@ def main(argv: list[str] | None = None) -> dict:
     target[:, : h // 10] = 255
     target = target.to(args.device)
     table = variants(c, args.device)
+    logits = torch.randn(n, c, h, w, generator=g).to(args.device)
+    table.update(quality_variants(c, args.device, logits))
     syncs = {}
     for name, update in table.items():
         update(preds, target)  # warm-up
@@ -86,10 +103,10 @@ def main(argv: list[str] | None = None) -> dict:
     median = {name: statistics.median(v) * 1e3 for name, v in times.items()}
     ref = median["torchmetrics Jaccard"]
     print(f"metric update, N={n} C={c} {h}×{w}, {args.device}, median of {args.repeats}")
-    print(f"{'variant':34s} {'ms':>8s} {'vs Jaccard':>11s}   syncing ops in one update")
+    print(f"{'variant':40s} {'ms':>8s} {'vs Jaccard':>11s}   syncing ops in one update")
     for name in names:
         ops = ", ".join(syncs[name]) or "none"
-        print(f"{name:34s} {median[name]:8.1f} {median[name] / ref:10.2f}×   {ops}")
+        print(f"{name:40s} {median[name]:8.1f} {median[name] / ref:10.2f}×   {ops}")
     result = {
         "machine": {
             "cpu_count": os.cpu_count(),

@@ -23,7 +23,9 @@ from segloss.errors import ConfigError
 CLASSES = ["road", "car", "wall"]  # wall never occurs in these runs' validation split
 
 
-def write_run(sweep: Path, num: int, loss: str, seed: int, curve: list[float], ious: dict[str, float]) -> Path:
+def write_run(
+    sweep: Path, num: int, loss: str, seed: int, curve: list[float], ious: dict[str, float], scores: dict | None = None
+) -> Path:
     """A job directory as `make sweep` writes it: config.yaml, .hydra/hydra.yaml and csv/metrics.csv
     (one train row and one val row per epoch, like Lightning's CSVLogger); the best epoch gets ``ious``."""
     run = sweep / f"{num}_{loss}-unet-synthetic_city-s{seed}"
@@ -32,7 +34,15 @@ def write_run(sweep: Path, num: int, loss: str, seed: int, curve: list[float], i
     (run / "config.yaml").write_text(yaml.safe_dump({"seed": seed, "run_name": f"{loss}-unet-synthetic_city-s{seed}"}))
     choices = {"loss": loss, "model": "unet", "data": "synthetic_city"}
     (run / ".hydra" / "hydra.yaml").write_text(yaml.safe_dump({"hydra": {"runtime": {"choices": choices}}}))
-    header = ["epoch", "step", "train/loss_epoch", "val/mIoU", *(f"val/IoU/{c}" for c in CLASSES)]
+    header = [
+        "epoch",
+        "step",
+        "train/loss_epoch",
+        "val/mIoU",
+        *(f"val/IoU/{c}" for c in CLASSES),
+        "val/mBIoU",
+        "val/ECE",
+    ]
     best = max(range(len(curve)), key=curve.__getitem__)
     with (run / "csv" / "metrics.csv").open("w", newline="") as handle:
         writer = csv.DictWriter(handle, header)
@@ -40,8 +50,9 @@ def write_run(sweep: Path, num: int, loss: str, seed: int, curve: list[float], i
         for epoch, miou in enumerate(curve):
             writer.writerow({"epoch": epoch, "step": 10 * epoch, "train/loss_epoch": 1.0 / (epoch + 1)})
             per_class = ious if epoch == best else {"road": 0.1, "car": 0.1}
+            extra = {f"val/{k}": v for k, v in (scores or {}).items()} if epoch == best else {}
             writer.writerow({"epoch": epoch, "step": 10 * epoch, "val/mIoU": miou, "val/IoU/wall": ""}
-                            | {f"val/IoU/{c}": v for c, v in per_class.items()})  # fmt: skip
+                            | {f"val/IoU/{c}": v for c, v in per_class.items()} | extra)  # fmt: skip
     return run
 
 
@@ -209,3 +220,17 @@ def test_the_table_reaches_wandb(counted_sweep, tmp_path, monkeypatch):
     assert table["columns"] == list(rows["ce"])
     logged = {r[0]: r for r in table["data"]}
     assert logged["better"][-1] == "best" and f"{logged['better'][2]:.6f}" == rows["better"]["mIoU_mean"]
+
+
+def test_boundary_iou_and_calibration_columns_mark_their_own_best(tmp_path):
+    root = tmp_path / "sweep"
+    write_run(root, 0, "ce", 0, [0.5], {"road": 0.9, "car": 0.1}, {"mBIoU": 0.30, "ECE": 0.02})
+    write_run(root, 1, "focal", 0, [0.4], {"road": 0.8, "car": 0.1}, {"mBIoU": 0.35, "ECE": 0.08})
+    write_run(root, 2, "dice", 0, [0.45], {"road": 0.8, "car": 0.2})  # logged neither
+    runs, _ = load_runs(root)
+    summary = summarise(runs)
+    assert summary["extra"] == ["mBIoU", "ECE"]
+    assert summary["best"]["mBIoU"] == "focal" and summary["best"]["ECE"] == "ce"  # lower ECE is better
+    assert math.isnan(summary["stats"]["dice"]["ECE"][0])
+    table = markdown_table(summary)
+    assert "| mBIoU | ECE |" in table and "**35.0 ± 0.0**" in table and "**2.0 ± 0.0**" in table

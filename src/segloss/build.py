@@ -56,6 +56,7 @@ def build_module(cfg: DictConfig, with_optimizer: bool = True, datamodule=None) 
         nonfinite=cfg.model.get("nonfinite", "raise"),
         nonfinite_defer=cfg.model.get("nonfinite_defer"),
         optimized_metric=cfg.get("optimized_metric", "val/mIoU"),
+        quality=OmegaConf.to_container(cfg.metrics) if cfg.get("metrics") else None,
         **input_normalisation(cfg),
     )
 

@@ -67,6 +67,7 @@ def table_rows(summary: dict) -> tuple[list[str], list[list]]:
     interval, p, Holm-adjusted p, and whether it is told apart from the best (None where not computed)."""
     columns = summary["columns"]
     header = ["loss", "seeds"] + [f"{c}_{s}" for c in columns for s in ("mean", "std", "ci_low", "ci_high")]
+    header += [f"{name}_{s}" for name in summary.get("extra", []) for s in ("mean", "std")]
     header += ["delta_mIoU", "delta_low", "delta_high", "p", "p_holm", "vs_best"]
     rows = []
     for loss in summary["losses"]:
@@ -75,6 +76,8 @@ def table_rows(summary: dict) -> tuple[list[str], list[list]]:
         for column in columns:
             low, high = intervals.get(column, (math.nan, math.nan))
             values += [*summary["stats"][loss][column], low, high]
+        for name in summary.get("extra", []):
+            values += list(summary["stats"][loss][name])
         test = summary.get("vs_baseline", {}).get(loss)
         if test is None:
             values += [math.nan] * 5

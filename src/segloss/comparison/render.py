@@ -10,23 +10,24 @@ from rich.console import Console
 from rich.table import Table
 
 from segloss.comparison.runs import Run
-from segloss.comparison.summary import INTERVAL_NOTE, paired_cells, paired_columns, score_cells
+from segloss.comparison.summary import INTERVAL_NOTE, extra_cells, paired_cells, paired_columns, score_cells
 
 
 def print_table(summary: dict, title: str) -> Table:
     """Per loss: seeds, mIoU, the paired tests (when the runs stored per-image counts) and each class's IoU,
     in %; best mean per column in green (:func:`segloss.comparison.summary.markdown_table`'s layout)."""
     table = Table(title=title, caption=INTERVAL_NOTE if summary.get("ci") else None)
-    columns, tests = summary["columns"], paired_columns(summary)
+    columns, tests, extra = summary["columns"], paired_columns(summary), summary.get("extra", [])
     table.add_column("loss", style="bold")
-    for name in ["seeds", columns[0], *tests, *columns[1:]]:
+    for name in ["seeds", columns[0], *tests, *extra, *columns[1:]]:
         table.add_column(name, justify="right")
     for loss in summary["losses"]:
         scores = [f"[bold green]{text}[/]" if best else text for text, best in score_cells(summary, loss)]
-        table.add_row(loss, str(summary["seeds"][loss]), scores[0], *paired_cells(summary, loss), *scores[1:])
+        others = [f"[bold green]{text}[/]" if best else text for text, best in extra_cells(summary, loss)]
+        table.add_row(loss, str(summary["seeds"][loss]), scores[0], *paired_cells(summary, loss), *others, *scores[1:])
     console = Console()
     if not console.is_terminal:  # files and pipes get the whole table, not 80 columns
-        console = Console(width=max(120, 16 * (len(columns) + len(tests) + 2)))
+        console = Console(width=max(120, 16 * (len(columns) + len(tests) + len(extra) + 2)))
     console.print(table)
     for note in summary.get("notes", []):
         console.print(f"note: {note}")

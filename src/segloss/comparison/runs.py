@@ -21,6 +21,10 @@ import yaml
 from segloss.errors import ConfigError
 
 PER_IMAGE = "per_image_val.npz"  # written by segloss.train for the best epoch
+# Scalar validation scores read at the best epoch besides mIoU (segloss.metrics.quality; lower is better for
+# the calibration errors).
+SCORES = ("mBIoU", "mRecall", "mSmallRecall", "ECE", "NLL")
+LOWER_IS_BETTER = ("ECE", "NLL")
 
 
 @dataclass
@@ -37,6 +41,7 @@ class Run:
     curve: list[tuple[int, float]] = field(default_factory=list)  # (epoch, val/mIoU)
     path: str = ""
     per_image: str = ""  # per_image_val.npz of the best epoch (segloss.metrics.per_image), "" if none
+    scores: dict[str, float] = field(default_factory=dict)  # SCORES at the best epoch that the run logged
 
 
 def _float(value: str | None) -> float:
@@ -73,6 +78,7 @@ def read_run(run_dir: Path) -> Run | None:
         curve=[(int(float(row["epoch"])), _float(row["val/mIoU"])) for row in rows],
         path=str(run_dir),
         per_image=str(run_dir / PER_IMAGE) if (run_dir / PER_IMAGE).is_file() else "",
+        scores={name: _float(best[f"val/{name}"]) for name in SCORES if best.get(f"val/{name}") not in (None, "")},
     )
 
 

@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 
 from segloss.comparison import stats
-from segloss.comparison.runs import Run
+from segloss.comparison.runs import LOWER_IS_BETTER, SCORES, Run
 
 
 def _mean_std(values: list[float]) -> tuple[float, float]:
@@ -34,13 +34,17 @@ def summarise(runs: list[Run]) -> dict:
         stats[loss] = {"mIoU": _mean_std([run.best_miou for run in mine])}
         for name in classes:
             stats[loss][name] = _mean_std([run.iou.get(name, math.nan) for run in mine])
+    extra = [name for name in SCORES if any(name in run.scores for run in runs)]
+    for loss in losses:
+        for name in extra:
+            stats[loss][name] = _mean_std([run.scores.get(name, math.nan) for run in runs if run.loss == loss])
     columns = ["mIoU", *classes]
     best = {}
-    for column in columns:
+    for column in [*columns, *extra]:
         means = {loss: stats[loss][column][0] for loss in losses if not math.isnan(stats[loss][column][0])}
         if means:
-            best[column] = max(means, key=means.get)
-    return {"losses": losses, "columns": columns, "stats": stats, "seeds": seeds, "best": best}
+            best[column] = (min if column in LOWER_IS_BETTER else max)(means, key=means.get)
+    return {"losses": losses, "columns": columns, "extra": extra, "stats": stats, "seeds": seeds, "best": best}
 
 
 def load_counts(runs: list[Run], classes: list[str]) -> tuple[dict[str, stats.Counts], list[str]]:
@@ -162,13 +166,24 @@ def score_cells(summary: dict, loss: str) -> list[tuple[str, bool]]:
     ]
 
 
+def extra_cells(summary: dict, loss: str) -> list[tuple[str, bool]]:
+    """(text, best) for the other scores (Boundary IoU, recall, … in %; ECE in %, NLL as it is): mean ± std."""
+    cells = []
+    for name in summary.get("extra", []):
+        mean, std = summary["stats"][loss][name]
+        text = "—" if math.isnan(mean) else f"{mean:.3f} ± {std:.3f}" if name == "NLL" else cell(mean, std)
+        cells.append((text, summary["best"].get(name) == loss))
+    return cells
+
+
 def markdown_table(summary: dict) -> str:
-    columns, tests = summary["columns"], paired_columns(summary)
-    header = ["loss", "seeds", columns[0], *tests, *columns[1:]]
+    columns, tests, extra = summary["columns"], paired_columns(summary), summary.get("extra", [])
+    header = ["loss", "seeds", columns[0], *tests, *extra, *columns[1:]]
     lines = ["| " + " | ".join(header) + " |", "|---|" + "---:|" * (len(header) - 1)]
     for loss in summary["losses"]:
         scores = [f"**{text}**" if best else text for text, best in score_cells(summary, loss)]
-        row = [loss, str(summary["seeds"][loss]), scores[0], *paired_cells(summary, loss), *scores[1:]]
+        others = [f"**{text}**" if best else text for text, best in extra_cells(summary, loss)]
+        row = [loss, str(summary["seeds"][loss]), scores[0], *paired_cells(summary, loss), *others, *scores[1:]]
         lines.append("| " + " | ".join(row) + " |")
     if summary.get("ci"):
         lines.append("")

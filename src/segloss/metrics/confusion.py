@@ -8,6 +8,8 @@
   mDice is their nan-mean (the ``val/mDice`` reported for medical data; per-case volume Dice is
   :mod:`segloss.metrics.per_case`).
 * acc = pixel accuracy over non-ignored pixels = trace / sum of the same matrix.
+* recall_c = TP_c / (TP_c + FN_c), the share of class c's pixels found (nan when c is absent from the ground
+  truth); mRecall is their nan-mean (the mean class accuracy of the FCN paper).
 
 The numbers equal torchmetrics' ``MulticlassJaccardIndex(average="none", zero_division=nan)`` and
 ``MulticlassAccuracy(average="micro")`` (tested), but the update is one pass over the pixels instead
@@ -73,7 +75,11 @@ def scores_from_confusion(confmat: Tensor) -> dict[str, Tensor]:
     iou = (tp / union).float()  # 0/0 → nan: a class absent from truth and predictions
     dice = 2 * iou / (1 + iou)
     acc = (tp.sum() / confmat.sum()).float()  # nan before any non-ignored pixel
-    return {"IoU": iou, "mIoU": torch.nanmean(iou), "Dice": dice, "mDice": torch.nanmean(dice), "acc": acc}
+    recall = (tp / confmat.sum(1)).float()  # per class: TP / ground-truth pixels; nan for absent classes
+    return {
+        "IoU": iou, "mIoU": torch.nanmean(iou), "Dice": dice, "mDice": torch.nanmean(dice), "acc": acc,
+        "recall": recall, "mRecall": torch.nanmean(recall),
+    }  # fmt: skip
 
 
 class SegmentationMetrics(Metric):

@@ -17,8 +17,8 @@ from torch import Tensor
 
 from segloss.errors import ConfigError
 
-SCORES = ("mIoU", "mDice", "acc", "case_mDice")  # val/<score>
-PER_CLASS = ("IoU", "Dice", "case_Dice")  # val/<name>/<class>
+SCORES = ("mIoU", "mDice", "acc", "mRecall", "mBIoU", "case_mDice")  # val/<score> (mBIoU: with metrics.boundary_iou)
+PER_CLASS = ("IoU", "Dice", "recall", "BIoU", "case_Dice")  # val/<name>/<class>
 PER_CASE = ("case_mDice", "case_Dice")  # only for datasets whose items carry a "case"
 
 

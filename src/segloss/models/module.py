@@ -13,6 +13,7 @@ from segloss.errors import ConfigError, DatasetFormatError, NonFiniteLossError
 from segloss.losses import CompoundLoss
 from segloss.metrics import CaseDice, SegmentationMetrics
 from segloss.metrics.per_image import PerImageCounts
+from segloss.metrics.quality import QualityMetrics
 from segloss.models.best import BestScore
 from segloss.models.inference import Inference
 from segloss.models.nonfinite import NonFinitePolicy
@@ -67,6 +68,10 @@ class SegmentationModule(L.LightningModule):
         nonfinite_defer: read the ``raise`` check at logging steps and before checkpoints instead of every step
             (no per-step host sync); None = on accelerators only.
         optimized_metric: the validation score that picks the best epoch (:mod:`segloss.models.best`).
+        quality: options of the val/test metrics besides IoU, Dice, accuracy and recall — Boundary IoU, ECE and
+            NLL, small-object recall (:class:`segloss.metrics.quality.QualityMetrics`; the ``metrics`` config
+            node); logged as ``<stage>/mBIoU``, ``<stage>/BIoU/<class>``, ``<stage>/ECE``, ``<stage>/NLL``,
+            ``<stage>/mSmallRecall``, ``<stage>/small_recall/<class>`` when on.
     """
 
     def __init__(
@@ -87,6 +92,7 @@ class SegmentationModule(L.LightningModule):
         nonfinite: str = "raise",
         nonfinite_defer: bool | None = None,
         optimized_metric: str = "val/mIoU",
+        quality: dict | None = None,
     ) -> None:
         super().__init__()
         class_names = list(class_names) if class_names is not None else [str(c) for c in range(num_classes)]
@@ -118,6 +124,8 @@ class SegmentationModule(L.LightningModule):
         self.test_metrics = SegmentationMetrics(num_classes, ignore_index)
         self.val_case = CaseDice(num_classes, ignore_index)
         self.test_case = CaseDice(num_classes, ignore_index)
+        self.val_quality = QualityMetrics(num_classes, **(quality or {}))
+        self.test_quality = QualityMetrics(num_classes, **(quality or {}))
         self.val_images = PerImageCounts(num_classes, ignore_index)  # what make compare resamples and pairs
         self.test_images = PerImageCounts(num_classes, ignore_index)
         self._eval_seen = 0  # images this rank has scored in the current validation/test
@@ -197,6 +205,7 @@ class SegmentationModule(L.LightningModule):
             self.log(f"{stage}/loss/{name}", value, **opts)
         preds = logits.argmax(1)
         getattr(self, f"{stage}_metrics").update(preds, batch["mask"])
+        getattr(self, f"{stage}_quality").accumulate(preds, batch["mask"], logits)
         world, rank = (self._trainer.world_size, self.global_rank) if self._trainer else (1, 0)
         names = batch.get("name") or [""] * len(preds)
         getattr(self, f"{stage}_images").update(preds, batch["mask"], names, rank + world * self._eval_seen, world)
@@ -241,9 +250,21 @@ class SegmentationModule(L.LightningModule):
         log(f"{stage}/mDice", results["mDice"])
         log(f"{stage}/acc", results["acc"])
         if stage != "train":
-            for name, iou, dice in zip(self.class_names, results["IoU"], results["Dice"]):
+            log(f"{stage}/mRecall", results["mRecall"])
+            for name, iou, dice, recall in zip(self.class_names, results["IoU"], results["Dice"], results["recall"]):
                 log(f"{stage}/IoU/{name}", iou)
                 log(f"{stage}/Dice/{name}", dice)
+                log(f"{stage}/recall/{name}", recall)
+            quality = getattr(self, f"{stage}_quality")
+            extra = quality.compute()
+            quality.reset()
+            results = {**results, **extra}
+            for key, value in extra.items():  # scalars as <stage>/<key>, per-class vectors as <stage>/<key>/<class>
+                if value.dim() == 0:
+                    log(f"{stage}/{key}", value)
+                elif key != "small_objects":
+                    for name, v in zip(self.class_names, value):
+                        log(f"{stage}/{key}/{name}", v)
             images = getattr(self, f"{stage}_images")
             results = {**results, "per_image": images.compute()}  # see segloss.metrics.per_image
             images.reset()
