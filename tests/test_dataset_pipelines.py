@@ -69,6 +69,23 @@ def test_msd_validation_reports_per_case_volume_dice(make_cfg, tmp_path):
     assert float(results["case_mDice"]) == pytest.approx(np.nanmean(per_case), abs=1e-6)
     assert "val/case_mDice" in trainer.callback_metrics and "val/case_Dice/spleen" in trainer.callback_metrics
 
+    # Surface distances in mm (the experiment turns them on): MONAI's on the same stacked volumes, with the
+    # voxel size the tree's affine gives in display order (z, y, x) — 2.5 mm slices of 0.7 × 0.8 mm pixels.
+    from monai.metrics import compute_average_surface_distance, compute_hausdorff_distance
+
+    assert all(val._spacing[case] == pytest.approx((2.5, 0.7, 0.8)) for case in val.cases)
+    hd95, assd = [], []
+    for pred, truth in volumes.values():
+        p, t = (torch.from_numpy((np.stack(v) == 1).astype(np.float32)) for v in (pred, truth))
+        if p.any() and t.any():
+            onehot = [torch.stack([1 - x, x])[None] for x in (p, t)]
+            hd95.append(compute_hausdorff_distance(*onehot, percentile=95, spacing=[2.5, 0.7, 0.8]).item())
+            assd.append(compute_average_surface_distance(*onehot, symmetric=True, spacing=[2.5, 0.7, 0.8]).item())
+    assert hd95, "no case with both a predicted and a true spleen: the test would prove nothing"
+    assert float(results["case_HD95"][1]) == pytest.approx(np.mean(hd95), rel=1e-5)
+    assert float(results["case_ASSD"][1]) == pytest.approx(np.mean(assd), rel=1e-5)
+    assert "val/case_mHD95" in trainer.callback_metrics and "val/case_ASSD/spleen" in trainer.callback_metrics
+
 
 def test_msd_experiment_trains_and_checkpoints_on_case_dice(make_cfg, tmp_path):
     root = tmp_path / "Task09_Spleen"

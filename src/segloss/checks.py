@@ -94,6 +94,7 @@ RULES: list[tuple[str, Callable, str, str]] = [
     ("metrics.boundary_dilation", lambda v: isinstance(v, int | float) and not isinstance(v, bool) and 0 < v < 1,
      "a fraction of the image diagonal in (0, 1)", "metrics.boundary_dilation=0.02"),
     ("metrics.calibration", is_bool, "true or false", "metrics.calibration=true"),
+    ("metrics.surface_distance", is_bool, "true or false", "metrics.surface_distance=true"),
     ("metrics.small_objects", is_bool, "true or false", "metrics.small_objects=true"),
     ("metrics.small_object_area", lambda v: _is_int(v) and v > 0, "a positive number of pixels",
      "metrics.small_object_area=1024"),

@@ -24,7 +24,8 @@ dataset.json "training" is the list of cases (the ``._*`` macOS files of the tar
   hash of (files, sizes, mtimes, normalisation settings), written atomically and then read slice by slice
   with ``np.load(mmap_mode="r")``; with ``cache_dir=None`` the preprocessed cases stay in memory.
 
-Items: ``{"image": uint8 3×H×W, "mask": int64 H×W, "name": "<case>_z<zzz>", "case": "<case>"}``.
+Items: ``{"image": uint8 3×H×W, "mask": int64 H×W, "name": "<case>_z<zzz>", "case": "<case>", "spacing": float64
+(z, y, x) voxel size in mm}`` (the spacing feeds the per-case surface distances, :mod:`segloss.metrics.surface`).
 """
 
 from __future__ import annotations
@@ -166,6 +167,7 @@ class MSDSliceDataset(Dataset):
         self._files: dict[str, dict[str, Path]] = {}
         foreground = {case: self._prepare(by_id[case]) for case in self.cases}
         self._sizes = {case: tuple(self._array(case, "label").shape[1:]) for case in self.cases}
+        self._spacing = {case: mp.read_spacing(by_id[case].label) for case in self.cases}  # (z, y, x) mm
         self.samples = self._index(foreground)
 
     # --- preprocessing -------------------------------------------------------------------------------
@@ -257,5 +259,6 @@ class MSDSliceDataset(Dataset):
             "mask": self.load_mask(index),
             "name": f"{case}_z{z:03d}",
             "case": case,
+            "spacing": torch.tensor(self._spacing[case], dtype=torch.float64),
         }
         return self.transform(sample) if self.transform is not None else sample

@@ -150,6 +150,22 @@ def _read(path: Path, dtype=None) -> np.ndarray:
         raise DatasetFormatError(f"cannot read NIfTI file {path}: {err}; re-extract it from {SOURCE}") from err
 
 
+def read_spacing(path: Path) -> tuple[float, float, float]:
+    """The voxel size (mm) of a NIfTI file in display order (z, y, x) — :func:`to_display`'s axes — from its
+    header alone: the zooms of the axes that reorientation to RAS+ maps to X, Y and Z."""
+    nib = nibabel()
+    try:
+        img = nib.load(str(path))
+    except (OSError, EOFError, ValueError, zlib.error, nib.filebasedimages.ImageFileError) as err:
+        raise DatasetFormatError(f"cannot read NIfTI file {path}: {err}; re-extract it from {SOURCE}") from err
+    zooms = img.header.get_zooms()[:3]
+    to_ras = nib.orientations.io_orientation(img.affine)  # row i: the RAS axis that input axis i becomes
+    ras = [0.0, 0.0, 0.0]
+    for axis, (target, _) in enumerate(to_ras[:3]):
+        ras[int(target)] = float(zooms[axis])
+    return ras[2], ras[1], ras[0]
+
+
 def read_case(task: MSDTask, case: MSDCase, channels: list[int]) -> tuple[np.ndarray, np.ndarray]:
     """Raw intensities of the selected modality ``channels`` as float32 (Z, C, H, W) and the label as
     uint8 (Z, H, W), in display orientation, with the label values checked against dataset.json."""

@@ -14,6 +14,7 @@ from segloss.losses import CompoundLoss
 from segloss.metrics import CaseDice, SegmentationMetrics
 from segloss.metrics.per_image import PerImageCounts
 from segloss.metrics.quality import QualityMetrics
+from segloss.metrics.surface import CaseSurfaceDistance
 from segloss.models.best import BestScore
 from segloss.models.inference import Inference
 from segloss.models.nonfinite import NonFinitePolicy
@@ -71,7 +72,9 @@ class SegmentationModule(L.LightningModule):
         quality: options of the val/test metrics besides IoU, Dice, accuracy and recall — Boundary IoU, ECE and
             NLL, small-object recall (:class:`segloss.metrics.quality.QualityMetrics`; the ``metrics`` config
             node); logged as ``<stage>/mBIoU``, ``<stage>/BIoU/<class>``, ``<stage>/ECE``, ``<stage>/NLL``,
-            ``<stage>/mSmallRecall``, ``<stage>/small_recall/<class>`` when on.
+            ``<stage>/mSmallRecall``, ``<stage>/small_recall/<class>`` when on; ``surface_distance`` adds per-case
+            HD95 and ASSD of volume data (``<stage>/case_mHD95``, ``<stage>/case_mASSD``, per class;
+            :mod:`segloss.metrics.surface`).
     """
 
     def __init__(
@@ -124,8 +127,14 @@ class SegmentationModule(L.LightningModule):
         self.test_metrics = SegmentationMetrics(num_classes, ignore_index)
         self.val_case = CaseDice(num_classes, ignore_index)
         self.test_case = CaseDice(num_classes, ignore_index)
-        self.val_quality = QualityMetrics(num_classes, **(quality or {}))
-        self.test_quality = QualityMetrics(num_classes, **(quality or {}))
+        quality = dict(quality or {})
+        surface = quality.pop("surface_distance", False)  # per-case HD95/ASSD of volume data (MSD)
+        self.val_quality, self.test_quality = (
+            QualityMetrics(num_classes, **quality),
+            QualityMetrics(num_classes, **quality),
+        )
+        self.val_surface = CaseSurfaceDistance(num_classes, ignore_index) if surface else None
+        self.test_surface = CaseSurfaceDistance(num_classes, ignore_index) if surface else None
         self.val_images = PerImageCounts(num_classes, ignore_index)  # what make compare resamples and pairs
         self.test_images = PerImageCounts(num_classes, ignore_index)
         self._eval_seen = 0  # images this rank has scored in the current validation/test
@@ -212,6 +221,9 @@ class SegmentationModule(L.LightningModule):
         self._eval_seen += len(preds)
         if "case" in batch:
             getattr(self, f"{stage}_case").update(preds, batch["mask"], batch["case"])
+            surface = getattr(self, f"{stage}_surface")
+            if surface is not None and "spacing" in batch:
+                surface.update(preds, batch["mask"], batch["case"], batch["name"], batch["spacing"])
         return {"preds": preds}
 
     def validation_step(self, batch: dict, batch_idx: int) -> dict[str, Tensor]:
@@ -276,6 +288,16 @@ class SegmentationModule(L.LightningModule):
                 log(f"{stage}/case_mDice", case["mDice"], prog_bar=True)
                 for name, value in zip(self.class_names, case["Dice"]):
                     log(f"{stage}/case_Dice/{name}", value)
+            surface = getattr(self, f"{stage}_surface")
+            if surface is not None and surface.update_called:
+                distances = surface.compute()
+                surface.reset()
+                results = {**results, **{f"case_{k}": distances[k] for k in ("HD95", "ASSD", "mHD95", "mASSD")}}
+                log(f"{stage}/case_mHD95", distances["mHD95"])
+                log(f"{stage}/case_mASSD", distances["mASSD"])
+                for name, hd, assd in zip(self.class_names[1:], distances["HD95"][1:], distances["ASSD"][1:]):
+                    log(f"{stage}/case_HD95/{name}", hd)
+                    log(f"{stage}/case_ASSD/{name}", assd)
         self.last_results[stage] = results
         return results
 
