@@ -119,3 +119,14 @@ def test_a_training_logs_the_quality_metrics_and_the_study_preset_adds_small_obj
         assert key in logged and torch.isfinite(logged[key]), key
     assert 0 <= logged["val/ECE"] <= 1 and logged["val/NLL"] > 0
     assert 0 <= logged["val/mBIoU"] <= logged["val/mIoU"] + 0.2  # boundaries are the hard part
+
+
+def test_calibration_leaves_out_pixels_with_non_finite_logits():
+    logits = torch.zeros(1, 3, 2, 2)
+    logits[0, :, 0, 0] = float("nan")
+    target = torch.zeros(1, 2, 2, dtype=torch.int64)
+    metric = Calibration(3)
+    metric.update(logits, target)
+    out = metric.compute()
+    assert int(metric.count.sum()) == 3  # the NaN pixel counts nowhere
+    assert out["NLL"].item() == pytest.approx(math.log(3)) and out["ECE"].item() == pytest.approx(2 / 3)

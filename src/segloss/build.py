@@ -57,6 +57,7 @@ def build_module(cfg: DictConfig, with_optimizer: bool = True, datamodule=None) 
         nonfinite_defer=cfg.model.get("nonfinite_defer"),
         optimized_metric=cfg.get("optimized_metric", "val/mIoU"),
         quality=OmegaConf.to_container(cfg.metrics) if cfg.get("metrics") else None,
+        binary_threshold=cfg.model.get("binary_threshold", 0.5),
         **input_normalisation(cfg),
     )
 

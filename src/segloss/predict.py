@@ -145,7 +145,7 @@ def predict_indices(module, transform, image: torch.Tensor, device: torch.device
             f"data.eval_transform changed the image size ({height}×{width} → {tuple(logits.shape[-2:])}); "
             "prediction needs a normalising-only eval transform"
         )
-    return logits.argmax(1)[0].to(torch.uint8).cpu().numpy()
+    return module.to_classes(logits)[0].to(torch.uint8).cpu().numpy()
 
 
 def predict(cfg: DictConfig) -> dict:

@@ -14,7 +14,7 @@ over the whole split (summed over ranks under DDP), like the confusion matrix of
 * **Calibration** of the softmax (Guo, Pleiss, Sun & Weinberger, ICML 2017): the top-label expected
   calibration error over 15 equal-width confidence bins, ECE = Σ_b |Σ_{i∈b} 1[ŷ_i = y_i] − Σ_{i∈b} conf_i| / N
   (= Σ_b (n_b/N)·|acc_b − conf_b|), and the mean negative log-likelihood −log p_{y_i}. Focal loss, label
-  smoothing and KL change these more than they change mIoU.
+  smoothing and KL change these more than they change mIoU. Pixels with non-finite logits are left out.
 * **Small-object recall**: the connected components (8-connectivity) of each class's ground truth smaller
   than ``small_area`` pixels (COCO's "small" is 32² = 1024), and the share of them of which at least half
   the pixels are predicted as their class — per class and overall. Rare, thin classes live here. Runs on the
@@ -130,13 +130,14 @@ class Calibration(Metric):
         log_norm = torch.logsumexp(logits, dim=1)  # log Σ_c e^{z_c}: no N×C×H×W log-softmax is written
         top, pred = logits.max(1)
         confidence = (top - log_norm).exp()
+        valid &= confidence.isfinite()  # non-finite logits (a broken net) have no confidence to score
         index = torch.where(valid, (confidence * self.bins).long().clamp_(max=self.bins - 1), self.bins).flatten()
         self.count += count_bins(index, self.bins)
         self.correct += count_bins(torch.where(pred.flatten() == safe.flatten(), index, self.bins), self.bins)
         sums = torch.zeros(self.bins + 1, dtype=torch.float64, device=logits.device)
         self.confidence += sums.index_add_(0, index, confidence.flatten().double())[: self.bins]
         nll = log_norm - logits.gather(1, safe.unsqueeze(1)).squeeze(1)  # −log p_y
-        self.nll += (nll * valid).double().sum()
+        self.nll += torch.where(valid, nll, 0.0).double().sum()
 
     def compute(self) -> dict[str, Tensor]:
         pixels = self.count.sum().double()

@@ -11,6 +11,7 @@ window 512×1024, stride 341×683 (3 × 3 windows on a 1024×2048 frame).
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Sequence
 
 import torch
@@ -101,3 +102,11 @@ class Inference:
             else ""
         )
         return f"Inference(mode={self.mode!r}{extra})"
+
+
+def to_classes(logits: Tensor, threshold: float = 0.5) -> Tensor:
+    """Class indices N×H×W of N×C×H×W logits: the argmax for C ≥ 2; for one sigmoid channel (C = 1, binary)
+    foreground (1) where σ(z) > ``threshold``, i.e. where z > log(t / (1 − t)) — z > 0 at the usual 0.5."""
+    if logits.shape[1] != 1:
+        return logits.argmax(1)
+    return (logits[:, 0] > math.log(threshold / (1 - threshold))).long()

@@ -16,7 +16,7 @@ from segloss.metrics.per_image import PerImageCounts
 from segloss.metrics.quality import QualityMetrics
 from segloss.metrics.surface import CaseSurfaceDistance
 from segloss.models.best import BestScore
-from segloss.models.inference import Inference
+from segloss.models.inference import Inference, to_classes
 from segloss.models.nonfinite import NonFinitePolicy
 from segloss.utils.seeding import reseed_step
 
@@ -69,6 +69,9 @@ class SegmentationModule(L.LightningModule):
         nonfinite_defer: read the ``raise`` check at logging steps and before checkpoints instead of every step
             (no per-step host sync); None = on accelerators only.
         optimized_metric: the validation score that picks the best epoch (:mod:`segloss.models.best`).
+        binary_threshold: with one output channel (a sigmoid net for a 2-class label space: background and
+            foreground), the probability above which a pixel is foreground (0.5; the logit's sign). Losses
+            get the one-channel logits; metrics, predictions and pictures get the thresholded classes.
         quality: options of the val/test metrics besides IoU, Dice, accuracy and recall — Boundary IoU, ECE and
             NLL, small-object recall (:class:`segloss.metrics.quality.QualityMetrics`; the ``metrics`` config
             node); logged as ``<stage>/mBIoU``, ``<stage>/BIoU/<class>``, ``<stage>/ECE``, ``<stage>/NLL``,
@@ -96,6 +99,7 @@ class SegmentationModule(L.LightningModule):
         nonfinite_defer: bool | None = None,
         optimized_metric: str = "val/mIoU",
         quality: dict | None = None,
+        binary_threshold: float = 0.5,
     ) -> None:
         super().__init__()
         class_names = list(class_names) if class_names is not None else [str(c) for c in range(num_classes)]
@@ -121,6 +125,9 @@ class SegmentationModule(L.LightningModule):
         self.optimizer_factory, self.scheduler_factory = optimizer, scheduler
         self.class_names, self.num_classes, self.ignore_index = class_names, num_classes, ignore_index
         self.track_train_metrics = train_metrics
+        if not 0 < binary_threshold < 1:
+            raise ConfigError(f"model.binary_threshold={binary_threshold} must be a probability in (0, 1), e.g. 0.5")
+        self.binary_threshold = binary_threshold
         self.nonfinite = NonFinitePolicy(nonfinite, nonfinite_defer)
         self.train_metrics = SegmentationMetrics(num_classes, ignore_index)
         self.val_metrics = SegmentationMetrics(num_classes, ignore_index)
@@ -165,12 +172,18 @@ class SegmentationModule(L.LightningModule):
         return self.loss(logits, batch["mask"]), logits, {}
 
     def _check_channels(self, logits: Tensor) -> Tensor:
-        if logits.shape[1] != self.num_classes:  # a shape, known without a sync
+        binary = logits.shape[1] == 1 and self.num_classes == 2  # one sigmoid channel: background/foreground
+        if logits.shape[1] != self.num_classes and not binary:  # a shape, known without a sync
             raise ConfigError(
                 f"the net outputs {logits.shape[1]} channels but data.num_classes={self.num_classes}; "
-                "set model.net.num_classes=${data.num_classes} (or the dataset's class count)"
+                "set model.net.num_classes=${data.num_classes} (or the dataset's class count; 1 for a binary "
+                "task with 2 classes trained with a sigmoid)"
             )
         return logits
+
+    def to_classes(self, logits: Tensor) -> Tensor:
+        """Class indices N×H×W: argmax, or the sigmoid thresholded at ``binary_threshold`` for one channel."""
+        return to_classes(logits, self.binary_threshold)
 
     def training_step(self, batch: dict, batch_idx: int) -> Tensor | None:
         self.nonfinite.before_step(self.net)
@@ -188,7 +201,7 @@ class SegmentationModule(L.LightningModule):
             mask = batch["mask"]
             self._labelled_pixels += ((mask >= 0) & (mask < self.num_classes)).sum()
         if self.track_train_metrics:
-            self.train_metrics.update(logits.detach().argmax(1), batch["mask"])
+            self.train_metrics.update(self.to_classes(logits.detach()), batch["mask"])
         return loss
 
     def _record_loss(self, loss: Tensor, terms: dict[str, Tensor], batch: dict, batch_idx: int) -> None:
@@ -212,7 +225,7 @@ class SegmentationModule(L.LightningModule):
         self.log(f"{stage}/loss", loss, prog_bar=True, **opts)  # means over the split and ranks
         for name, value in terms.items():
             self.log(f"{stage}/loss/{name}", value, **opts)
-        preds = logits.argmax(1)
+        preds = self.to_classes(logits)
         getattr(self, f"{stage}_metrics").update(preds, batch["mask"])
         getattr(self, f"{stage}_quality").accumulate(preds, batch["mask"], logits)
         world, rank = (self._trainer.world_size, self.global_rank) if self._trainer else (1, 0)

@@ -39,10 +39,10 @@ RUN_ID_FILE = "wandb_run_id.txt"
 # medical image segmentation". Lovász-Softmax is a convex surrogate of the IoU: region-based; clDice is an
 # overlap of skeletons: region-based; Unified Focal unifies CE and Dice terms: compound.
 LOSS_FAMILIES = {
-    "distribution-based": ("ce", "wce", "focal", "ohem", "topk", "kl_ls", "mse"),
+    "distribution-based": ("ce", "wce", "focal", "ohem", "topk", "kl_ls", "mse", "bce"),
     "region-based": ("dice", "tversky", "focal_tversky", "lovasz", "cldice"),
     "boundary-based": ("boundary_gdl", "hausdorff_dt"),
-    "compound": ("dice_ce", "log_dice_ce", "dice_focal", "ce_lovasz", "unified_focal"),
+    "compound": ("dice_ce", "log_dice_ce", "dice_focal", "ce_lovasz", "unified_focal", "bce_dice"),
 }
 
 
