@@ -15,7 +15,7 @@ export DATA_ROOT
 endif
 
 .DEFAULT_GOAL := help
-.PHONY: help install data train sweep compare eval predict stats test lint format bench bench-losses bench-data bench-overhead bench-metrics bench-train-step bench-recipe clean clean-logs clean-data
+.PHONY: help install data train sweep search compare eval predict stats test lint format bench bench-losses bench-data bench-overhead bench-metrics bench-train-step bench-recipe clean clean-logs clean-data
 
 help: ## show this help
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN{FS=":.*## "}{printf "  make %-11s %s\n", $$1, $$2}'
@@ -40,6 +40,11 @@ LOSSES ?= ce,focal,dice_ce,lovasz
 SEEDS ?= 0,1,2
 sweep: $(STAMP) $(SYNTHETIC) ## losses × seeds multirun: make sweep [EXP=name] [LOSSES=ce,focal] [SEEDS=0,1,2] [ARGS=…]
 	$(PY) -m segloss.train --multirun $(if $(LAUNCHER),launcher=$(LAUNCHER)) $(EXP_ARG) loss=$(LOSSES) seed=$(SEEDS) $(ARGS)
+
+HPARAMS ?= focal_optuna
+search: $(STAMP) $(SYNTHETIC) ## Optuna search of loss hyper-parameters: make search [HPARAMS=focal_optuna|tversky_optuna|dice_ce_optuna] [EXP=…] [ARGS=…]
+	$(PY) -m pip install -q -e ".[search]"
+	$(PY) -m segloss.train hparams_search=$(HPARAMS) $(EXP_ARG) $(ARGS)
 
 compare: $(STAMP) ## table (95 % intervals, paired tests) + plots of a sweep: make compare [DIR=…] [ARGS="--baseline ce --out folder"]
 	$(PY) -m segloss.compare $(DIR) $(ARGS)
