@@ -23,6 +23,7 @@ from segloss.callbacks import SignalCheckpoint, stop_signals
 from segloss.errors import ConfigError
 from segloss.losses.class_weights import METHODS, class_weights
 from segloss.models.module import SegmentationModule
+from segloss.models.nets.aux_heads import with_aux_heads
 from segloss.utils.checkpoints import AtomicCheckpointIO
 from segloss.utils.cluster import check_launch, cluster_plugins
 from segloss.utils.config import instantiate, instantiate_group
@@ -42,7 +43,11 @@ def build_module(cfg: DictConfig, with_optimizer: bool = True, datamodule=None) 
         scheduler = instantiate(cfg.scheduler, "scheduler") if cfg.get("scheduler") else None
         try_factories(optimizer, scheduler)
     return SegmentationModule(
-        net=instantiate(cfg.model.net, "model.net"),
+        net=with_aux_heads(
+            instantiate(cfg.model.net, "model.net"),
+            int(cfg.model.net.get("num_classes", cfg.data.num_classes)),
+            OmegaConf.to_container(cfg.model.aux) if cfg.model.get("aux") else None,
+        ),
         loss=loss,
         optimizer=optimizer,
         scheduler=scheduler,

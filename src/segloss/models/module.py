@@ -17,6 +17,7 @@ from segloss.metrics.quality import QualityMetrics
 from segloss.metrics.surface import CaseSurfaceDistance
 from segloss.models.best import BestScore
 from segloss.models.inference import Inference, to_classes
+from segloss.models.nets.aux_heads import AuxiliaryHeads
 from segloss.models.nonfinite import NonFinitePolicy
 from segloss.utils.seeding import reseed_step
 
@@ -164,12 +165,20 @@ class SegmentationModule(L.LightningModule):
 
     def model_step(self, batch: dict, logits: Tensor | None = None) -> tuple[Tensor, Tensor, dict[str, Tensor]]:
         """Forward (unless ``logits`` are given) and loss: ``(loss, logits, terms)``; ``terms`` holds a
-        compound loss's parts."""
-        logits = self._check_channels(self(batch["image"]) if logits is None else logits)
+        compound loss's parts and, for a net with auxiliary heads in training, each auxiliary output's loss
+        (``aux<k>``, unweighted; the total adds Σ w_k·L(aux_k), :mod:`segloss.models.nets.aux_heads`)."""
+        out = self(batch["image"]) if logits is None else logits
+        logits, aux = out if isinstance(out, tuple) else (out, [])
+        logits = self._check_channels(logits)
         if isinstance(self.loss, CompoundLoss):
             loss, terms = self.loss(logits, batch["mask"], return_terms=True)
-            return loss, logits, terms
-        return self.loss(logits, batch["mask"]), logits, {}
+        else:
+            loss, terms = self.loss(logits, batch["mask"]), {}
+        weights = self.net.weights if isinstance(self.net, AuxiliaryHeads) else []
+        for k, (weight, extra) in enumerate(zip(weights, aux, strict=False)):
+            terms[f"aux{k}"] = self.loss(extra, batch["mask"])
+            loss = loss + weight * terms[f"aux{k}"]
+        return loss, logits, terms
 
     def _check_channels(self, logits: Tensor) -> Tensor:
         binary = logits.shape[1] == 1 and self.num_classes == 2  # one sigmoid channel: background/foreground
