@@ -76,3 +76,13 @@ def test_a_training_with_deep_supervision_logs_the_aux_terms_and_evaluates_the_m
     assert not any(key.startswith("val/loss/aux") for key in rows[0])  # evaluation sees the main head only
     assert 0 <= float(run["results"]["mIoU"]) <= 1
     assert isinstance(run["trainer"].lightning_module.net, AuxiliaryHeads)
+
+
+def test_unknown_aux_keys_are_named():
+    from segloss.errors import ConfigError
+    from segloss.models.nets.aux_heads import with_aux_heads
+
+    with pytest.raises(ConfigError, match=r"unknown keys \['weight'\]"):
+        with_aux_heads(UNet(num_classes=2, base_channels=4, depth=2), 2, {"weight": 0.4})
+    net = UNet(num_classes=2, base_channels=4, depth=2)
+    assert with_aux_heads(net, 2, None) is net

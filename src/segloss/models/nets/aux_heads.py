@@ -114,4 +114,10 @@ def with_aux_heads(net: nn.Module, num_classes: int, aux: dict | None) -> nn.Mod
     """``net`` wrapped in :class:`AuxiliaryHeads` when ``aux`` (the ``model.aux`` node) is given, else ``net``."""
     if not aux:
         return net
+    known = {"weights", "stage", "channels", "dropout"}
+    unknown = sorted(set(aux) - known)
+    if unknown:
+        from segloss.errors import ConfigError
+
+        raise ConfigError(f"model.aux has unknown keys {unknown}; it takes {sorted(known)} (or model.aux=null)")
     return AuxiliaryHeads(net, num_classes, **aux)
