@@ -123,3 +123,14 @@ def run_cli(module: str, overrides: list[str], timeout: int = 300, check: bool =
 
 def load_ckpt(path: Path) -> dict:
     return torch.load(path, map_location="cpu", weights_only=True)
+
+
+def load_benchmark(name: str):
+    """``benchmarks/<name>.py`` as a module (the scripts are not a package)."""
+    import importlib.util
+
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / f"{name}.py"
+    spec = importlib.util.spec_from_file_location(name, path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module

@@ -4,7 +4,6 @@ no-GPU exit."""
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import subprocess
 import sys
@@ -13,15 +12,14 @@ from pathlib import Path
 import pytest
 import torch
 
+from tests.conftest import load_benchmark
+
 ROOT = Path(__file__).resolve().parents[1]
 SCRIPT = ROOT / "benchmarks" / "bench_recipe.py"
 
 
 def load_bench():
-    spec = importlib.util.spec_from_file_location("bench_recipe", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_benchmark("bench_recipe")
 
 
 def run_bench(*args: str) -> subprocess.CompletedProcess:

@@ -16,12 +16,11 @@ class c) either way.
 
 Distributed reduction: torchmetrics can only all-gather tensors, and a case's slices may be spread over
 several ranks. Each update appends rows ``[key, TP_0..TP_{C-1}, FP_0.., FN_0.., name bytes]`` (int64) to a
-list state reduced with ``dist_reduce_fx="cat"``; ``compute()`` sums the rows by key. The key is a stable
-signed int64 of the case id (the first 8 bytes of its BLAKE2b digest; Python's ``hash`` is salted per
-process, so ranks would disagree). The case id's first ``NAME_BYTES`` UTF-8 bytes travel in the row too, so
-a rank can name cases it never saw; a local key→name table keeps full names of the cases seen here. The list
-state always holds an empty (0, width) int64 tensor, so a rank without any slice still contributes a
-well-typed tensor to the all-gather (torchmetrics would otherwise send a float placeholder).
+list state reduced with ``dist_reduce_fx="cat"`` (:class:`segloss.metrics.rows.RowsMetric`); ``compute()``
+sums the rows by key. The key is a stable signed int64 of the case id (the first 8 bytes of its BLAKE2b
+digest; Python's ``hash`` is salted per process, so ranks would disagree). The case id's first
+``NAME_BYTES`` UTF-8 bytes travel in the row too, so a rank can name cases it never saw; a local key→name
+table keeps full names of the cases seen here.
 """
 
 from __future__ import annotations
@@ -31,10 +30,9 @@ from collections.abc import Sequence
 
 import torch
 from torch import Tensor
-from torchmetrics import Metric
-from torchmetrics.utilities import dim_zero_cat
 
 from segloss.metrics.confusion import count_bins
+from segloss.metrics.rows import RowsMetric
 
 NAME_BYTES = 64  # stored as NAME_BYTES // 8 int64 columns
 
@@ -58,7 +56,7 @@ def decode_name(columns: Tensor) -> str:
     return raw.rstrip(b"\0").decode(errors="replace")
 
 
-class CaseDice(Metric):
+class CaseDice(RowsMetric):
     """Dice per case and class from slices: ``update(preds, target, cases)``, ``compute()`` → dict.
 
     Args:
@@ -72,27 +70,15 @@ class CaseDice(Metric):
 
     is_differentiable = False
     higher_is_better = True
-    full_state_update = False
-    rows: list[Tensor]
 
     def __init__(self, num_classes: int, ignore_index: int = 255, include_background: bool = False, **kwargs) -> None:
-        super().__init__(**kwargs)
+        super().__init__(1 + 3 * num_classes + NAME_BYTES // 8, **kwargs)
         if num_classes < 1:
             raise ValueError(f"CaseDice needs num_classes >= 1, got {num_classes}")
         if 0 <= ignore_index < num_classes:
             raise ValueError(f"ignore_index={ignore_index} is a class id for num_classes={num_classes}")
         self.num_classes, self.ignore_index, self.include_background = num_classes, ignore_index, include_background
-        self.width = 1 + 3 * num_classes + NAME_BYTES // 8
         self.names: dict[int, str] = {}  # local key -> full case id (display only; never reduced)
-        self.add_state("rows", default=[], dist_reduce_fx="cat")
-        self.rows.append(self._no_rows())
-
-    def _no_rows(self) -> Tensor:
-        return torch.zeros(0, self.width, dtype=torch.int64, device=self.device)
-
-    def reset(self) -> None:
-        super().reset()
-        self.rows.append(self._no_rows())
 
     def _key(self, case: str) -> int:
         key = case_key(case)
@@ -129,7 +115,7 @@ class CaseDice(Metric):
     def compute(self) -> dict:
         # a few rows per case and update: reduce them on the CPU (no device syncs per case, no
         # non-deterministic CUDA index_add_/scatter under torch.use_deterministic_algorithms)
-        rows = dim_zero_cat(self.rows).view(-1, self.width).cpu()
+        rows = self.all_rows()
         keys, inverse = torch.unique(rows[:, 0], return_inverse=True)
         counts = torch.zeros(len(keys), 3 * self.num_classes, dtype=torch.int64)
         counts.index_add_(0, inverse, rows[:, 1 : 1 + 3 * self.num_classes])

@@ -21,35 +21,25 @@ from collections.abc import Sequence
 import numpy as np
 import torch
 from torch import Tensor
-from torchmetrics import Metric
-from torchmetrics.utilities import dim_zero_cat
 
 from segloss.metrics.confusion import count_bins
+from segloss.metrics.rows import RowsMetric
 
 
-class PerImageCounts(Metric):
+class PerImageCounts(RowsMetric):
     """``update(preds N×H×W, target N×H×W, names, first_index, stride)``; ``compute()`` → ``{"index": int64 M,
     "names": [M], "tp"/"fp"/"fn": int64 M×C}`` sorted by index (CPU tensors)."""
 
     is_differentiable = False
-    full_state_update = False
-    rows: list[Tensor]
 
     def __init__(self, num_classes: int, ignore_index: int = 255, **kwargs) -> None:
-        super().__init__(**kwargs)
+        super().__init__(1 + 3 * num_classes, **kwargs)
         self.num_classes, self.ignore_index = num_classes, ignore_index
-        self.width = 1 + 3 * num_classes
         self.names: dict[int, str] = {}  # index → name of the images this rank saw (host only)
-        self.add_state("rows", default=[], dist_reduce_fx="cat")
-        self.rows.append(self._no_rows())
-
-    def _no_rows(self) -> Tensor:
-        return torch.zeros(0, self.width, dtype=torch.int64, device=self.device)
 
     def reset(self) -> None:
         super().reset()
         self.names = {}
-        self.rows.append(self._no_rows())
 
     def update(self, preds: Tensor, target: Tensor, names: Sequence[str], first_index: int, stride: int = 1) -> None:
         """Counts of N images whose positions in the split are ``first_index + stride·k``, k < N."""
@@ -68,7 +58,7 @@ class PerImageCounts(Metric):
             self.names[first_index + stride * k] = str(name)
 
     def compute(self) -> dict:
-        rows = dim_zero_cat(self.rows).view(-1, self.width).cpu()
+        rows = self.all_rows()
         rows = rows[rows[:, 0].argsort()]
         names = dict(self.names)
         if torch.distributed.is_available() and torch.distributed.is_initialized():

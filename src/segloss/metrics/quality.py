@@ -68,24 +68,37 @@ def near_other_label(labels: Tensor, radius: int) -> Tensor:
     return box_any(label_edges(small), radius - 1)
 
 
+class PerClassRatio(Metric):
+    """Two per-class int64 counts summed over the split (and ranks), ``hits`` and ``total``; ``ratio()`` is
+    hits / total per class, nan where total is 0."""
+
+    full_state_update = False
+
+    def __init__(self, num_classes: int, **kwargs) -> None:
+        super().__init__(**kwargs)
+        self.num_classes = num_classes
+        self.add_state("hits", torch.zeros(num_classes, dtype=torch.int64), dist_reduce_fx="sum")
+        self.add_state("total", torch.zeros(num_classes, dtype=torch.int64), dist_reduce_fx="sum")
+
+    def ratio(self) -> Tensor:
+        total = self.total.double()
+        return torch.where(total > 0, self.hits.double() / total.clamp_min(1), math.nan).float()
+
+
 def boundary_width(height: int, width: int, dilation_ratio: float) -> int:
     return max(1, round(dilation_ratio * math.hypot(height, width)))
 
 
-class BoundaryIoU(Metric):
+class BoundaryIoU(PerClassRatio):
     """Per-class Boundary IoU over the split: ``compute()`` → ``{"BIoU": C, "mBIoU"}`` (module docstring).
 
     The bands of every class come from one pass over the label map (a pixel of class c is in B_d(M_c) exactly
     when a pixel within d is not c, ignored pixels and the outside included: :func:`near_other_label`), so the
     cost grows neither with the number of classes nor with d."""
 
-    full_state_update = False
-
     def __init__(self, num_classes: int, dilation_ratio: float = 0.02, **kwargs) -> None:
-        super().__init__(**kwargs)
-        self.num_classes, self.dilation_ratio = num_classes, dilation_ratio
-        self.add_state("inter", torch.zeros(num_classes, dtype=torch.int64), dist_reduce_fx="sum")
-        self.add_state("union", torch.zeros(num_classes, dtype=torch.int64), dist_reduce_fx="sum")
+        super().__init__(num_classes, **kwargs)  # hits: band intersections, total: band unions
+        self.dilation_ratio = dilation_ratio
 
     def update(self, preds: Tensor, target: Tensor) -> None:
         c = self.num_classes
@@ -97,13 +110,12 @@ class BoundaryIoU(Metric):
         band_g = near_other_label(guess, width) & valid
         both = band_t & band_g & (truth == guess)
         inter = count_bins(torch.where(both, truth, c).flatten(), c)
-        self.inter += inter
-        self.union += count_bins(torch.where(band_t, truth, c).flatten(), c)
-        self.union += count_bins(torch.where(band_g, guess, c).flatten(), c) - inter
+        self.hits += inter
+        self.total += count_bins(torch.where(band_t, truth, c).flatten(), c)
+        self.total += count_bins(torch.where(band_g, guess, c).flatten(), c) - inter
 
     def compute(self) -> dict[str, Tensor]:
-        union = self.union.double()
-        biou = torch.where(union > 0, self.inter.double() / union.clamp_min(1), math.nan).float()
+        biou = self.ratio()
         return {"BIoU": biou, "mBIoU": torch.nanmean(biou)}
 
 
@@ -152,17 +164,13 @@ def components(mask: np.ndarray) -> tuple[np.ndarray, int]:
     return label(mask, structure=np.ones((3, 3), dtype=bool))
 
 
-class SmallObjectRecall(Metric):
+class SmallObjectRecall(PerClassRatio):
     """Recall of ground-truth components under ``small_area`` pixels (module docstring): ``compute()`` →
     ``{"small_recall": C, "small_objects": C (how many there were), "mSmallRecall"}`` (nan-mean over classes)."""
 
-    full_state_update = False
-
     def __init__(self, num_classes: int, small_area: int = 1024, **kwargs) -> None:
-        super().__init__(**kwargs)
-        self.num_classes, self.small_area = num_classes, small_area
-        self.add_state("objects", torch.zeros(num_classes, dtype=torch.int64), dist_reduce_fx="sum")
-        self.add_state("found", torch.zeros(num_classes, dtype=torch.int64), dist_reduce_fx="sum")
+        super().__init__(num_classes, **kwargs)  # hits: small objects found, total: small objects
+        self.small_area = small_area
 
     def update(self, preds: Tensor, target: Tensor) -> None:
         preds, target = preds.cpu().numpy(), target.cpu().numpy()
@@ -178,13 +186,12 @@ class SmallObjectRecall(Metric):
                 small = (areas[1:] < self.small_area) & (areas[1:] > 0)
                 objects[c] += int(small.sum())
                 found[c] += int((small & (hits[1:] >= 0.5 * areas[1:])).sum())
-        self.objects += torch.from_numpy(objects).to(self.objects.device)
-        self.found += torch.from_numpy(found).to(self.found.device)
+        self.total += torch.from_numpy(objects).to(self.total.device)
+        self.hits += torch.from_numpy(found).to(self.hits.device)
 
     def compute(self) -> dict[str, Tensor]:
-        objects = self.objects.double()
-        recall = torch.where(objects > 0, self.found.double() / objects.clamp_min(1), math.nan).float()
-        return {"small_recall": recall, "small_objects": self.objects.clone(), "mSmallRecall": torch.nanmean(recall)}
+        recall = self.ratio()
+        return {"small_recall": recall, "small_objects": self.total.clone(), "mSmallRecall": torch.nanmean(recall)}
 
 
 class QualityMetrics(torch.nn.ModuleDict):
