@@ -6,6 +6,7 @@ from __future__ import annotations
 import pytest
 import torch
 
+from segloss.errors import ConfigError
 from segloss.losses import DiceLoss
 from segloss.models.module import SegmentationModule
 from segloss.models.nets.aux_heads import AuxiliaryHeads
@@ -56,11 +57,11 @@ def test_the_loss_adds_each_auxiliary_loss_at_its_weight():
 
 
 def test_bad_aux_settings_are_clear_errors():
-    with pytest.raises(ValueError, match="at most 2 weights"):
+    with pytest.raises(ConfigError, match="at most 2 weights"):
         AuxiliaryHeads(UNet(num_classes=2, base_channels=4, depth=3), 2, weights=[0.5, 0.25, 0.1])
-    with pytest.raises(ValueError, match="one auxiliary FCN head"):
+    with pytest.raises(ConfigError, match="one auxiliary FCN head"):
         AuxiliaryHeads(build_smp_model("FPN", 2, encoder_name="resnet18"), 2, weights=[0.4, 0.2])
-    with pytest.raises(ValueError, match="non-negative"):
+    with pytest.raises(ConfigError, match="non-negative"):
         AuxiliaryHeads(UNet(num_classes=2, base_channels=4, depth=2), 2, weights=[])
 
 
@@ -79,7 +80,6 @@ def test_a_training_with_deep_supervision_logs_the_aux_terms_and_evaluates_the_m
 
 
 def test_unknown_aux_keys_are_named():
-    from segloss.errors import ConfigError
     from segloss.models.nets.aux_heads import with_aux_heads
 
     with pytest.raises(ConfigError, match=r"unknown keys \['weight'\]"):

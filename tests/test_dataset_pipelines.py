@@ -19,7 +19,13 @@ from tests.trees.folders import write_folder_tree
 from tests.trees.msd import write_msd_task
 from tests.trees.voc import write_voc_tree
 
-TINY_NET = ["model.net.base_channels=4", "model.net.depth=2", "trainer=cpu", "trainer.precision=32-true"]
+TINY_NET = [
+    "model.net.base_channels=4",
+    "model.net.depth=2",
+    "trainer=cpu",
+    "trainer.precision=32-true",
+    "model.aux=null",
+]  # fmt: skip  (depth 2 has no room for the MSD experiments' deep supervision)
 LOADER = ["data.num_workers=0", "data.pin_memory=false", "data.persistent_workers=false"]
 
 

@@ -11,11 +11,9 @@ from torch import Tensor, nn
 
 from segloss.errors import ConfigError, DatasetFormatError, NonFiniteLossError
 from segloss.losses import CompoundLoss
-from segloss.metrics import CaseDice, SegmentationMetrics
-from segloss.metrics.per_image import PerImageCounts
-from segloss.metrics.quality import QualityMetrics
-from segloss.metrics.surface import CaseSurfaceDistance
+from segloss.metrics import SegmentationMetrics
 from segloss.models.best import BestScore
+from segloss.models.evaluation import EvaluationMetrics
 from segloss.models.inference import Inference, to_classes
 from segloss.models.nets.aux_heads import AuxiliaryHeads
 from segloss.models.nonfinite import NonFinitePolicy
@@ -131,21 +129,8 @@ class SegmentationModule(L.LightningModule):
         self.binary_threshold = binary_threshold
         self.nonfinite = NonFinitePolicy(nonfinite, nonfinite_defer)
         self.train_metrics = SegmentationMetrics(num_classes, ignore_index)
-        self.val_metrics = SegmentationMetrics(num_classes, ignore_index)
-        self.test_metrics = SegmentationMetrics(num_classes, ignore_index)
-        self.val_case = CaseDice(num_classes, ignore_index)
-        self.test_case = CaseDice(num_classes, ignore_index)
-        quality = dict(quality or {})
-        surface = quality.pop("surface_distance", False)  # per-case HD95/ASSD of volume data (MSD)
-        self.val_quality, self.test_quality = (
-            QualityMetrics(num_classes, **quality),
-            QualityMetrics(num_classes, **quality),
-        )
-        self.val_surface = CaseSurfaceDistance(num_classes, ignore_index) if surface else None
-        self.test_surface = CaseSurfaceDistance(num_classes, ignore_index) if surface else None
-        self.val_images = PerImageCounts(num_classes, ignore_index)  # what make compare resamples and pairs
-        self.test_images = PerImageCounts(num_classes, ignore_index)
-        self._eval_seen = 0  # images this rank has scored in the current validation/test
+        self.val_eval = EvaluationMetrics(num_classes, ignore_index, class_names, quality or {})
+        self.test_eval = EvaluationMetrics(num_classes, ignore_index, class_names, quality or {})
         self.inference = inference if isinstance(inference, Inference) else Inference(**(inference or {}))
         self.best = BestScore(optimized_metric, class_names)
         self._resumed_best: dict | None = None  # the best of the checkpoint a training resumes from
@@ -235,17 +220,8 @@ class SegmentationModule(L.LightningModule):
         for name, value in terms.items():
             self.log(f"{stage}/loss/{name}", value, **opts)
         preds = self.to_classes(logits)
-        getattr(self, f"{stage}_metrics").update(preds, batch["mask"])
-        getattr(self, f"{stage}_quality").accumulate(preds, batch["mask"], logits)
         world, rank = (self._trainer.world_size, self.global_rank) if self._trainer else (1, 0)
-        names = batch.get("name") or [""] * len(preds)
-        getattr(self, f"{stage}_images").update(preds, batch["mask"], names, rank + world * self._eval_seen, world)
-        self._eval_seen += len(preds)
-        if "case" in batch:
-            getattr(self, f"{stage}_case").update(preds, batch["mask"], batch["case"])
-            surface = getattr(self, f"{stage}_surface")
-            if surface is not None and "spacing" in batch:
-                surface.update(preds, batch["mask"], batch["case"], batch["name"], batch["spacing"])
+        getattr(self, f"{stage}_eval").update(preds, logits, batch, rank, world)
         return {"preds": preds}
 
     def validation_step(self, batch: dict, batch_idx: int) -> dict[str, Tensor]:
@@ -272,61 +248,26 @@ class SegmentationModule(L.LightningModule):
     # ------------------------------------------------------------------ epochs
 
     def _log_epoch(self, stage: str) -> dict[str, Tensor]:
-        metrics = getattr(self, f"{stage}_metrics")
-        results = metrics.compute()  # one all-reduce of the confusion matrix under DDP
-        if stage == "train":
-            results.pop("confmat")
-        metrics.reset()
         # The values are already the same on every rank (metric states summed at compute);
         # sync_dist averages identical numbers, which is exact, and keeps Lightning from warning.
         log = partial(self.log, sync_dist=True)
-        log(f"{stage}/mIoU", results["mIoU"], prog_bar=stage != "train")
-        log(f"{stage}/mDice", results["mDice"])
-        log(f"{stage}/acc", results["acc"])
-        if stage != "train":
-            log(f"{stage}/mRecall", results["mRecall"])
-            for name, iou, dice, recall in zip(self.class_names, results["IoU"], results["Dice"], results["recall"]):
-                log(f"{stage}/IoU/{name}", iou)
-                log(f"{stage}/Dice/{name}", dice)
-                log(f"{stage}/recall/{name}", recall)
-            quality = getattr(self, f"{stage}_quality")
-            extra = quality.compute()
-            quality.reset()
-            results = {**results, **extra}
-            for key, value in extra.items():  # scalars as <stage>/<key>, per-class vectors as <stage>/<key>/<class>
-                if value.dim() == 0:
-                    log(f"{stage}/{key}", value)
-                elif key != "small_objects":
-                    for name, v in zip(self.class_names, value):
-                        log(f"{stage}/{key}/{name}", v)
-            images = getattr(self, f"{stage}_images")
-            results = {**results, "per_image": images.compute()}  # see segloss.metrics.per_image
-            images.reset()
-            case_metric = getattr(self, f"{stage}_case")
-            if case_metric.update_called:
-                case = case_metric.compute()
-                case_metric.reset()
-                results = {**results, "case_Dice": case["Dice"], "case_mDice": case["mDice"]}
-                log(f"{stage}/case_mDice", case["mDice"], prog_bar=True)
-                for name, value in zip(self.class_names, case["Dice"]):
-                    log(f"{stage}/case_Dice/{name}", value)
-            surface = getattr(self, f"{stage}_surface")
-            if surface is not None and surface.update_called:
-                distances = surface.compute()
-                surface.reset()
-                results = {**results, **{f"case_{k}": distances[k] for k in ("HD95", "ASSD", "mHD95", "mASSD")}}
-                log(f"{stage}/case_mHD95", distances["mHD95"])
-                log(f"{stage}/case_mASSD", distances["mASSD"])
-                for name, hd, assd in zip(self.class_names[1:], distances["HD95"][1:], distances["ASSD"][1:]):
-                    log(f"{stage}/case_HD95/{name}", hd)
-                    log(f"{stage}/case_ASSD/{name}", assd)
+        if stage == "train":
+            results = self.train_metrics.compute()
+            self.train_metrics.reset()
+            results.pop("confmat")
+            for key in ("mIoU", "mDice", "acc"):
+                log(f"train/{key}", results[key])
+        else:
+            results, logged = getattr(self, f"{stage}_eval").compute()
+            for key, value in logged.items():
+                log(f"{stage}/{key}", value, prog_bar=key in ("mIoU", "case_mDice"))
         self.last_results[stage] = results
         return results
 
     def on_train_start(self) -> None:
         # The sanity-check validation must not count towards the best score; a resumed training
         # starts from the best of its checkpoint.
-        self.val_metrics.reset()
+        self.val_eval.split.reset()
         self.best.load(self._resumed_best)
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:
@@ -376,11 +317,11 @@ class SegmentationModule(L.LightningModule):
 
     def on_validation_epoch_start(self) -> None:
         self._share_rank_zero_buffers()
-        self._eval_seen = 0
+        self.val_eval.start()
 
     def on_test_epoch_start(self) -> None:
         self._share_rank_zero_buffers()
-        self._eval_seen = 0
+        self.test_eval.start()
 
     def on_validation_epoch_end(self) -> None:
         results = self._log_epoch("val")

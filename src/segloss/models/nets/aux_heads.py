@@ -24,6 +24,7 @@ from collections.abc import Sequence
 from torch import Tensor, nn
 from torch.nn import functional as F
 
+from segloss.errors import ConfigError
 from segloss.models.nets.padding import PadToStride
 from segloss.models.nets.unet import UNet
 
@@ -52,7 +53,7 @@ class AuxiliaryHeads(nn.Module):
     ) -> None:
         super().__init__()
         if not weights or any(w < 0 for w in weights):
-            raise ValueError(f"model.aux.weights={list(weights)} must be one or more non-negative weights")
+            raise ConfigError(f"model.aux.weights={list(weights)} must be one or more non-negative weights")
         self.net, self.weights = net, [float(w) for w in weights]
         inner = net.net if isinstance(net, PadToStride) else net
         self.unet = isinstance(inner, UNet)
@@ -61,7 +62,7 @@ class AuxiliaryHeads(nn.Module):
         if isinstance(inner, UNet):
             stages = list(inner.up)[:-1][::-1]  # decoder stages before the last, finest first
             if len(self.weights) > len(stages):
-                raise ValueError(
+                raise ConfigError(
                     f"model.aux.weights has {len(self.weights)} entries but this U-Net (depth {inner.depth}) has "
                     f"{len(stages)} decoder stages before the last; give at most {len(stages)} weights"
                 )
@@ -72,14 +73,14 @@ class AuxiliaryHeads(nn.Module):
             inner.stem.register_forward_pre_hook(self._keep_frame)
         elif hasattr(inner, "encoder") and hasattr(inner.encoder, "out_channels"):
             if len(self.weights) != 1:
-                raise ValueError(f"an smp net takes one auxiliary FCN head: model.aux.weights=[w], got {self.weights}")
+                raise ConfigError(f"an smp net takes one auxiliary FCN head: model.aux.weights=[w], got {self.weights}")
             self.stage = stage
             in_channels = list(inner.encoder.out_channels)[stage]
             self.heads = nn.ModuleList([fcn_head(in_channels, num_classes, channels, dropout)])
             inner.encoder.register_forward_hook(self._keep_stage)
             inner.encoder.register_forward_pre_hook(self._keep_frame)
         else:
-            raise ValueError(
+            raise ConfigError(
                 f"model.aux supports smp nets and the seed U-Net, not {type(inner).__name__}; set model.aux=null"
             )
 
@@ -117,7 +118,5 @@ def with_aux_heads(net: nn.Module, num_classes: int, aux: dict | None) -> nn.Mod
     known = {"weights", "stage", "channels", "dropout"}
     unknown = sorted(set(aux) - known)
     if unknown:
-        from segloss.errors import ConfigError
-
         raise ConfigError(f"model.aux has unknown keys {unknown}; it takes {sorted(known)} (or model.aux=null)")
     return AuxiliaryHeads(net, num_classes, **aux)

@@ -1,0 +1,89 @@
+"""The metrics of one evaluation stage (val or test), updated per batch and read once per split.
+
+* split-level IoU, Dice, accuracy and recall from one confusion matrix (:mod:`segloss.metrics.confusion`);
+* each image's TP/FP/FN (:mod:`segloss.metrics.per_image`, what ``make compare`` resamples);
+* the ``metrics`` config node's Boundary IoU, calibration and small-object recall
+  (:mod:`segloss.metrics.quality`);
+* for items with a ``"case"`` (slices of volumes): per-case Dice (:mod:`segloss.metrics.per_case`) and, with
+  ``surface_distance``, per-case HD95/ASSD (:mod:`segloss.metrics.surface`).
+
+``compute()`` returns the results dict the module keeps (``last_results``, the best epoch's) and the scalar
+values to log, named without the stage prefix (``mIoU``, ``IoU/<class>``, ``case_mDice`` …).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from torch import Tensor, nn
+
+from segloss.metrics import CaseDice, SegmentationMetrics
+from segloss.metrics.per_image import PerImageCounts
+from segloss.metrics.quality import QualityMetrics
+from segloss.metrics.surface import CaseSurfaceDistance
+
+
+class EvaluationMetrics(nn.Module):
+    def __init__(self, num_classes: int, ignore_index: int, class_names: Sequence[str], quality: dict) -> None:
+        super().__init__()
+        quality = dict(quality)
+        surface = quality.pop("surface_distance", False)  # per-case HD95/ASSD of volume data (MSD)
+        self.class_names = list(class_names)
+        self.split = SegmentationMetrics(num_classes, ignore_index)
+        self.images = PerImageCounts(num_classes, ignore_index)
+        self.quality = QualityMetrics(num_classes, **quality)
+        self.case = CaseDice(num_classes, ignore_index)
+        self.surface = CaseSurfaceDistance(num_classes, ignore_index) if surface else None
+        self.seen = 0  # images this rank has scored in the current pass
+
+    def start(self) -> None:
+        """A new pass over the split begins (image positions count from 0)."""
+        self.seen = 0
+
+    def update(self, preds: Tensor, logits: Tensor, batch: dict, rank: int = 0, world: int = 1) -> None:
+        """One batch: ``preds`` N×H×W classes, ``logits`` N×C×H×W, this rank's position in a ``world``-rank pass
+        (rank r's k-th image is image r + k·W of the split)."""
+        mask = batch["mask"]
+        self.split.update(preds, mask)
+        self.quality.accumulate(preds, mask, logits)
+        names = batch.get("name") or [""] * len(preds)
+        self.images.update(preds, mask, names, rank + world * self.seen, world)
+        self.seen += len(preds)
+        if "case" in batch:
+            self.case.update(preds, mask, batch["case"])
+            if self.surface is not None and "spacing" in batch:
+                self.surface.update(preds, mask, batch["case"], batch["name"], batch["spacing"])
+
+    def compute(self) -> tuple[dict, dict[str, Tensor]]:
+        """``(results, logged)`` of the pass, then reset (see the module docstring)."""
+        results = self.split.compute()  # one all-reduce of the confusion matrix under DDP
+        self.split.reset()
+        logged = {"mIoU": results["mIoU"], "mDice": results["mDice"], "acc": results["acc"]}
+        logged["mRecall"] = results["mRecall"]
+        for key in ("IoU", "Dice", "recall"):
+            logged.update({f"{key}/{name}": value for name, value in zip(self.class_names, results[key])})
+        extra = self.quality.compute()
+        self.quality.reset()
+        results = {**results, **extra}
+        for key, value in extra.items():  # scalars as <key>, per-class vectors as <key>/<class>
+            if value.dim() == 0:
+                logged[key] = value
+            elif key != "small_objects":
+                logged.update({f"{key}/{name}": v for name, v in zip(self.class_names, value)})
+        results["per_image"] = self.images.compute()
+        self.images.reset()
+        if self.case.update_called:
+            case = self.case.compute()
+            self.case.reset()
+            results.update(case_Dice=case["Dice"], case_mDice=case["mDice"])
+            logged["case_mDice"] = case["mDice"]
+            logged.update({f"case_Dice/{name}": v for name, v in zip(self.class_names, case["Dice"])})
+        if self.surface is not None and self.surface.update_called:
+            distances = self.surface.compute()
+            self.surface.reset()
+            for key in ("HD95", "ASSD"):
+                results[f"case_{key}"], results[f"case_m{key}"] = distances[key], distances[f"m{key}"]
+                logged[f"case_m{key}"] = distances[f"m{key}"]
+                names = self.class_names[1:]  # no distance for the background
+                logged.update({f"case_{key}/{name}": v for name, v in zip(names, distances[key][1:])})
+        return results, logged
