@@ -24,8 +24,9 @@ class SegmentationModule(L.LightningModule):
     """Train/evaluate ``net`` (images → logits N×C×H×W) with ``loss`` (logits, mask → scalar).
 
     Logs ``train/loss_step``/``train/loss_epoch`` (and ``train/loss/<term>_step|_epoch`` for a
-    :class:`CompoundLoss`), ``val/loss``, ``val/mIoU``, ``val/mDice``, ``val/acc``, ``val/IoU/<class>``,
-    ``val/Dice/<class>`` and ``<optimized_metric>_best`` (``test/…`` likewise). mIoU is the nan-mean of the
+    :class:`CompoundLoss` or auxiliary heads), ``val/loss``, ``val/mIoU``, ``val/mDice``, ``val/acc``,
+    ``val/mRecall``, ``val/IoU|Dice|recall/<class>``, the quality metrics of ``quality`` and
+    ``<optimized_metric>_best`` (``test/…`` likewise; :mod:`segloss.models.evaluation`). mIoU is the nan-mean of the
     per-class IoU accumulated over the whole split, over the classes that occur in its ground truth or
     predictions (the official Cityscapes convention; see :mod:`segloss.metrics`). Each stage has its own
     metric objects. ``last_results[stage]`` holds the epoch's results; for val/test also ``"confmat"``, the
@@ -35,7 +36,8 @@ class SegmentationModule(L.LightningModule):
     results; it is kept in checkpoints, so a resumed training goes on with it.
 
     Batches whose items carry a ``"case"`` (2D slices of 3D volumes, e.g. the MSD loader) are also scored
-    per case: ``val/case_mDice`` and ``val/case_Dice/<class>`` (:class:`segloss.metrics.CaseDice`).
+    per case: ``val/case_mDice`` and ``val/case_Dice/<class>`` (:class:`segloss.metrics.CaseDice`), and with
+    ``quality["surface_distance"]`` by HD95/ASSD in mm (:mod:`segloss.metrics.surface`).
 
     Under DDP the val/test metrics are exact: each image is scored once (un-padded shards, see
     :class:`segloss.data.sampling.ShardSampler`), metric states are summed over ranks at compute, and
