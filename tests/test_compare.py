@@ -175,6 +175,7 @@ def test_intervals_and_holm_corrected_paired_tests_from_per_image_counts(counted
     assert not summary["vs_best"]["ce"]["tied"] and not summary["vs_best"]["same"]["tied"]
     table = markdown_table(summary)
     assert "Δ mIoU vs ce" in table and "| better | 3 | **" in table and "| baseline |" in table
+    assert "] * |" in table  # better: a real difference
     out = tmp_path / "cmp"
     main([str(counted_sweep), "--out", str(out), "--baseline", "ce", "--draws", "1000"])
     rows = {row["loss"]: row for row in csv.DictReader((out / "compare.csv").open())}
@@ -234,3 +235,12 @@ def test_boundary_iou_and_calibration_columns_mark_their_own_best(tmp_path):
     assert math.isnan(summary["stats"]["dice"]["ECE"][0])
     table = markdown_table(summary)
     assert "| mBIoU | ECE |" in table and "**35.0 ± 0.0**" in table and "**2.0 ± 0.0**" in table
+
+
+def test_a_difference_is_real_only_when_the_test_and_the_interval_agree():
+    from segloss.comparison.stats import is_real
+
+    assert is_real({"p_holm": 0.001, "interval": (0.01, 0.03)})
+    assert is_real({"p_holm": 0.01, "interval": (-0.05, -0.02)})  # real, and worse
+    assert not is_real({"p_holm": 0.001, "interval": (-0.01, 0.03)})  # images agree, another set of seeds may not
+    assert not is_real({"p_holm": 0.2, "interval": (0.01, 0.03)})

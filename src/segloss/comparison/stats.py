@@ -20,6 +20,11 @@ mean over its seeds. Two sources of noise: which seeds were drawn, and which ima
   same seeds and images drawn for A and B).
 * **Multiple comparisons**: Holm's step-down correction (Holm 1979) over the comparisons of one table,
   which controls the family-wise error rate at α without assuming independence.
+* **What counts as real** (:func:`is_real`): the permutation test asks whether these trained nets differ
+  beyond the sampling of images (the unit of challenge analyses, e.g. Wiesenfarth et al., Sci. Rep. 2021);
+  it holds the seeds fixed, so it does not see how much another set of seeds would move the result. The
+  interval does. A difference is called real only when both agree: Holm-adjusted p < α *and* the paired
+  interval excludes 0. With few seeds the interval is the stricter of the two.
 
 Everything is seeded (``seed``), so a comparison prints the same numbers every time.
 """
@@ -148,3 +153,9 @@ def holm(p_values: dict[str, float]) -> dict[str, float]:
         running = max(running, min(1.0, (len(order) - k) * p_values[name]))
         adjusted[name] = running
     return adjusted
+
+
+def is_real(result: dict) -> bool:
+    """Whether a :func:`paired_difference` result (with ``p_holm``) is a real difference (module docstring)."""
+    low, high = result["interval"]
+    return result["p_holm"] < ALPHA and (low > 0 or high < 0)

@@ -83,7 +83,8 @@ def add_statistics(
 ) -> dict:
     """Add to ``summary``: ``"ci"`` {loss: {column: (low, high)}} (95 % bootstrap over seeds × images),
     ``"baseline"`` and ``"vs_baseline"`` {loss: {delta, interval, p, p_holm}}, ``"vs_best"`` {loss: {p_holm,
-    tied}} (Holm over each family; tied = not told apart from the best at α = 0.05) and ``"notes"``."""
+    tied}} (Holm over each family; tied = not told apart from the best: not a real difference in the sense of
+    :func:`segloss.comparison.stats.is_real`) and ``"notes"``."""
     losses, classes = summary["losses"], summary["columns"][1:]
     baseline = baseline or losses[0]
     if baseline not in losses:
@@ -98,7 +99,7 @@ def add_statistics(
     vs_baseline = _family(counts, baseline, [name for name in losses if name != baseline], seed, draws)
     best = summary["best"].get("mIoU")
     vs_best = _family(counts, best, [name for name in losses if name != best], seed, draws) if best in counts else {}
-    tied = {loss: {"p_holm": r["p_holm"], "tied": r["p_holm"] >= stats.ALPHA} for loss, r in vs_best.items()}
+    tied = {loss: {"p_holm": r["p_holm"], "tied": not stats.is_real(r)} for loss, r in vs_best.items()}
     if best in counts:
         tied[best] = {"p_holm": math.nan, "tied": True}
     return {**summary, "ci": ci, "baseline": baseline, "vs_baseline": vs_baseline, "vs_best": tied, "notes": notes}
@@ -146,7 +147,8 @@ def paired_cells(summary: dict, loss: str) -> list[str]:
         delta, p = "—", "—"
     else:
         low, high = found["interval"]
-        delta = f"{100 * found['delta']:+.1f} [{100 * low:+.1f}, {100 * high:+.1f}]"
+        mark = " *" if stats.is_real(found) else ""  # real: p_holm < α and the interval excludes 0
+        delta = f"{100 * found['delta']:+.1f} [{100 * low:+.1f}, {100 * high:+.1f}]{mark}"
         p = f"{found['p_holm']:.3f}"
     return [delta, p, best_mark(summary["vs_best"].get(loss))]
 
@@ -193,6 +195,7 @@ def markdown_table(summary: dict) -> str:
 
 INTERVAL_NOTE = (
     "Scores in %: mean over seeds [95 % bootstrap interval over seeds × images]; Δ: paired difference to the "
-    "baseline on common seeds and images [95 % interval]; p: paired permutation test, Holm-corrected over the "
-    "table's comparisons; ≈ best: not told apart from the best mean mIoU at α = 0.05 (Holm), < : worse."
+    "baseline on common seeds and images [95 % interval], * when real (p < 0.05 and the interval excludes 0); "
+    "p: paired permutation test over images, Holm-corrected over the table's comparisons; ≈ best: not told "
+    "apart from the best mean mIoU in that sense, < : worse."
 )
