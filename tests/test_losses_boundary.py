@@ -27,12 +27,15 @@ def _batch(c: int = 4, ignore: bool = True, seed: int = 0):
     return logits, target
 
 
-def test_the_distance_transform_is_scipys():
+@pytest.mark.parametrize("path", ["device", "cpu"])
+def test_the_distance_transform_is_scipys(path):
+    from segloss.losses._distance import _distance_to_dense
+
     g = torch.Generator().manual_seed(1)
     features = torch.rand(4, 31, 45, generator=g) < 0.03
     features[1] = False  # no feature: inf everywhere
     features[2, :, 10] = True  # a full column
-    got = distance_to(features)
+    got = _distance_to_dense(features) if path == "device" else distance_to(features)  # the GPU path, run here
     for i in range(4):
         if not features[i].any():
             assert torch.isinf(got[i]).all()
