@@ -233,7 +233,12 @@ def run_raw(module, precision: str, shape: tuple[int, int, int], steps: int, war
     def step() -> None:
         optimizer.zero_grad(set_to_none=True)
         with autocast:
-            loss = loss_fn(net(image), mask)
+            out = net(image)
+            if isinstance(out, tuple):  # auxiliary heads (model.aux): their losses at their weights, as the recipe
+                logits, aux = out
+                loss = loss_fn(logits, mask) + sum(w * loss_fn(a, mask) for w, a in zip(net.weights, aux, strict=True))
+            else:
+                loss = loss_fn(out, mask)
         scaler.scale(loss).backward()
         scaler.step(optimizer)
         scaler.update()

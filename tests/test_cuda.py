@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from tests.conftest import TINY_SYNTHETIC
-from tests.test_losses_no_sync import PRESETS, _preset
+from tests.test_losses_no_sync import PRESETS, _preset, example_inputs
 
 pytestmark = [
     pytest.mark.gpu,
@@ -19,10 +19,7 @@ pytestmark = [
 
 @pytest.mark.parametrize("name", PRESETS)
 def test_every_loss_preset_gives_the_cpu_values_and_gradients_on_cuda(name):
-    torch.manual_seed(0)
-    logits = torch.randn(2, 19, 24, 40)
-    target = torch.randint(0, 19, (2, 24, 40))
-    target[:, :3] = 255
+    logits, target = example_inputs(name)
     results = []
     for device in ("cpu", "cuda"):
         x = logits.to(device).requires_grad_()
