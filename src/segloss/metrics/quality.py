@@ -64,8 +64,7 @@ def near_other_label(labels: Tensor, radius: int) -> Tensor:
     when an edge pixel (:func:`label_edges`) lies within radius − 1: walking from the pixel towards the other
     label, the last pixel of its own label is an edge; and an edge pixel and its differing neighbour, both within
     the radius, cannot both carry the pixel's label."""
-    small = labels.to(torch.int16) if int(labels.numel()) and labels.dtype != torch.int16 else labels
-    return box_any(label_edges(small), radius - 1)
+    return box_any(label_edges(labels.to(torch.int16)), radius - 1)  # class ids and -1 fit int16: less to compare
 
 
 class PerClassRatio(Metric):
