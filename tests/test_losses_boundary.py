@@ -171,6 +171,25 @@ def test_cldice_skeleton_is_the_papers_and_the_loss_its_formula():
     assert L.ClDiceLoss()(logits, target).item() == pytest.approx(float(sum(per_class) / 2), rel=1e-9)
 
 
+def test_cldice_morphology_has_max_pools_values_and_gradients():
+    """The shifted-maxima erosion/dilation equal max-pool's values everywhere (ties included: one-hot
+    labels are all ties) and its gradient (all to the window's first maximum) on tie-free maps."""
+    g = torch.Generator().manual_seed(5)
+    x = torch.rand(2, 3, 9, 11, generator=g, dtype=torch.float64, requires_grad=True)
+    ties = torch.randint(0, 2, (2, 3, 9, 11), generator=g).double()
+    for m in (x, ties):
+        np.testing.assert_array_equal(L.cldice.soft_dilate(m).detach(), F.max_pool2d(m, 3, 1, 1).detach())
+        pools = torch.minimum(-F.max_pool2d(-m, (3, 1), 1, (1, 0)), -F.max_pool2d(-m, (1, 3), 1, (0, 1)))
+        np.testing.assert_array_equal(L.cldice.soft_erode(m).detach(), pools.detach())
+    w = torch.rand(2, 3, 9, 11, generator=g, dtype=torch.float64)
+    for ours, pool in [(L.cldice.soft_dilate, lambda m: F.max_pool2d(m, 3, 1, 1)), (lambda m: L.cldice._max3(m, -2),
+                       lambda m: F.max_pool2d(m, (3, 1), 1, (1, 0)))]:  # fmt: skip
+        (a,) = torch.autograd.grad((ours(x) * w).sum(), x)
+        (b,) = torch.autograd.grad((pool(x) * w).sum(), x)
+        np.testing.assert_allclose(a, b, atol=1e-12)
+    assert torch.autograd.gradcheck(lambda m: L.cldice._max3(m, -1), (x,))
+
+
 @pytest.mark.parametrize("loss", [L.BoundaryLoss(), L.HausdorffDTLoss(), L.UnifiedFocalLoss(), L.ClDiceLoss()])
 def test_new_losses_have_finite_gradients_and_take_binary_logits_and_all_ignored_batches(loss):
     logits, target = _batch(c=2)

@@ -29,20 +29,68 @@ from segloss.losses._checks import at_least_float32, check_hard_target
 from segloss.losses._region import class_probabilities, one_hot
 
 
+class _Max3(torch.autograd.Function):
+    """max(x[i−1], x[i], x[i+1]) along one axis (−∞ past the edges): a stride-1, width-3 max-pool.
+
+    On the CPU, ``F.max_pool2d`` with stride 1 costs ~40× these shifted maxima, and both
+    ``torch.maximum``'s backward (which splits ties) and boolean masks (comparisons, ``where``) are as
+    slow again; so the window's argmax is kept as two 0/1 float masks made by ``sign`` and the backward
+    is products and shifted sums. The gradient rule is max-pool's: all of it to the first maximum of
+    the window (positions i−1, i, i+1 in that order)."""
+
+    @staticmethod
+    def forward(ctx, x: Tensor, dim: int) -> Tensor:
+        n = x.shape[dim]
+        edge = x.new_full(x.narrow(dim, 0, 1).shape, float("-inf"))
+        padded = torch.cat([edge, x, edge], dim)
+        before, after = padded.narrow(dim, 0, n), padded.narrow(dim, 2, n)
+        first = torch.maximum(before, x)
+        out = torch.maximum(first, after)
+        if not ctx.needs_input_grad[0]:  # labels: no masks to keep
+            return out
+        here_wins = (x - before).sign_().clamp_(min=0)  # 1 where x[i] > x[i−1]
+        to_after = (after - first).sign_().clamp_(min=0)  # 1 where x[i+1] beats both
+        to_before = (1 - here_wins).mul_(1 - to_after)
+        ctx.save_for_backward(to_before, to_after)
+        ctx.dim = dim
+        return out
+
+    @staticmethod
+    def backward(ctx, grad: Tensor) -> tuple[Tensor, None]:
+        to_before, to_after = ctx.saved_tensors
+        dim, n = ctx.dim, grad.shape[ctx.dim]
+        back, ahead = grad * to_before, grad * to_after  # output i's share for input i − 1, i + 1
+        out = grad - back - ahead
+        out.narrow(dim, 0, n - 1).add_(back.narrow(dim, 1, n - 1))
+        out.narrow(dim, 1, n - 1).add_(ahead.narrow(dim, 0, n - 1))
+        return out, None
+
+
+def _max3(x: Tensor, dim: int) -> Tensor:
+    return _Max3.apply(x, dim)
+
+
 def soft_erode(x: Tensor) -> Tensor:
-    return torch.minimum(-F.max_pool2d(-x, (3, 1), 1, (1, 0)), -F.max_pool2d(-x, (1, 3), 1, (0, 1)))
+    """min of the 3×1 and the 1×3 min-pool (the paper's cross-shaped erosion)."""
+    return -torch.maximum(_max3(-x, -2), _max3(-x, -1))
 
 
 def soft_dilate(x: Tensor) -> Tensor:
-    return F.max_pool2d(x, 3, 1, 1)
+    """3×3 max-pool, as the separable 3×1 then 1×3 max."""
+    return _max3(_max3(x, -2), -1)
 
 
 def soft_skeleton(x: Tensor, iterations: int) -> Tensor:
-    """The soft skeleton of N×C×H×W maps in [0, 1] (module docstring)."""
-    skeleton = F.relu(x - soft_dilate(soft_erode(x)))
+    """The soft skeleton of N×C×H×W maps in [0, 1] (module docstring).
+
+    The paper's loop erodes each iterate twice (once to step, once inside the opening); the erosion of
+    step k is the next step's iterate, so it is computed once here: the same values, 4 erosions instead of
+    7 for 3 iterations."""
+    eroded = soft_erode(x)
+    skeleton = F.relu(x - soft_dilate(eroded))
     for _ in range(iterations):
-        x = soft_erode(x)
-        delta = F.relu(x - soft_dilate(soft_erode(x)))
+        x, eroded = eroded, soft_erode(eroded)
+        delta = F.relu(x - soft_dilate(eroded))
         skeleton = skeleton + F.relu(delta - skeleton * delta)
     return skeleton
 
