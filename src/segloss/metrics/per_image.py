@@ -12,6 +12,9 @@ Images are identified by their position in the split (``index``: under DDP, rank
 r + k·W, the order of :class:`segloss.data.sampling.ShardSampler`) and by name. The counts are a
 ``dist_reduce_fx="cat"`` list state (rows ``[index, TP_0.., FP_0.., FN_0..]``, int64, no host sync per
 update); the names stay on the host of the rank that saw them and are gathered at ``compute()``.
+
+``extras`` (name → (width, dtype)) adds further per-image arrays to each row: the quality metrics' counts
+(:func:`segloss.metrics.quality.per_image_fields`). float64 arrays travel bit for bit as int64 (``view``).
 """
 
 from __future__ import annotations
@@ -32,8 +35,12 @@ class PerImageCounts(RowsMetric):
 
     is_differentiable = False
 
-    def __init__(self, num_classes: int, ignore_index: int = 255, **kwargs) -> None:
-        super().__init__(1 + 3 * num_classes, **kwargs)
+    def __init__(
+        self, num_classes: int, ignore_index: int = 255, extras: dict[str, tuple[int, torch.dtype]] | None = None,
+        **kwargs,
+    ) -> None:  # fmt: skip
+        self.extras = dict(extras or {})
+        super().__init__(1 + 3 * num_classes + sum(width for width, _ in self.extras.values()), **kwargs)
         self.num_classes, self.ignore_index = num_classes, ignore_index
         self.names: dict[int, str] = {}  # index → name of the images this rank saw (host only)
 
@@ -41,8 +48,12 @@ class PerImageCounts(RowsMetric):
         super().reset()
         self.names = {}
 
-    def update(self, preds: Tensor, target: Tensor, names: Sequence[str], first_index: int, stride: int = 1) -> None:
-        """Counts of N images whose positions in the split are ``first_index + stride·k``, k < N."""
+    def update(
+        self, preds: Tensor, target: Tensor, names: Sequence[str], first_index: int, stride: int = 1,
+        extras: dict[str, Tensor] | None = None,
+    ) -> None:  # fmt: skip
+        """Counts of N images whose positions in the split are ``first_index + stride·k``, k < N, with their
+        ``extras`` (name → N×width, every name of the constructor's)."""
         n, c = preds.shape[0], self.num_classes
         if not n:
             return
@@ -53,7 +64,13 @@ class PerImageCounts(RowsMetric):
         tp = confusion.diagonal(dim1=1, dim2=2)
         fp, fn = confusion.sum(dim=1) - tp, confusion.sum(dim=2) - tp
         index = first_index + stride * torch.arange(n, device=preds.device, dtype=torch.int64)
-        self.rows.append(torch.cat([index[:, None], tp, fp, fn], dim=1))
+        columns = [index[:, None], tp, fp, fn]
+        for name, (width, dtype) in self.extras.items():
+            if extras is None or name not in extras:
+                raise ValueError(f"PerImageCounts.update: the per-image array {name!r} is missing")
+            value = extras[name].to(device=preds.device, dtype=dtype).reshape(n, width)
+            columns.append(value.view(torch.int64) if dtype == torch.float64 else value.long())
+        self.rows.append(torch.cat(columns, dim=1))
         for k, name in enumerate(names):
             self.names[first_index + stride * k] = str(name)
 
@@ -66,23 +83,25 @@ class PerImageCounts(RowsMetric):
             torch.distributed.all_gather_object(gathered, self.names)
             for part in gathered:
                 names.update(part)
-        tp, fp, fn = rows[:, 1:].split(self.num_classes, dim=1)
-        return {
-            "index": rows[:, 0],
-            "names": [names.get(i, "") for i in rows[:, 0].tolist()],
-            "tp": tp,
-            "fp": fp,
-            "fn": fn,
-        }
+        c = self.num_classes
+        widths = [c, c, c, *(width for width, _ in self.extras.values())]
+        tp, fp, fn, *extra = rows[:, 1:].split(widths, dim=1)
+        out = {"index": rows[:, 0], "names": [names.get(i, "") for i in rows[:, 0].tolist()], "tp": tp, "fp": fp}
+        out["fn"] = fn
+        for (name, (_, dtype)), value in zip(self.extras.items(), extra, strict=True):
+            out[name] = value.contiguous().view(torch.float64) if dtype == torch.float64 else value
+        return out
 
 
 def save_per_image(path, counts: dict, class_names: Sequence[str], metric: str, value: float | None) -> None:
     """Write the per-image counts of a run's best validation (``per_image_val.npz``): arrays ``index``, ``names``,
-    ``class_names``, ``tp``, ``fp``, ``fn`` and the ``metric`` that chose that validation with its ``value``.
+    ``class_names``, ``tp``, ``fp``, ``fn``, the quality metrics' per-image arrays (``band_inter`` …, as
+    :class:`PerImageCounts` has them) and the ``metric`` that chose that validation with its ``value``.
     Written to a temporary name and renamed, so a reader never sees half a file."""
     from pathlib import Path
 
     path = Path(path)
+    arrays = {k: v.numpy() for k, v in counts.items() if k not in ("index", "names") and hasattr(v, "numpy")}
     partial = path.with_name(path.name + ".partial")
     with partial.open("wb") as handle:
         np.savez_compressed(
@@ -90,9 +109,7 @@ def save_per_image(path, counts: dict, class_names: Sequence[str], metric: str, 
             index=counts["index"].numpy(),
             names=np.array(counts["names"], dtype=str),
             class_names=np.array(list(class_names), dtype=str),
-            tp=counts["tp"].numpy(),
-            fp=counts["fp"].numpy(),
-            fn=counts["fn"].numpy(),
+            **arrays,
             metric=np.array(metric),
             value=np.array(np.nan if value is None else value),
         )

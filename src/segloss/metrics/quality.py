@@ -20,6 +20,11 @@ over the whole split (summed over ranks under DDP), like the confusion matrix of
   the pixels are predicted as their class — per class and overall. Rare, thin classes live here. Runs on the
   CPU with ``scipy.ndimage.label`` (one component labelling per image and class present: the costliest of
   these metrics, ``make bench-metrics``).
+
+Each metric also keeps its last batch's counts per image (``latest``: N×K arrays, int64 or float64) — the
+band intersections and unions, the small objects and those found, the calibration bins and the NLL sum — which
+:class:`segloss.metrics.per_image.PerImageCounts` stores with the TP/FP/FN, so that ``make compare`` can give
+these scores intervals over images (:data:`PER_IMAGE_FIELDS`; every score is a function of the sums).
 """
 
 from __future__ import annotations
@@ -35,6 +40,32 @@ from torchmetrics import Metric
 from segloss.metrics.confusion import count_bins
 
 ECE_BINS = 15
+
+
+def per_image_fields(num_classes: int, bins: int = ECE_BINS) -> dict[str, dict[str, tuple[int, torch.dtype]]]:
+    """Per metric, the per-image arrays it keeps in ``latest``: name → (width, dtype)."""
+    return {
+        "boundary": {"band_inter": (num_classes, torch.int64), "band_union": (num_classes, torch.int64)},
+        "calibration": {
+            "calib_count": (bins, torch.int64),
+            "calib_correct": (bins, torch.int64),
+            "calib_confidence": (bins, torch.float64),
+            "nll_sum": (1, torch.float64),
+        },
+        "small": {"small_found": (num_classes, torch.int64), "small_objects": (num_classes, torch.int64)},
+    }
+
+
+def per_image_bins(index: Tensor, bins: int, weights: Tensor | None = None) -> Tensor:
+    """N × bins: per image (the first axis of ``index``), how many of its entries (or how much ``weights``) fall
+    in each bin; entries with index ≥ ``bins`` count nowhere."""
+    n = index.shape[0]
+    index = index.reshape(n, -1)
+    flat = torch.where(index < bins, index + bins * torch.arange(n, device=index.device)[:, None], n * bins)
+    if weights is None:
+        return count_bins(flat.flatten(), n * bins).view(n, bins)
+    sums = torch.zeros(n * bins + 1, dtype=weights.dtype, device=index.device)
+    return sums.index_add_(0, flat.flatten(), weights.reshape(-1))[: n * bins].view(n, bins)
 
 
 def label_edges(labels: Tensor) -> Tensor:
@@ -108,10 +139,12 @@ class BoundaryIoU(PerClassRatio):
         band_t = near_other_label(truth, width) & valid
         band_g = near_other_label(guess, width) & valid
         both = band_t & band_g & (truth == guess)
-        inter = count_bins(torch.where(both, truth, c).flatten(), c)
-        self.hits += inter
-        self.total += count_bins(torch.where(band_t, truth, c).flatten(), c)
-        self.total += count_bins(torch.where(band_g, guess, c).flatten(), c) - inter
+        inter = per_image_bins(torch.where(both, truth, c), c)
+        union = per_image_bins(torch.where(band_t, truth, c), c) + per_image_bins(torch.where(band_g, guess, c), c)
+        union -= inter
+        self.latest = {"band_inter": inter, "band_union": union}
+        self.hits += inter.sum(0)
+        self.total += union.sum(0)
 
     def compute(self) -> dict[str, Tensor]:
         biou = self.ratio()
@@ -142,13 +175,17 @@ class Calibration(Metric):
         top, pred = logits.max(1)
         confidence = (top - log_norm).exp()
         valid &= confidence.isfinite()  # non-finite logits (a broken net) have no confidence to score
-        index = torch.where(valid, (confidence * self.bins).long().clamp_(max=self.bins - 1), self.bins).flatten()
-        self.count += count_bins(index, self.bins)
-        self.correct += count_bins(torch.where(pred.flatten() == safe.flatten(), index, self.bins), self.bins)
-        sums = torch.zeros(self.bins + 1, dtype=torch.float64, device=logits.device)
-        self.confidence += sums.index_add_(0, index, confidence.flatten().double())[: self.bins]
+        index = torch.where(valid, (confidence * self.bins).long().clamp_(max=self.bins - 1), self.bins)
+        count = per_image_bins(index, self.bins)
+        correct = per_image_bins(torch.where(pred == safe, index, self.bins), self.bins)
+        conf = per_image_bins(index, self.bins, confidence.double())
         nll = log_norm - logits.gather(1, safe.unsqueeze(1)).squeeze(1)  # −log p_y
-        self.nll += torch.where(valid, nll, 0.0).double().sum()
+        nll = torch.where(valid, nll, 0.0).double().flatten(1).sum(1, keepdim=True)
+        self.latest = {"calib_count": count, "calib_correct": correct, "calib_confidence": conf, "nll_sum": nll}
+        self.count += count.sum(0)
+        self.correct += correct.sum(0)
+        self.confidence += conf.sum(0)
+        self.nll += nll.sum()
 
     def compute(self) -> dict[str, Tensor]:
         pixels = self.count.sum().double()
@@ -173,9 +210,9 @@ class SmallObjectRecall(PerClassRatio):
 
     def update(self, preds: Tensor, target: Tensor) -> None:
         preds, target = preds.cpu().numpy(), target.cpu().numpy()
-        objects = np.zeros(self.num_classes, dtype=np.int64)
-        found = np.zeros(self.num_classes, dtype=np.int64)
-        for image, truth in zip(preds, target, strict=True):
+        objects = np.zeros((len(preds), self.num_classes), dtype=np.int64)
+        found = np.zeros((len(preds), self.num_classes), dtype=np.int64)
+        for i, (image, truth) in enumerate(zip(preds, target, strict=True)):
             for c in np.unique(truth):
                 if not 0 <= c < self.num_classes:
                     continue
@@ -183,10 +220,14 @@ class SmallObjectRecall(PerClassRatio):
                 areas = np.bincount(labels.ravel(), minlength=count + 1)
                 hits = np.bincount(labels.ravel(), weights=(image == c).ravel(), minlength=count + 1)
                 small = (areas[1:] < self.small_area) & (areas[1:] > 0)
-                objects[c] += int(small.sum())
-                found[c] += int((small & (hits[1:] >= 0.5 * areas[1:])).sum())
-        self.total += torch.from_numpy(objects).to(self.total.device)
-        self.hits += torch.from_numpy(found).to(self.hits.device)
+                objects[i, c] = int(small.sum())
+                found[i, c] = int((small & (hits[1:] >= 0.5 * areas[1:])).sum())
+        self.latest = {
+            "small_found": torch.from_numpy(found).to(self.hits.device),
+            "small_objects": torch.from_numpy(objects).to(self.total.device),
+        }
+        self.total += self.latest["small_objects"].sum(0)
+        self.hits += self.latest["small_found"].sum(0)
 
     def compute(self) -> dict[str, Tensor]:
         recall = self.ratio()
@@ -208,6 +249,7 @@ class QualityMetrics(torch.nn.ModuleDict):
         small_object_area: int = 1024,
     ) -> None:
         super().__init__()
+        self.num_classes = num_classes
         if boundary_iou:
             self["boundary"] = BoundaryIoU(num_classes, boundary_dilation)
         if calibration:
@@ -215,9 +257,18 @@ class QualityMetrics(torch.nn.ModuleDict):
         if small_objects:
             self["small"] = SmallObjectRecall(num_classes, small_object_area)
 
-    def accumulate(self, preds: Tensor, target: Tensor, logits: Tensor) -> None:
+    def per_image_fields(self) -> dict[str, tuple[int, torch.dtype]]:
+        """name → (width, dtype) of the per-image arrays that :meth:`accumulate` returns."""
+        fields = per_image_fields(self.num_classes)
+        return {k: v for name in self.keys() for k, v in fields[name].items()}
+
+    def accumulate(self, preds: Tensor, target: Tensor, logits: Tensor) -> dict[str, Tensor]:
+        """Update every metric with one batch; returns the batch's per-image arrays (:meth:`per_image_fields`)."""
+        latest = {}
         for name, metric in self.items():
             metric.update(logits, target) if name == "calibration" else metric.update(preds, target)
+            latest.update(metric.latest)
+        return latest
 
     def compute(self) -> dict[str, Tensor]:
         return {k: v for metric in self.values() if metric.update_called for k, v in metric.compute().items()}

@@ -1,7 +1,7 @@
 """The metrics of one evaluation stage (val or test), updated per batch and read once per split.
 
 * split-level IoU, Dice, accuracy and recall from one confusion matrix (:mod:`segloss.metrics.confusion`);
-* each image's TP/FP/FN (:mod:`segloss.metrics.per_image`, what ``make compare`` resamples);
+* each image's TP/FP/FN and quality counts (:mod:`segloss.metrics.per_image`, what ``make compare`` resamples);
 * the ``metrics`` config node's Boundary IoU, calibration and small-object recall
   (:mod:`segloss.metrics.quality`);
 * for items with a ``"case"`` (slices of volumes): per-case Dice (:mod:`segloss.metrics.per_case`) and, with
@@ -30,8 +30,8 @@ class EvaluationMetrics(nn.Module):
         surface = quality.pop("surface_distance", False)  # per-case HD95/ASSD of volume data (MSD)
         self.class_names = list(class_names)
         self.split = SegmentationMetrics(num_classes, ignore_index)
-        self.images = PerImageCounts(num_classes, ignore_index)
         self.quality = QualityMetrics(num_classes, **quality)
+        self.images = PerImageCounts(num_classes, ignore_index, self.quality.per_image_fields())
         self.case = CaseDice(num_classes, ignore_index)
         self.surface = CaseSurfaceDistance(num_classes, ignore_index) if surface else None
         self.seen = 0  # images this rank has scored in the current pass
@@ -45,9 +45,9 @@ class EvaluationMetrics(nn.Module):
         (rank r's k-th image is image r + k·W of the split)."""
         mask = batch["mask"]
         self.split.update(preds, mask)
-        self.quality.accumulate(preds, mask, logits)
+        extras = self.quality.accumulate(preds, mask, logits)
         names = batch.get("name") or [""] * len(preds)
-        self.images.update(preds, mask, names, rank + world * self.seen, world)
+        self.images.update(preds, mask, names, rank + world * self.seen, world, extras)
         self.seen += len(preds)
         if "case" in batch:
             self.case.update(preds, mask, batch["case"])
