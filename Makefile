@@ -15,7 +15,7 @@ export DATA_ROOT
 endif
 
 .DEFAULT_GOAL := help
-.PHONY: help install data train sweep search compare eval predict stats test lint format bench bench-losses bench-data bench-overhead bench-metrics bench-train-step bench-recipe clean clean-logs clean-data
+.PHONY: help install data train sweep search compare rescore eval predict stats test lint format bench bench-losses bench-data bench-overhead bench-metrics bench-train-step bench-recipe clean clean-logs clean-data
 
 help: ## show this help
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN{FS=":.*## "}{printf "  make %-11s %s\n", $$1, $$2}'
@@ -48,6 +48,10 @@ search: $(STAMP) $(SYNTHETIC) ## Optuna search of loss hyper-parameters: make se
 
 compare: $(STAMP) ## table (95 % intervals, paired tests) + plots of a sweep: make compare [DIR=…] [ARGS="--baseline ce --out folder"]
 	$(PY) -m segloss.compare $(DIR) $(ARGS)
+
+rescore: $(STAMP) ## add the per-image quality counts to older runs from their best checkpoints: make rescore DIR=…
+	@test -n "$(DIR)" || { echo "usage: make rescore DIR=logs/train/multiruns/<sweep>"; exit 2; }
+	$(PY) -m segloss.rescore $(DIR) $(ARGS)
 
 eval: $(STAMP) ## evaluate a checkpoint: make eval CKPT=logs/.../best.ckpt [EXP=name] [ARGS="split=val"]
 	@test -n "$(CKPT)" || { echo "usage: make eval CKPT=path/to/checkpoint.ckpt [EXP=name]"; exit 2; }

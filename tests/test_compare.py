@@ -6,6 +6,7 @@ import csv
 import json
 import math
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -235,6 +236,44 @@ def test_boundary_iou_and_calibration_columns_mark_their_own_best(tmp_path):
     assert math.isnan(summary["stats"]["dice"]["ECE"][0])
     table = markdown_table(summary)
     assert "| mBIoU | ECE |" in table and "**35.0 ± 0.0**" in table and "**2.0 ± 0.0**" in table
+
+
+def test_boundary_iou_recall_and_calibration_get_intervals_from_per_image_counts(counted_sweep):
+    """Runs that stored the quality counts get 95 % intervals for those scores too (recall from TP/FN always);
+    a run without them leaves the others' scores without intervals, with a note naming `make rescore`."""
+    rng = np.random.default_rng(3)
+    for npz in sorted(counted_sweep.rglob("per_image_val.npz")):
+        with np.load(npz) as data:
+            stored = dict(data)
+        m = len(stored["names"])
+        union = rng.integers(50, 100, size=(m, 2))
+        count = rng.integers(100, 200, size=(m, 15))
+        extra = {"band_union": union, "band_inter": rng.binomial(union, 0.4), "calib_count": count,
+                 "calib_correct": rng.binomial(count, 0.8), "calib_confidence": 0.75 * count,
+                 "nll_sum": 0.4 * count.sum(1, keepdims=True)}  # fmt: skip
+        np.savez(npz, **stored, **extra)
+    runs, _ = load_runs(counted_sweep)
+    for run in runs:  # the logged scores, as a training would have them from the same counts
+        with np.load(run.per_image) as data:
+            run.scores = {"mBIoU": float((data["band_inter"].sum(0) / data["band_union"].sum(0)).mean()),
+                          "ECE": float(np.abs(data["calib_correct"].sum(0) - data["calib_confidence"].sum(0)).sum()
+                                       / data["calib_count"].sum()), "NLL": 0.4,
+                          "mRecall": float((data["tp"].sum(0) / (data["tp"] + data["fn"]).sum(0)).mean())}  # fmt: skip
+    summary = add_statistics(summarise(runs), runs, baseline="ce", draws=500)
+    for loss in ("ce", "better"):
+        for name in ("mBIoU", "ECE", "mRecall"):
+            low, high = summary["ci"][loss][name]
+            assert low < summary["stats"][loss][name][0] < high and high - low < 0.05, (loss, name)
+        assert summary["ci"][loss]["NLL"] == pytest.approx((0.4, 0.4))
+    assert summary["ci"]["better"]["mRecall"][0] > summary["ci"]["ce"]["mRecall"][1]  # 0.7 vs 0.6 recall
+    assert not summary["notes"]
+    (row,) = [line for line in markdown_table(summary).splitlines() if line.startswith("| ce |")]
+    assert re.search(r"\| baseline \|  \| < \| \**\d+\.\d \[\d+\.\d, \d+\.\d\]\**", row), row
+    with np.load(runs[0].per_image) as data:
+        np.savez(runs[0].per_image, **{k: data[k] for k in ("index", "names", "class_names", "tp", "fp", "fn")})
+    again = add_statistics(summarise(runs), runs, baseline="ce", draws=200)
+    assert "mBIoU" not in again["ci"]["ce"] and "mRecall" in again["ci"]["ce"]
+    assert any("make rescore" in note for note in again["notes"])
 
 
 def test_a_difference_is_real_only_when_the_test_and_the_interval_agree():

@@ -6,8 +6,10 @@ import numpy as np
 import pytest
 import torch
 
+from segloss.comparison.stats import SCORES
 from segloss.metrics import SegmentationMetrics
 from segloss.metrics.per_image import PerImageCounts
+from segloss.metrics.quality import Calibration, QualityMetrics
 from tests.conftest import QUIET_RUN, TINY_SYNTHETIC, fit
 
 
@@ -42,3 +44,36 @@ def test_a_training_stores_the_per_image_counts_of_its_best_epoch(tmp_path):
     assert np.nanmean(iou) == pytest.approx(float(run["best_value"]), abs=1e-6)
     assert str(stored["metric"]) == "val/mIoU" and float(stored["value"]) == pytest.approx(run["best_value"])
     assert torch.allclose(run["results"]["IoU"].double(), torch.from_numpy(iou), equal_nan=True, atol=1e-6)
+    # the quality counts (default metrics: Boundary IoU and calibration) give the logged scores back
+    sums = {k: stored[k].sum(0) for k in stored.files if k not in ("index", "names", "class_names", "metric", "value")}
+    for name in ("mBIoU", "ECE", "NLL", "mRecall"):
+        needs, score = SCORES[name]
+        assert float(score({k: sums[k] for k in needs})) == pytest.approx(float(run["results"][name]), abs=1e-6), name
+    assert "small_found" not in stored  # off by default: no column for it
+
+
+def test_extra_per_image_arrays_travel_with_the_rows_bit_for_bit():
+    """The quality metrics' per-image arrays (float64 too) come back as given, in split order, and sum to the
+    split-level metric."""
+    torch.manual_seed(1)
+    logits = torch.randn(4, 3, 16, 20)
+    target = torch.randint(0, 3, (4, 16, 20))
+    target[2, :5] = 255
+    quality = QualityMetrics(3, small_objects=True, small_object_area=64)
+    images = PerImageCounts(3, extras=quality.per_image_fields())
+    for part, first in ((slice(0, 2), 0), (slice(2, 4), 1)):  # two ranks of a 2-rank pass
+        preds = logits[part].argmax(1)
+        extras = quality.accumulate(preds, target[part], logits[part])
+        assert extras["calib_confidence"].dtype == torch.float64 and extras["band_inter"].shape == (2, 3)
+        images.update(preds, target[part], ["p", "q"] if first == 0 else ["r", "s"], first, 2, extras)
+    out, split = images.compute(), quality.compute()
+    assert out["names"] == ["p", "r", "q", "s"]
+    sums = {k: v.numpy().sum(0) for k, v in out.items() if k not in ("index", "names")}
+    for name, key in (("mBIoU", "mBIoU"), ("ECE", "ECE"), ("NLL", "NLL"), ("mSmallRecall", "mSmallRecall")):
+        needs, score = SCORES[name]
+        assert float(score({k: sums[k] for k in needs})) == pytest.approx(float(split[key]), rel=1e-6), name
+    single = Calibration(3)
+    single.update(logits[1:2], target[1:2])
+    assert torch.equal(out["calib_confidence"][2], single.latest["calib_confidence"][0])  # image q, float64 exact
+    with pytest.raises(ValueError, match="'band_inter' is missing"):
+        images.update(preds, target[2:], ["x", "y"], 8, 2, {})

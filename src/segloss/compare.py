@@ -7,7 +7,9 @@ per-image counts (``per_image_val.npz``, written by every training) each mean ge
 interval over seeds × images, and three columns test the differences (:mod:`segloss.comparison.stats`):
 the paired difference in mIoU to the baseline (``--baseline``, default the first loss) with its interval,
 its p-value (paired permutation test, Holm-corrected over the table) and whether each loss can be told
-apart from the best one. Without counts the table falls back to mean ± standard deviation over seeds.
+apart from the best one. Boundary IoU, recall, small-object recall, ECE and NLL get the same intervals from
+the per-image quality counts stored beside TP/FP/FN (older runs: ``make rescore``). Without counts the table
+falls back to mean ± standard deviation over seeds.
 Classes with no IoU in any run (absent from the validation split) are left out. Runs that failed (a
 ``FAILED`` file) or never validated are listed and skipped.
 
@@ -67,7 +69,7 @@ def table_rows(summary: dict) -> tuple[list[str], list[list]]:
     interval, p, Holm-adjusted p, and whether it is told apart from the best (None where not computed)."""
     columns = summary["columns"]
     header = ["loss", "seeds"] + [f"{c}_{s}" for c in columns for s in ("mean", "std", "ci_low", "ci_high")]
-    header += [f"{name}_{s}" for name in summary.get("extra", []) for s in ("mean", "std")]
+    header += [f"{name}_{s}" for name in summary.get("extra", []) for s in ("mean", "std", "ci_low", "ci_high")]
     header += ["delta_mIoU", "delta_low", "delta_high", "p", "p_holm", "vs_best"]
     rows = []
     for loss in summary["losses"]:
@@ -77,7 +79,7 @@ def table_rows(summary: dict) -> tuple[list[str], list[list]]:
             low, high = intervals.get(column, (math.nan, math.nan))
             values += [*summary["stats"][loss][column], low, high]
         for name in summary.get("extra", []):
-            values += list(summary["stats"][loss][name])
+            values += [*summary["stats"][loss][name], *intervals.get(name, (math.nan, math.nan))]
         test = summary.get("vs_baseline", {}).get(loss)
         if test is None:
             values += [math.nan] * 5

@@ -26,12 +26,18 @@ mean over its seeds. Two sources of noise: which seeds were drawn, and which ima
   interval does. A difference is called real only when both agree: Holm-adjusted p < α *and* the paired
   interval excludes 0. With few seeds the interval is the stricter of the two.
 
+* **The other scores** (Boundary IoU, recall, small-object recall, ECE, NLL: :data:`SCORES`) are, like IoU,
+  functions of per-image sums (band intersections and unions, calibration bins, …, stored by
+  :class:`segloss.metrics.per_image.PerImageCounts`), so :func:`bootstrap_score` gives them the same interval
+  over seeds × images. Their paired tests are not computed: the table tests mIoU.
+
 Everything is seeded (``seed``), so a comparison prints the same numbers every time.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -45,10 +51,11 @@ class Counts:
     seeds: list[int]
     tp: np.ndarray
     union: np.ndarray
+    parts: dict[str, np.ndarray] = field(default_factory=dict)  # other per-image arrays, S × M × K each
 
     def select(self, seeds: list[int]) -> Counts:
         rows = [self.seeds.index(s) for s in seeds]
-        return Counts(list(seeds), self.tp[rows], self.union[rows])
+        return Counts(list(seeds), self.tp[rows], self.union[rows], {k: v[rows] for k, v in self.parts.items()})
 
 
 def iou(tp: np.ndarray, union: np.ndarray) -> np.ndarray:
@@ -143,6 +150,40 @@ def paired_difference(
     diff = _resampled_scores(a, image_weights)[1] - _resampled_scores(b, image_weights)[1]
     interval = _percentiles(_seed_mean(diff, seed_weights)[:, None])[:, 0]
     return {"delta": delta, "interval": interval, "p": (1 + hits) / (1 + permutations), "seeds": len(common)}
+
+
+def _class_mean(hits: np.ndarray, total: np.ndarray) -> np.ndarray:
+    return nanmean(iou(hits, total), axis=-1)
+
+
+# score → (the per-image arrays it needs, its value from their sums over images: … × K arrays → …)
+SCORES: dict[str, tuple[tuple[str, ...], Callable[[dict], np.ndarray]]] = {
+    "mBIoU": (("band_inter", "band_union"), lambda s: _class_mean(s["band_inter"], s["band_union"])),
+    "mRecall": (("tp", "fn"), lambda s: _class_mean(s["tp"], s["tp"] + s["fn"])),
+    "mSmallRecall": (("small_found", "small_objects"), lambda s: _class_mean(s["small_found"], s["small_objects"])),
+    "ECE": (
+        ("calib_count", "calib_correct", "calib_confidence"),
+        lambda s: np.abs(s["calib_correct"] - s["calib_confidence"]).sum(-1) / s["calib_count"].sum(-1),
+    ),
+    "NLL": (("nll_sum", "calib_count"), lambda s: s["nll_sum"][..., 0] / s["calib_count"].sum(-1)),
+}
+
+
+def bootstrap_score(name: str, counts: Counts, replicates: int = 2000, seed: int = 0) -> np.ndarray | None:
+    """95 % interval (2) of the mean over seeds of score ``name`` (:data:`SCORES`), resampling seeds and images
+    as :func:`bootstrap_interval`; None when the runs did not store its per-image arrays."""
+    needs, score = SCORES[name]
+    if any(part not in counts.parts for part in needs):
+        return None
+    rng = np.random.default_rng(seed)
+    seed_weights, image_weights = _draws(rng, replicates, len(counts.seeds), counts.tp.shape[1])
+    sums = {
+        part: np.einsum("bm,smk->bsk", image_weights, counts.parts[part].astype(np.float64), optimize=True)
+        for part in needs
+    }
+    with np.errstate(invalid="ignore", divide="ignore"):
+        values = score(sums)  # B × S
+    return _percentiles(_seed_mean(values, seed_weights)[:, None])[:, 0]
 
 
 def holm(p_values: dict[str, float]) -> dict[str, float]:

@@ -61,6 +61,7 @@ def load_counts(runs: list[Run], classes: list[str]) -> tuple[dict[str, stats.Co
     if any(len(data["names"]) != len(names) for _, data in stored):
         notes.append(f"only the {len(names)} images that every run scored are compared")
     grouped: dict[str, list] = {}
+    part_names = _common_parts(stored, notes)
     for run, data in stored:
         rows = {name: i for i, name in enumerate(data["names"].tolist())}
         order = [rows[name] for name in names]
@@ -68,14 +69,35 @@ def load_counts(runs: list[Run], classes: list[str]) -> tuple[dict[str, stats.Co
         cols = [known.index(c) if c in known else -1 for c in classes]
         tp = np.where(np.array(cols) >= 0, data["tp"][order][:, cols], 0)
         union = np.where(np.array(cols) >= 0, (data["tp"] + data["fp"] + data["fn"])[order][:, cols], 0)
-        grouped.setdefault(run.loss, []).append((run.seed, tp, union))
+        parts = {key: data[key][order] for key in part_names}  # the runs' own class order (checked equal)
+        grouped.setdefault(run.loss, []).append((run.seed, tp, union, parts))
     counts = {
         loss: stats.Counts(
-            [s for s, _, _ in items], np.stack([t for _, t, _ in items]), np.stack([u for _, _, u in items])
+            [item[0] for item in items],
+            np.stack([item[1] for item in items]),
+            np.stack([item[2] for item in items]),
+            {key: np.stack([item[3][key] for item in items]) for key in part_names},
         )
         for loss, items in grouped.items()
     }
     return counts, notes
+
+
+def _common_parts(stored: list, notes: list[str]) -> list[str]:
+    """The per-image arrays (TP/FN and the quality counts) that every stored run has, for the intervals of the
+    other scores; none if the runs' classes differ."""
+    if len({tuple(data["class_names"].tolist()) for _, data in stored}) > 1:
+        notes.append("the runs' classes differ: no intervals for Boundary IoU, recall and calibration")
+        return []
+    wanted = {part for needs, _ in stats.SCORES.values() for part in needs}
+    common = set.intersection(*(set(data.files) for _, data in stored)) & wanted
+    missing = {part for _, data in stored for part in data.files if part in wanted} - common
+    if missing:
+        notes.append(
+            "some runs stored no per-image quality counts (older runs: `make rescore DIR=…` adds them), so "
+            f"{', '.join(sorted(missing))} give no interval"
+        )
+    return sorted(common)
 
 
 def add_statistics(
@@ -96,6 +118,10 @@ def add_statistics(
     for loss, c in counts.items():
         interval = stats.bootstrap_interval(c, replicates=draws, seed=seed)
         ci[loss] = {"mIoU": tuple(interval["mIoU"]), **{n: tuple(interval["IoU"][:, k]) for k, n in enumerate(classes)}}
+        for name in summary.get("extra", []):
+            found = stats.bootstrap_score(name, c, replicates=draws, seed=seed)
+            if found is not None:
+                ci[loss][name] = tuple(found)
     vs_baseline = _family(counts, baseline, [name for name in losses if name != baseline], seed, draws)
     best = summary["best"].get("mIoU")
     vs_best = _family(counts, best, [name for name in losses if name != best], seed, draws) if best in counts else {}
@@ -169,11 +195,19 @@ def score_cells(summary: dict, loss: str) -> list[tuple[str, bool]]:
 
 
 def extra_cells(summary: dict, loss: str) -> list[tuple[str, bool]]:
-    """(text, best) for the other scores (Boundary IoU, recall, … in %; ECE in %, NLL as it is): mean ± std."""
+    """(text, best) for the other scores (Boundary IoU, recall, … in %; ECE in %, NLL as it is): mean with its
+    95 % interval where the runs stored per-image counts for it, else mean ± std."""
     cells = []
+    intervals = summary.get("ci", {}).get(loss, {})
     for name in summary.get("extra", []):
         mean, std = summary["stats"][loss][name]
-        text = "—" if math.isnan(mean) else f"{mean:.3f} ± {std:.3f}" if name == "NLL" else cell(mean, std)
+        interval = intervals.get(name)
+        if name != "NLL" or math.isnan(mean):
+            text = cell(mean, std, interval)
+        elif interval is not None:
+            text = f"{mean:.3f} [{interval[0]:.3f}, {interval[1]:.3f}]"
+        else:
+            text = f"{mean:.3f} ± {std:.3f}"
         cells.append((text, summary["best"].get(name) == loss))
     return cells
 
