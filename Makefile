@@ -15,7 +15,7 @@ export DATA_ROOT
 endif
 
 .DEFAULT_GOAL := help
-.PHONY: help install data train sweep search compare rescore eval predict stats test lint format bench bench-losses bench-data bench-overhead bench-metrics bench-train-step bench-recipe clean clean-logs clean-data
+.PHONY: help install data download train sweep search compare rescore eval predict stats test lint format bench bench-losses bench-data bench-overhead bench-metrics bench-train-step bench-recipe clean clean-logs clean-data
 
 help: ## show this help
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN{FS=":.*## "}{printf "  make %-11s %s\n", $$1, $$2}'
@@ -32,6 +32,10 @@ $(SYNTHETIC): | $(STAMP)
 	$(VENV)/bin/segloss-synthetic --root $(DATA_DIR)/synthetic_city
 
 data: $(SYNTHETIC) ## generate the embedded synthetic_city dataset (once)
+
+# A real dataset into DATA_ROOT (configs/download/<DATA>.yaml) and/or encoder weights into paths.weights_dir.
+download: $(STAMP) ## fetch + verify + unpack: make download DATA=voc|voc_aug|msd|kvasir|cityscapes [TASK=Task09_Spleen] [WEIGHTS=resnet50] [EXP=ce_voc] [ARGS=…]
+	$(PY) -m segloss.download $(if $(DATA),download=$(DATA)) $(if $(TASK),download.task=$(TASK)) $(if $(WEIGHTS),'weights="$(WEIGHTS)"') $(if $(EXP),weights_from=$(EXP)) $(ARGS)
 
 train: $(STAMP) $(SYNTHETIC) ## train: make train [EXP=focal_cityscapes] [LAUNCHER=slurm] [ARGS="trainer.max_epochs=2"]
 	$(PY) -m segloss.train $(LAUNCHER_ARG) $(EXP_ARG) $(ARGS)

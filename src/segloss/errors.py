@@ -86,3 +86,13 @@ class NonFiniteLossError(SeglossError):
             f"is read at logging steps and before checkpoints; model.nonfinite_defer=false reads every step); "
             f"images {found['names']}; non-finite term(s): {broken}. {cls.FIXES}"
         )
+
+
+class DownloadError(SeglossError, RuntimeError):
+    """``make download``: fetching, verifying, unpacking or preparing a dataset or encoder weights failed.
+    The message names the file or URL, what went wrong and the fix; nothing half-written is left in the
+    dataset root, and re-running the same command continues (a partial download resumes)."""
+
+
+class WeightsUnavailableError(SeglossError, RuntimeError):
+    """Pretrained encoder weights were asked for but are neither in ``paths.weights_dir`` nor reachable."""

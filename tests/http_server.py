@@ -1,0 +1,101 @@
+"""A tiny HTTP server on 127.0.0.1 for the download tests: serves files by URL path (query included), honours
+``Range: bytes=N-`` (206, or 416 past the end), can cut a response after K bytes once, answer a status code
+instead, ignore ranges, and imitate a login site (a form that sets a session cookie, files behind it)."""
+
+from __future__ import annotations
+
+import threading
+import urllib.parse
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+
+class FileServer(ThreadingHTTPServer):
+    daemon_threads = True
+
+    def __init__(self) -> None:
+        super().__init__(("127.0.0.1", 0), Handler)
+        self.routes: dict[str, Path] = {}
+        self.cut_once: dict[str, int] = {}  # path -> bytes to send before closing the connection (once)
+        self.status: dict[str, int] = {}  # path -> status code to answer instead
+        self.ignore_range = False
+        self.login: tuple[str, str] | None = None  # (username, password) the login form accepts
+        self.protected: set[str] = set()  # paths that need the session cookie
+        self.log: list[tuple[str, str, str | None]] = []  # (method, path, Range header)
+        self.thread = threading.Thread(target=self.serve_forever, daemon=True)
+        self.thread.start()
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.server_address[1]}"
+
+    def add(self, path: str, file: Path, protected: bool = False) -> str:
+        self.routes[path] = Path(file)
+        if protected:
+            self.protected.add(path)
+        return f"{self.url}{path}"
+
+    def gets(self, path: str) -> list[str | None]:
+        """The Range headers of the GET requests for ``path``."""
+        return [rng for method, p, rng in self.log if method == "GET" and p == path]
+
+
+class Handler(BaseHTTPRequestHandler):
+    server: FileServer
+
+    def log_message(self, *args) -> None:  # quiet
+        pass
+
+    def _html(self, text: str, cookie: str | None = None) -> None:
+        body = text.encode()
+        self.send_response(200)
+        self.send_header("Content-Type", "text/html")
+        self.send_header("Content-Length", str(len(body)))
+        if cookie:
+            self.send_header("Set-Cookie", cookie)
+        self.end_headers()
+        self.wfile.write(body)
+
+    def do_POST(self) -> None:
+        self.server.log.append(("POST", self.path, None))
+        length = int(self.headers.get("Content-Length", 0))
+        form = dict(urllib.parse.parse_qsl(self.rfile.read(length).decode()))
+        ok = self.server.login and (form.get("username"), form.get("password")) == self.server.login
+        ok = ok and form.get("submit") == "Login"
+        self._html("welcome" if ok else "login failed", "session=ok; Path=/" if ok else None)
+
+    def do_GET(self) -> None:
+        srv, path = self.server, self.path
+        srv.log.append(("GET", path, self.headers.get("Range")))
+        if path in srv.status:
+            self.send_error(srv.status[path])
+            return
+        if path not in srv.routes:
+            self.send_error(404)
+            return
+        if path in srv.protected and "session=ok" not in (self.headers.get("Cookie") or ""):
+            self._html("<form>please log in</form>")
+            return
+        data = srv.routes[path].read_bytes()
+        start, rng = 0, self.headers.get("Range")
+        if rng and not srv.ignore_range:
+            start = int(rng.removeprefix("bytes=").split("-")[0])
+            if start >= len(data):
+                self.send_response(416)
+                self.send_header("Content-Range", f"bytes */{len(data)}")
+                self.send_header("Content-Length", "0")
+                self.end_headers()
+                return
+            self.send_response(206)
+            self.send_header("Content-Range", f"bytes {start}-{len(data) - 1}/{len(data)}")
+        else:
+            self.send_response(200)
+        self.send_header("Content-Type", "application/octet-stream")
+        self.send_header("Content-Length", str(len(data) - start))
+        self.end_headers()
+        body = data[start:]
+        if path in srv.cut_once:
+            body = body[: srv.cut_once.pop(path)]
+            self.close_connection = True
+        self.wfile.write(body)
+        self.wfile.flush()
