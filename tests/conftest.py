@@ -134,3 +134,14 @@ def load_benchmark(name: str):
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
+
+
+@pytest.fixture
+def server():
+    """A file server on 127.0.0.1 for the download tests (:class:`tests.http_server.FileServer`)."""
+    from tests.http_server import FileServer
+
+    srv = FileServer()
+    yield srv
+    srv.shutdown()
+    srv.server_close()

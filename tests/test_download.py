@@ -19,14 +19,6 @@ from tests.http_server import FileServer
 
 
 @pytest.fixture
-def server():
-    srv = FileServer()
-    yield srv
-    srv.shutdown()
-    srv.server_close()
-
-
-@pytest.fixture
 def blob(tmp_path) -> Path:
     path = tmp_path / "served" / "data.tar"
     path.parent.mkdir()

@@ -21,14 +21,6 @@ from tests.http_server import FileServer
 from tests.trees import archives
 
 
-@pytest.fixture
-def server():
-    srv = FileServer()
-    yield srv
-    srv.shutdown()
-    srv.server_close()
-
-
 def download(tmp_path: Path, overrides: list[str]):
     """``python -m segloss.download overrides…`` in this process, data under ``tmp_path/data``."""
     cfg = compose_config("download", [f"paths.data_dir={tmp_path / 'data'}", *overrides], tmp_path / "run")
