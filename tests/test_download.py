@@ -115,6 +115,37 @@ def test_full_disk_stops_before_downloading(server, blob, tmp_path, monkeypatch)
     assert server.gets("/data.tar") == [] and not any((tmp_path / "dl").iterdir())
 
 
+def test_disk_filling_up_mid_download_keeps_the_part_and_the_rerun_resumes(server, blob, tmp_path, monkeypatch):
+    """ENOSPC while writing (the size was unknown, so no check could run before): one message naming the
+    problem and the fix, the bytes written so far kept, and the next run asks only for the rest."""
+    import errno
+
+    url = server.add("/data.tar", blob)
+    real_open = open
+
+    class FullDisk(io.FileIO):
+        def write(self, data):
+            if self.tell() + len(data) > 120_000:
+                raise OSError(errno.ENOSPC, "No space left on device")
+            return super().write(data)
+
+    def open_on_full_disk(path, mode="r", *args, **kwargs):
+        return io.BufferedWriter(FullDisk(path, mode.replace("b", ""))) if "b" in mode else real_open(path, mode)
+
+    monkeypatch.setattr(fetch_module, "CHUNK", 40_000)
+    monkeypatch.setattr(fetch_module, "open", open_on_full_disk, raising=False)
+    remote = Remote(url, "data.tar", None, md5(blob))
+    with pytest.raises(DownloadError, match="the disk filled up while writing") as err:
+        fetch(remote, tmp_path / "dl")
+    assert "then re-run: the download resumes" in str(err.value)
+    kept = (tmp_path / "dl" / "data.tar.part").stat().st_size
+    assert 0 < kept <= 120_000 and not (tmp_path / "dl" / "data.tar").exists()
+    monkeypatch.undo()
+    path, _ = fetch(remote, tmp_path / "dl")
+    assert path.read_bytes() == blob.read_bytes()
+    assert server.gets("/data.tar") == [None, f"bytes={kept}-"]
+
+
 def test_web_page_instead_of_archive_is_refused(server, tmp_path):
     server.add("/data.zip", tmp_path / "never-read", protected=True)  # answers the login page
     with pytest.raises(DownloadError, match="answered with a web page"):
