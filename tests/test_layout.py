@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 SRC = Path(__file__).resolve().parents[1] / "src" / "segloss"
-ENTRY_POINTS = {"train", "eval", "predict", "stats", "compare"}
+ENTRY_POINTS = {"train", "eval", "predict", "stats", "compare", "rescore"}
 SHARED = {"build", "checks", "errors", "callbacks", "__init__"}
 
 
@@ -43,7 +43,7 @@ def test_the_top_holds_entry_points_and_a_few_shared_modules():
     top = {p.stem for p in SRC.glob("*.py")}
     assert top == ENTRY_POINTS | SHARED
     packages = {p.name for p in SRC.iterdir() if p.is_dir() and (p / "__init__.py").exists()}
-    assert packages == {"comparison", "data", "losses", "metrics", "models", "utils"}
+    assert packages == {"comparison", "data", "download", "losses", "metrics", "models", "utils"}
 
 
 @pytest.mark.parametrize(
@@ -53,7 +53,8 @@ def test_the_top_holds_entry_points_and_a_few_shared_modules():
      ("losses", {"data", "models", "metrics", "utils", "build", "callbacks", "checks", "comparison", *ENTRY_POINTS}),
      ("metrics", {"data", "models", "losses", "build", "callbacks", "checks", *ENTRY_POINTS}),
      ("utils", {"data", "models", "losses", "metrics", "build", "callbacks", "checks", "comparison", *ENTRY_POINTS}),
-     ("comparison", {"data", "models", "losses", "metrics", "build", "callbacks", *ENTRY_POINTS})],
+     ("comparison", {"data", "models", "losses", "metrics", "build", "callbacks", *ENTRY_POINTS}),
+     ("download", {"data", "models", "losses", "metrics", "comparison", "build", "callbacks", "checks", *ENTRY_POINTS})],
 )  # fmt: skip
 def test_dependencies_point_one_way(package, forbidden):
     wrong = {
