@@ -54,7 +54,8 @@ def test_the_top_holds_entry_points_and_a_few_shared_modules():
      ("metrics", {"data", "models", "losses", "build", "callbacks", "checks", *ENTRY_POINTS}),
      ("utils", {"data", "models", "losses", "metrics", "build", "callbacks", "checks", "comparison", *ENTRY_POINTS}),
      ("comparison", {"data", "models", "losses", "metrics", "build", "callbacks", *ENTRY_POINTS}),
-     ("download", {"data", "models", "losses", "metrics", "comparison", "build", "callbacks", "checks", *ENTRY_POINTS})],
+     ("download", {"data", "models", "losses", "metrics", "comparison", "build", "callbacks", "checks",
+                   *ENTRY_POINTS})],
 )  # fmt: skip
 def test_dependencies_point_one_way(package, forbidden):
     wrong = {
