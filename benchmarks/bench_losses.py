@@ -59,6 +59,7 @@ def references(num_classes: int) -> dict[str, dict[str, object]]:
                 / t.numel()
             ),
         },
+        "cldice": {"segloss": ours.ClDiceLoss()},
         "ohem": {"segloss": ours.OhemCrossEntropyLoss()},
         "topk": {"segloss": ours.TopKCrossEntropyLoss()},
     }
@@ -82,6 +83,10 @@ def references(num_classes: int) -> dict[str, dict[str, object]]:
         table["generalized_dice"]["monai"] = _with_channel(monai.GeneralizedDiceLoss(**onehot))
         table["tversky"]["monai"] = _with_channel(monai.TverskyLoss(alpha=0.3, beta=0.7, **onehot))
         table["focal"]["monai"] = _with_channel(monai.FocalLoss(use_softmax=True, to_onehot_y=True, gamma=2.0))
+        # max-pool soft skeletons (the paper's code); MONAI pools the foreground channels into one score
+        # where segloss averages per class: the same skeleton work, a slightly different reduction
+        cl = monai.SoftDiceclDiceLoss(iter_=3, alpha=0.5, smooth=1.0)
+        table["cldice"]["monai"] = lambda z, t: cl(F.one_hot(t, num_classes).movedim(-1, 1).float(), z.softmax(1))
     except ImportError:
         print("monai not installed: its columns are skipped")
     return table

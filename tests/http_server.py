@@ -22,7 +22,7 @@ class FileServer(ThreadingHTTPServer):
         self.login: tuple[str, str] | None = None  # (username, password) the login form accepts
         self.protected: set[str] = set()  # paths that need the session cookie
         self.log: list[tuple[str, str, str | None]] = []  # (method, path, Range header)
-        self.thread = threading.Thread(target=self.serve_forever, daemon=True)
+        self.thread = threading.Thread(target=self.serve_forever, kwargs={"poll_interval": 0.02}, daemon=True)
         self.thread.start()
 
     @property

@@ -15,8 +15,8 @@ COUNTS = ("index", "names", "class_names", "tp", "fp", "fn", "metric", "value")
 @pytest.mark.slow
 def test_rescore_adds_the_quality_counts_of_the_same_predictions_and_refuses_others(tmp_path, capsys):
     run = tmp_path / "sweep" / "0_ce"
-    overrides = [*TINY_SYNTHETIC, *QUIET_RUN, f"paths.data_dir={tmp_path / 'data'}", "trainer.max_epochs=2",
-                 "metrics=study", f"hydra.run.dir={run}"]  # fmt: skip
+    overrides = [*TINY_SYNTHETIC, *QUIET_RUN, f"paths.data_dir={tmp_path / 'data'}", "trainer.max_epochs=1",
+                 "+trainer.limit_train_batches=2", "metrics=study", f"hydra.run.dir={run}"]  # fmt: skip
     run_cli("train", overrides)
     stored = run / "per_image_val.npz"
     with np.load(stored) as data:
