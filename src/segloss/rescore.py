@@ -34,12 +34,16 @@ def eval_command(run_dir: Path, checkpoint: Path, out: Path) -> list[str]:
     """The ``segloss.eval`` command that scores ``checkpoint`` as the run in ``run_dir`` was configured."""
     hydra = yaml.safe_load((run_dir / ".hydra" / "hydra.yaml").read_text())["hydra"]
     overrides = yaml.safe_load((run_dir / ".hydra" / "overrides.yaml").read_text()) or []
-    kept = [o for o in overrides if o.split("=", 1)[0].lstrip("+~") not in TRAINING_ONLY
-            and not o.split("=", 1)[0].lstrip("+~").startswith(tuple(f"{p}." for p in TRAINING_ONLY))]  # fmt: skip
+    kept = [o for o in overrides if not _training_only(o)]
     experiment = hydra["runtime"]["choices"].get("experiment")
     args = [f"experiment={experiment}"] if experiment and not any(o.startswith("experiment=") for o in kept) else []
     return [sys.executable, "-m", "segloss.eval", *args, *kept, f"ckpt_path={checkpoint}", "split=val",
             "print_config=false", "callbacks.rich_progress_bar=null", f"hydra.run.dir={out}"]  # fmt: skip
+
+
+def _training_only(override: str) -> bool:
+    key = override.split("=", 1)[0].lstrip("+~")
+    return any(key == name or key.startswith(f"{name}.") for name in TRAINING_ONLY)
 
 
 def best_checkpoint(run_dir: Path) -> Path | None:

@@ -44,12 +44,9 @@ class Remote:
 
 
 def file_digest(path: Path, algorithm: str) -> str:
-    """Hex digest of the file at ``path`` (read in 1 MiB chunks)."""
-    digest = hashlib.new(algorithm)
+    """Hex digest of the file at ``path`` (``hashlib.file_digest``, chunked reads)."""
     with open(path, "rb") as handle:
-        while chunk := handle.read(CHUNK):
-            digest.update(chunk)
-    return digest.hexdigest()
+        return hashlib.file_digest(handle, algorithm).hexdigest()
 
 
 def verify(path: Path, remote: Remote, mirror_hint: str) -> str:

@@ -86,8 +86,13 @@ class PerImageCounts(RowsMetric):
         c = self.num_classes
         widths = [c, c, c, *(width for width, _ in self.extras.values())]
         tp, fp, fn, *extra = rows[:, 1:].split(widths, dim=1)
-        out = {"index": rows[:, 0], "names": [names.get(i, "") for i in rows[:, 0].tolist()], "tp": tp, "fp": fp}
-        out["fn"] = fn
+        out = {
+            "index": rows[:, 0],
+            "names": [names.get(i, "") for i in rows[:, 0].tolist()],
+            "tp": tp,
+            "fp": fp,
+            "fn": fn,
+        }
         for (name, (_, dtype)), value in zip(self.extras.items(), extra, strict=True):
             out[name] = value.contiguous().view(torch.float64) if dtype == torch.float64 else value
         return out

@@ -24,7 +24,7 @@ over the whole split (summed over ranks under DDP), like the confusion matrix of
 Each metric also keeps its last batch's counts per image (``latest``: N×K arrays, int64 or float64) — the
 band intersections and unions, the small objects and those found, the calibration bins and the NLL sum — which
 :class:`segloss.metrics.per_image.PerImageCounts` stores with the TP/FP/FN, so that ``make compare`` can give
-these scores intervals over images (:data:`PER_IMAGE_FIELDS`; every score is a function of the sums).
+these scores intervals over images (:func:`per_image_fields`; every score is a function of the sums).
 """
 
 from __future__ import annotations
