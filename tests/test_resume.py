@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import json
 import os
 import signal
 import time
@@ -10,6 +11,7 @@ import time
 import pytest
 import torch
 
+from segloss.comparison.runs import LeftOut, read_run
 from segloss.errors import ConfigError
 from segloss.utils.run_dir import find_resume_checkpoint, resolve_resume
 from tests.conftest import QUIET_RUN, TINY_SYNTHETIC, fit, load_ckpt, run_cli
@@ -58,11 +60,19 @@ def test_sigkill_mid_epoch_and_at_an_epoch_end_then_resume_auto_is_exact(base, u
     proc = run_cli("train", [*base, *run, "data.num_workers=2", KILL, "+callbacks.kill.step=18"], check=False)
     assert proc.returncode == -signal.SIGKILL
     assert load_ckpt(tmp_path / "checkpoints/last.ckpt")["global_step"] == 18
-    # … resumed (a requeued job: same run directory) and killed again right after epoch 2's validation …
+    killed = read_run(tmp_path)  # make compare leaves the killed seed out, and says why
+    assert isinstance(killed, LeftOut) and "1 epochs finished of 3 planned" in killed.reason
+    # … resumed (a requeued job: same run directory) and killed again right after epoch 2's validation; a
+    # COMPLETED marker left in the folder (by an earlier run) is removed when the training starts …
+    (tmp_path / "COMPLETED").write_text("{}")
     proc = run_cli("train", [*base, *run, "resume=auto", KILL, "+callbacks.kill.step=24"], check=False)
     assert proc.returncode == -signal.SIGKILL and "resuming from" in proc.stdout
+    assert not (tmp_path / "COMPLETED").exists()
     # … and resumed to the end (in this process: only the kills need processes of their own).
     fit([*base, "resume=auto"], tmp_path)
+    record = json.loads((tmp_path / "COMPLETED").read_text())  # written last, by the run that finished
+    assert record["epochs"] == record["planned_epochs"] == 3 and record["global_step"] == 36
+    assert not record["stopped_early"] and record["best_value"] == pytest.approx(read_run(tmp_path).best_miou)
     expected, got = load_ckpt(uninterrupted / "checkpoints/last.ckpt"), load_ckpt(tmp_path / "checkpoints/last.ckpt")
     assert got["global_step"] == expected["global_step"] == 36
     assert _same_weights(expected, got) == []
@@ -83,6 +93,7 @@ def test_sigterm_saves_a_checkpoint_and_resume_auto_finishes_exactly(base, unint
     assert stop.value.code == 128 + signal.SIGTERM
     assert "SIGTERM received: saved" in capfd.readouterr().err
     assert load_ckpt(tmp_path / "checkpoints" / "last.ckpt")["global_step"] == 8  # the signalled step's batch finished
+    assert not (tmp_path / "COMPLETED").exists()  # stopped, not finished
     fit([*base, "resume=auto"], tmp_path)
     expected, got = load_ckpt(uninterrupted / "checkpoints/last.ckpt"), load_ckpt(tmp_path / "checkpoints/last.ckpt")
     assert got["global_step"] == expected["global_step"] == 36

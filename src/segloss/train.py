@@ -15,6 +15,7 @@ import hydra
 import lightning.pytorch as L
 from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
+from lightning.pytorch.trainer.states import TrainerStatus
 from lightning.pytorch.utilities import rank_zero_only
 from omegaconf import DictConfig
 
@@ -25,7 +26,7 @@ from segloss.metrics.per_image import save_per_image
 from segloss.utils.cluster import launch_rank
 from segloss.utils.config import CONFIG_DIR, instantiate, report_user_errors, set_environment
 from segloss.utils.rich_output import print_results
-from segloss.utils.run_dir import RunDirectory
+from segloss.utils.run_dir import RunDirectory, write_completed
 from segloss.utils.tracking import finish_wandb, start_tracking
 
 set_environment()
@@ -72,12 +73,30 @@ def train(cfg: DictConfig) -> dict:
     if best is not None and trainer.is_global_zero:
         title = f"val — best epoch by {module.best.metric} ({Path(best_path).name or 'no checkpoint'})"
         print_results(title, module.class_names, best)
+    if trainer.is_global_zero and trainer.state.status == TrainerStatus.FINISHED:  # last: the run is finished
+        write_completed(run.path, completion_record(cfg, trainer, module))
     return {
         "results": best,
         "best_value": module.best.value,
         "best_ckpt": best_path,
         "output_dir": str(run.path),
         "trainer": trainer,
+    }
+
+
+def completion_record(cfg: DictConfig, trainer: L.Trainer, module) -> dict:
+    """What ``COMPLETED`` says of a finished training: epochs run and planned (``max_epochs``; -1 or None when
+    the run is bounded by steps), optimizer steps, whether it stopped before its planned end (early
+    stopping), and the best value of the optimised metric (None when it never validated)."""
+    planned = trainer.max_epochs if trainer.max_epochs is not None and trainer.max_epochs >= 0 else None
+    value = module.best.value
+    return {
+        "epochs": int(trainer.current_epoch),
+        "planned_epochs": planned,
+        "global_step": int(trainer.global_step),
+        "stopped_early": planned is not None and trainer.current_epoch < planned,
+        "metric": str(cfg.get("optimized_metric", "val/mIoU")),
+        "best_value": None if value is None else float(value),
     }
 
 

@@ -19,7 +19,10 @@ that may or may not have run before). The checkpoints that make resuming exact â
 
 from __future__ import annotations
 
+import json
+import os
 from dataclasses import dataclass
+from datetime import datetime, timezone
 from pathlib import Path
 
 from lightning.pytorch.utilities import rank_zero_only, rank_zero_warn
@@ -32,6 +35,9 @@ from segloss.utils.rich_output import config_tree
 from segloss.utils.tracking import is_wandb_target, loss_family, read_run_id
 
 PATTERNS = ("checkpoints/last*.ckpt", "hpc_ckpt_*.ckpt")
+# Written last by a training that ran to its end (segloss.train), removed when a training starts in the
+# folder: what `make compare` counts as a finished seed (a killed job leaves none).
+COMPLETED = "COMPLETED"
 
 
 def _newest(run_dir: Path) -> Path | None:
@@ -95,6 +101,7 @@ class RunDirectory:
             checkpoint = read_checkpoint(ckpt_path)
             run.resumed_step, run.resumed_state = int(checkpoint.get("global_step", 0)), checkpoint.get("state_dict")
         complete_config(cfg, ckpt_path, output_dir)
+        clear_completed(output_dir)  # a training in this folder is under way: not finished until it says so
         show_and_save_config(cfg, output_dir)
         return run
 
@@ -141,3 +148,19 @@ def show_and_save_config(cfg: DictConfig, output_dir: Path) -> None:
     if cfg.get("ckpt_path"):
         print(f"segloss: resuming from {cfg.ckpt_path}")
     save_resolved_config(cfg, output_dir)
+
+
+@rank_zero_only
+def clear_completed(output_dir: Path) -> None:
+    (Path(output_dir) / COMPLETED).unlink(missing_ok=True)
+
+
+def write_completed(output_dir: Path, record: dict) -> Path:
+    """``<output_dir>/COMPLETED``: ``record`` (epochs run and planned, steps, the best value) with the time, as
+    JSON, written atomically (a temporary file renamed into place): the last file a finished training writes."""
+    path = Path(output_dir) / COMPLETED
+    partial = path.with_name(f".{COMPLETED}.{os.getpid()}.tmp")
+    stamp = datetime.now(timezone.utc).isoformat(timespec="seconds")
+    partial.write_text(json.dumps({"finished": stamp, **record}, indent=1) + "\n")
+    os.replace(partial, path)
+    return path
