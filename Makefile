@@ -50,7 +50,7 @@ search: $(STAMP) $(SYNTHETIC) ## Optuna search of loss hyper-parameters: make se
 	$(PY) -m pip install -q -e ".[search]"
 	$(PY) -m segloss.train hparams_search=$(HPARAMS) $(EXP_ARG) $(ARGS)
 
-compare: $(STAMP) ## table (95 % intervals, paired tests) + plots of a sweep: make compare [DIR=…] [ARGS="--baseline ce --out folder"]
+compare: $(STAMP) ## table (intervals over seeds × images, Holm-corrected tests) + plots of a sweep: make compare [DIR=…] [ARGS="--baseline ce --plan 1 --out folder"]
 	$(PY) -m segloss.compare $(DIR) $(ARGS)
 
 rescore: $(STAMP) ## add the per-image quality counts to older runs from their best checkpoints: make rescore DIR=…

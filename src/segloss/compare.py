@@ -1,22 +1,24 @@
-"""Compare the runs of a sweep: ``python -m segloss.compare [DIR] [--out OUT] [--baseline LOSS]`` (``make compare``).
+"""Compare the runs of a sweep: ``python -m segloss.compare [DIR] [--baseline LOSS] [--plan POINTS]`` (make compare).
 
-Reads the run directories under ``DIR`` (each job of ``make sweep``; :mod:`segloss.comparison.runs`, no
-W&B needed). Per loss it reports the number of seeds and the mean over seeds of the best mIoU and of each
-class's IoU at the best epoch; the best mean of each column is highlighted. Where the runs stored their
-per-image counts (``per_image_val.npz``, written by every training) each mean gets its 95 % bootstrap
-interval over seeds × images, and three columns test the differences (:mod:`segloss.comparison.stats`):
-the paired difference in mIoU to the baseline (``--baseline``, default the first loss) with its interval,
-its p-value (paired permutation test, Holm-corrected over the table) and whether each loss can be told
-apart from the best one. Boundary IoU, recall, small-object recall, ECE and NLL get the same intervals from
-the per-image quality counts stored beside TP/FP/FN (older runs: ``make rescore``). Without counts the table
-falls back to mean ± standard deviation over seeds.
-Classes with no IoU in any run (absent from the validation split) are left out. Runs that failed (a
-``FAILED`` file) or never validated are listed and skipped.
+Reads the job directories under ``DIR`` (:mod:`segloss.comparison.runs`, no W&B needed) and counts only
+finished runs (a ``COMPLETED`` marker, or a last epoch equal to the planned one); failed, killed, never
+validated and repeated runs are listed per folder with the reason. Runs whose configs differ in anything
+but the loss and the seed are compared in separate groups. Per loss: the number of seeds, the mean over
+seeds of the best mIoU and of each class's IoU at the best epoch (best mean in bold). Where the runs stored
+their per-image counts (``per_image_val.npz``, written by every training): each mean's 95 % interval over
+seeds × images, the difference in mIoU to the baseline (``--baseline``, default the first loss) with its
+simultaneous interval, Holm-adjusted p and ``*`` when real, the minimum detectable difference, and whether
+each loss is shown worse than another (:mod:`segloss.comparison.stats`). The training run is the unit: a
+test needs at least three seeds of each loss. Boundary IoU, recall, small-object recall, ECE and NLL get the
+same intervals from the per-image quality counts (older runs: ``make rescore``).
 
-Outputs in ``OUT`` (default ``DIR/compare``): ``compare.md``, ``compare.csv``, ``runs.json`` (the per-run
-numbers, which :func:`segloss.comparison.runs.load_runs` reads back in place of a sweep, with the per-image
-counts copied to ``per_image/``), ``iou_by_class.png`` (per-class IoU grouped by loss, error bars = the
-intervals) and ``miou_curves.png`` (validation mIoU per epoch, mean with the min–max band over seeds).
+``--plan POINTS`` adds, per comparison, how many seeds per loss would detect a difference of POINTS mIoU
+points with 80 % power at the table's corrected level, from the variance components of these runs.
+
+Outputs in ``OUT`` (default ``DIR/compare``; one subfolder per group when there are several):
+``compare.md``, ``compare.csv``, ``runs.json`` (the counted runs, which
+:func:`segloss.comparison.runs.load_runs` reads back in place of a sweep, with the per-image counts copied to
+``per_image/``), ``left_out.txt``, ``plan.md`` (with ``--plan``), ``iou_by_class.png`` and ``miou_curves.png``.
 ``--wandb`` also logs the table to a W&B run (offline unless ``WANDB_MODE`` says otherwise).
 """
 
@@ -25,26 +27,31 @@ from __future__ import annotations
 import argparse
 import csv
 import json
-import math
+import re
 import shutil
+import sys
+from collections import Counter
 from dataclasses import asdict
 from pathlib import Path
 
-from segloss.comparison.runs import Run, latest_sweep, load_runs
-from segloss.comparison.summary import add_statistics, best_mark, markdown_table, summarise
+from segloss.comparison import stats
+from segloss.comparison.groups import group_runs
+from segloss.comparison.runs import LeftOut, Run, latest_sweep, load_runs
+from segloss.comparison.summary import add_statistics, summarise
+from segloss.comparison.table import csv_rows, markdown_table
 
 
-def write_outputs(runs: list[Run], summary: dict, out: Path) -> dict[str, Path]:
-    """Write the Markdown and CSV tables, ``runs.json`` (+ ``per_image/``) and the two plots into ``out``."""
+def write_outputs(runs: list[Run], summary: dict, out: Path, left_out: list[LeftOut] = ()) -> dict[str, Path]:
+    """Write the Markdown and CSV tables, ``runs.json`` (+ ``per_image/``), ``left_out.txt`` and the plots."""
     from segloss.comparison.render import plot_curves, plot_iou_by_class
 
     out.mkdir(parents=True, exist_ok=True)
     paths = {name: out / name for name in ("compare.md", "compare.csv", "runs.json")}
     paths["compare.md"].write_text(markdown_table(summary))
-    header, rows = table_rows(summary)
+    head, rows = csv_rows(summary)
     with paths["compare.csv"].open("w", newline="") as handle:
         writer = csv.writer(handle)
-        writer.writerow(header)
+        writer.writerow(head)
         writer.writerows(
             [["" if v is None else f"{v:.6f}" if isinstance(v, float) else v for v in row] for row in rows]
         )
@@ -52,79 +59,138 @@ def write_outputs(runs: list[Run], summary: dict, out: Path) -> dict[str, Path]:
     for i, run in enumerate(runs):
         record = asdict(run)
         if run.per_image and Path(run.per_image).is_file():  # copied, so the folder stands on its own
-            name = f"per_image/{i:03d}_{run.loss}_s{run.seed}.npz"
+            name = f"per_image/{i:03d}_{re.sub(r'[^A-Za-z0-9_.=-]+', '_', run.loss)}_s{run.seed}.npz"
             (out / "per_image").mkdir(exist_ok=True)
             if Path(run.per_image).resolve() != (out / name).resolve():
                 shutil.copyfile(run.per_image, out / name)
             record["per_image"] = name
         records.append(record)
-    paths["runs.json"].write_text(json.dumps(records, indent=1))
+    paths["runs.json"].write_text(json.dumps(records, indent=1, default=str))
+    (out / "left_out.txt").unlink(missing_ok=True)
+    if left_out:
+        paths["left_out.txt"] = out / "left_out.txt"
+        paths["left_out.txt"].write_text("".join(f"{x.path}\t{x.reason}\n" for x in left_out))
     paths["iou_by_class.png"] = plot_iou_by_class(summary, out / "iou_by_class.png")
     paths["miou_curves.png"] = plot_curves(runs, out / "miou_curves.png")
     return paths
 
 
-def table_rows(summary: dict) -> tuple[list[str], list[list]]:
-    """The CSV (and W&B) table: per loss and column mean, std and the interval; Δ to the baseline with its
-    interval, p, Holm-adjusted p, and whether it is told apart from the best (None where not computed)."""
-    columns = summary["columns"]
-    header = ["loss", "seeds"] + [f"{c}_{s}" for c in columns for s in ("mean", "std", "ci_low", "ci_high")]
-    header += [f"{name}_{s}" for name in summary.get("extra", []) for s in ("mean", "std", "ci_low", "ci_high")]
-    header += ["delta_mIoU", "delta_low", "delta_high", "p", "p_holm", "vs_best"]
-    rows = []
-    for loss in summary["losses"]:
-        intervals = summary.get("ci", {}).get(loss, {})
-        values = []
-        for column in columns:
-            low, high = intervals.get(column, (math.nan, math.nan))
-            values += [*summary["stats"][loss][column], low, high]
-        for name in summary.get("extra", []):
-            values += [*summary["stats"][loss][name], *intervals.get(name, (math.nan, math.nan))]
-        test = summary.get("vs_baseline", {}).get(loss)
-        if test is None:
-            values += [math.nan] * 5
-        else:
-            values += [test["delta"], *test["interval"], test["p"], test["p_holm"]]
-        mark = best_mark(summary.get("vs_best", {}).get(loss))
-        rows.append([loss, summary["seeds"][loss], *(None if math.isnan(v) else float(v) for v in values), mark])
-    return header, rows
+def plan_table(summary: dict, points: float) -> str:
+    """Markdown: per comparison with the baseline, the seeds per loss that detect ``points`` of mIoU with 80 %
+    power at the table's corrected level, from these runs' variance components."""
+    family = summary["vs_baseline"]
+    level = summary["alpha"] / max(len(family), 1)
+    lines = [f"Seeds per loss to detect a difference of {points:g} mIoU points vs {summary['baseline']} with 80 % "
+             f"power at α = {level:.4f} ({summary['alpha']:g} over {len(family)} comparisons, Holm's first step), "
+             f"from these runs' variance components:", "",
+             "| loss | Δ now | seeds now | MDD now | seeds needed | MDD with unlimited seeds |",
+             "|---|---:|---:|---:|---:|---:|"]  # fmt: skip
+    for loss, result in family.items():
+        found = stats.plan(result, points / 100, level)
+        seeds_now = result["seeds"] if isinstance(result["seeds"], int) else "/".join(map(str, result["seeds"]))
+        needed = str(found["seeds"]) if found["seeds"] is not None else "not reachable with these images"
+        lines.append(f"| {loss} | {100 * result['delta']:+.1f} | {seeds_now} | {100 * found['mdd_now']:.1f} | "
+                     f"{needed} | {100 * found['floor']:.1f} |")  # fmt: skip
+    for loss, why in summary.get("untested", {}).items():
+        lines.append(f"| {loss} | — | — | — | n/a: {why} | — |")
+    lines += ["", "The image × loss variance does not shrink with seeds: below the last column only more "
+              "validation images help."]  # fmt: skip
+    return "\n".join(lines) + "\n"
 
 
 def log_to_wandb(summary: dict, name: str, out: Path) -> None:
     """The comparison table as a ``wandb.Table`` in a run of its own (job_type ``compare``)."""
     import wandb
 
-    header, rows = table_rows(summary)
+    head, rows = csv_rows(summary)
     run = wandb.init(project="segloss", job_type="compare", name=f"compare-{name}", dir=str(out), reinit=True)
-    run.log({"compare": wandb.Table(columns=header, data=rows)})
+    run.log({"compare": wandb.Table(columns=head, data=rows)})
     run.finish()
+
+
+def report_folders(directory: Path, runs: list[Run], left_out: list[LeftOut]) -> list[str]:
+    """Per folder of job directories: how many runs count, how many are left out, and why."""
+
+    def folder(path: str) -> str:
+        parent = Path(path).parent
+        return str(parent.relative_to(directory)) if parent.is_relative_to(directory) else str(parent)
+
+    counted, dropped = Counter(folder(run.path) for run in runs), Counter(folder(x.path) for x in left_out)
+    lines = []
+    for name in sorted(set(counted) | set(dropped)):
+        lines.append(f"{name}: {counted[name]} runs counted, {dropped[name]} left out")
+        lines += [f"  left out {Path(x.path).name}: {x.reason}" for x in left_out if folder(x.path) == name]
+    return lines
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> None:  # one line, naming the argument
+        print(f"segloss compare: error: {message} (see --help)", file=sys.stderr)
+        sys.exit(2)
+
+
+def _fraction(text: str) -> float:
+    value = float(text)
+    if not 0 < value < 0.5:
+        raise argparse.ArgumentTypeError(f"{text} is not a significance level in (0, 0.5)")
+    return value
+
+
+def _points(text: str) -> float:
+    value = float(text)
+    if not 0 < value < 100:
+        raise argparse.ArgumentTypeError(f"{text} is not a difference in mIoU points in (0, 100)")
+    return value
 
 
 def main(argv: list[str] | None = None) -> dict:
     from segloss.comparison.render import print_table
     from segloss.utils.config import PROJECT_ROOT, report_user_errors
 
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser = _Parser(description=__doc__.split("\n\n")[0])
     parser.add_argument("dir", nargs="?", help="sweep directory (default: the newest under logs/train/multiruns)")
     parser.add_argument("--out", help="output folder (default: DIR/compare)")
     parser.add_argument("--baseline", help="the loss the others are tested against (default: the first)")
-    parser.add_argument("--draws", type=int, default=2000, help="bootstrap replicates and permutations")
-    parser.add_argument("--seed", type=int, default=0, help="seed of the resampling (same numbers every time)")
+    parser.add_argument("--alpha", type=_fraction, default=stats.ALPHA, help="family-wise error rate (default 0.05)")
+    parser.add_argument("--plan", type=_points, metavar="POINTS", help="seeds needed to detect POINTS of mIoU")
+    parser.add_argument("--ignore", action="append", default=[], metavar="KEY",
+                        help="a config key whose values do not split the runs into groups (repeatable)")  # fmt: skip
     parser.add_argument("--wandb", action="store_true", help="also log the table to W&B")
     args = parser.parse_args(argv)
     with report_user_errors():
         directory = Path(args.dir) if args.dir else latest_sweep(Path(PROJECT_ROOT) / "logs" / "train" / "multiruns")
-        runs, skipped = load_runs(directory)
-        summary = add_statistics(summarise(runs), runs, args.baseline, seed=args.seed, draws=args.draws)
-        print_table(summary, f"{directory.name}: {len(runs)} runs")
-        for path in skipped:
-            print(f"skipped (failed or no validation): {path}")
-        out = Path(args.out) if args.out else directory / "compare"
-        paths = write_outputs(runs, summary, out)
-        if args.wandb:
-            log_to_wandb(summary, directory.name, out)
-        print("written: " + ", ".join(str(p) for p in paths.values()))
-        return summary
+        runs, left_out = load_runs(directory)
+        groups, repeated = group_runs(runs, tuple(args.ignore))
+        left_out = left_out + repeated
+        counted = [run for _, members in groups for run in members]
+        for line in report_folders(directory, counted, left_out):
+            print(line)
+        out_root = Path(args.out) if args.out else directory / "compare"
+        summaries = {}
+        for setting, members in groups:
+            label = ", ".join(f"{k}={v}" for k, v in setting.items())
+            summary = add_statistics(summarise(members), members, args.baseline, args.alpha)
+            print_table(summary, f"{directory.name}{' — ' + label if label else ''}: {len(members)} runs")
+            out = out_root / _slug(label) if len(groups) > 1 else out_root
+            paths = write_outputs(members, summary, out, [] if len(groups) > 1 else left_out)
+            if args.plan is not None and summary["vs_baseline"]:
+                paths["plan.md"] = out / "plan.md"
+                paths["plan.md"].write_text(plan_table(summary, args.plan))
+                print(paths["plan.md"].read_text())
+            elif args.plan is not None:
+                why = "; ".join(sorted(set(summary["untested"].values()))) or "no per-image counts"
+                print(f"--plan: no comparison here can be planned ({why})")
+            if args.wandb:
+                log_to_wandb(summary, directory.name, out)
+            print("written: " + ", ".join(str(p) for p in paths.values()))
+            summaries[label] = summary
+        if len(groups) > 1:
+            (out_root / "left_out.txt").write_text("".join(f"{x.path}\t{x.reason}\n" for x in left_out))
+        return summaries[""] if len(groups) == 1 else summaries
+
+
+def _slug(label: str) -> str:
+    return re.sub(r"[^A-Za-z0-9_.=,-]+", "_", label)[:120] or "all"
 
 
 if __name__ == "__main__":

@@ -23,7 +23,7 @@ from pathlib import Path
 import numpy as np
 import yaml
 
-from segloss.comparison.runs import PER_IMAGE, read_run
+from segloss.comparison.runs import PER_IMAGE, Run, read_run
 
 # Overrides of a training that an evaluation must not take (logging, callbacks and Hydra's own).
 TRAINING_ONLY = ("logger", "callbacks", "hydra", "ckpt_path", "print_config", "trainer.max_epochs", "resume")
@@ -48,7 +48,7 @@ def _training_only(override: str) -> bool:
 
 def best_checkpoint(run_dir: Path) -> Path | None:
     run = read_run(run_dir)
-    if run is None:
+    if not isinstance(run, Run):
         return None
     path = run_dir / "checkpoints" / f"epoch_{run.best_epoch:03d}.ckpt"
     return path if path.is_file() else None

@@ -25,6 +25,7 @@ from segloss.checks import check_config
 from segloss.metrics.per_image import save_per_image
 from segloss.utils.cluster import launch_rank
 from segloss.utils.config import CONFIG_DIR, instantiate, report_user_errors, set_environment
+from segloss.utils.markers import FAILED
 from segloss.utils.rich_output import print_results
 from segloss.utils.run_dir import RunDirectory, write_completed
 from segloss.utils.tracking import finish_wandb, start_tracking
@@ -108,8 +109,8 @@ def train_sweep_job(cfg: DictConfig) -> dict | None:
     except Exception:  # a sweep must survive any one job
         output_dir = Path(cfg.paths.output_dir)
         output_dir.mkdir(parents=True, exist_ok=True)
-        (output_dir / "FAILED").write_text(traceback.format_exc())
-        print(f"segloss: job {output_dir.name} failed; traceback in {output_dir / 'FAILED'}", file=sys.stderr)
+        (output_dir / FAILED).write_text(traceback.format_exc())
+        print(f"segloss: job {output_dir.name} failed; traceback in {output_dir / FAILED}", file=sys.stderr)
         finish_wandb()
         return None
 

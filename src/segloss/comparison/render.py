@@ -7,30 +7,30 @@ from pathlib import Path
 
 import numpy as np
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from segloss.comparison.runs import Run
-from segloss.comparison.summary import INTERVAL_NOTE, extra_cells, paired_cells, paired_columns, score_cells
+from segloss.comparison.table import header, row_cells, table_note
 
 
 def print_table(summary: dict, title: str) -> Table:
-    """Per loss: seeds, mIoU, the paired tests (when the runs stored per-image counts) and each class's IoU,
-    in %; best mean per column in green (:func:`segloss.comparison.summary.markdown_table`'s layout)."""
-    table = Table(title=title, caption=INTERVAL_NOTE if summary.get("ci") else None)
-    columns, tests, extra = summary["columns"], paired_columns(summary), summary.get("extra", [])
-    table.add_column("loss", style="bold")
-    for name in ["seeds", columns[0], *tests, *extra, *columns[1:]]:
-        table.add_column(name, justify="right")
+    """Per loss: seeds, mIoU, the tests (when the runs stored per-image counts) and each class's IoU, in %;
+    best mean per column in green (:func:`segloss.comparison.table.markdown_table`'s layout)."""
+    note = table_note(summary) if summary.get("ci") or summary.get("vs_baseline") else None
+    table = Table(title=escape(title), caption=escape(note) if note else None)
+    head = header(summary)
+    table.add_column(escape(head[0]), style="bold")
+    for name in head[1:]:
+        table.add_column(escape(name), justify="right")
     for loss in summary["losses"]:
-        scores = [f"[bold green]{text}[/]" if best else text for text, best in score_cells(summary, loss)]
-        others = [f"[bold green]{text}[/]" if best else text for text, best in extra_cells(summary, loss)]
-        table.add_row(loss, str(summary["seeds"][loss]), scores[0], *paired_cells(summary, loss), *others, *scores[1:])
+        table.add_row(*row_cells(summary, loss, "[bold green]{}[/]", escape))
     console = Console()
     if not console.is_terminal:  # files and pipes get the whole table, not 80 columns
-        console = Console(width=max(120, 16 * (len(columns) + len(tests) + len(extra) + 2)))
+        console = Console(width=max(120, 16 * len(head)))
     console.print(table)
     for note in summary.get("notes", []):
-        console.print(f"note: {note}")
+        console.print(f"note: {escape(note)}")
     return table
 
 
@@ -58,8 +58,8 @@ def plot_iou_by_class(summary: dict, path: Path) -> Path:
         if loss in intervals:  # asymmetric bars: the 95 % interval
             bounds = np.array([intervals[loss].get(c, (math.nan, math.nan)) for c in columns]).T
             errors = np.clip(np.abs(bounds - means), 0, None)
-        else:
-            errors = np.array([summary["stats"][loss][c][1] for c in columns])
+        else:  # the std over seeds (none for one seed)
+            errors = np.nan_to_num(np.array([summary["stats"][loss][c][1] for c in columns]))
         ax.bar(x + (i - (len(losses) - 1) / 2) * width, 100 * means, width, yerr=100 * np.nan_to_num(errors),
                capsize=1.5, label=loss, color=colours(i))  # fmt: skip
     ax.set_xticks(x, columns, rotation=30, ha="right")

@@ -1,37 +1,28 @@
-"""Intervals and paired tests for a loss comparison, from the per-image TP/FP/FN of each run's best epoch.
+"""Intervals, tests and planning for a loss comparison, from the per-image counts of each run's best epoch.
 
 A loss L was trained with seeds s = 1…S and scored on the same M validation images. Per run and class,
 ``IoU_sc = Σ_i TP_sic / Σ_i (TP + FP + FN)_sic`` (the split-level IoU, :mod:`segloss.metrics.per_image`), the
 run's mIoU is the nan-mean over classes (classes with an empty union are nan), and the loss's figure is the
-mean over its seeds. Two sources of noise: which seeds were drawn, and which images make the split.
+mean over its seeds. The training run is the unit of replication; the images are a second, crossed sample.
 
-* **Interval** (95 %, percentile bootstrap; Efron & Tibshirani 1993): each replicate draws S seeds and M
-  images with replacement (the same images for every seed: the split is shared), recomputes every IoU from
-  the resampled sums and averages over the drawn seeds. Seeds and images are resampled together because
-  both vary between studies; with 3 seeds the seed part is coarse, which the interval shows honestly
-  by being wide. A t-interval over seeds would ignore the image sample and assume normality.
-* **Paired test** of loss A against loss B (a baseline, or the best loss), on the seeds both have (matched
-  by seed value) and the same images: the statistic is ``d = mean_s (mIoU_A,s − mIoU_B,s)``. Under the null
-  hypothesis that A and B are interchangeable, swapping A's and B's counts of any (seed, image) leaves the
-  distribution of d unchanged, so the p-value is the share of random swaps (each pair swapped with
-  probability 1/2) whose |d| reaches the observed |d|, counted as ``(1 + hits) / (1 + permutations)``
-  (approximate randomisation, Noreen 1989). It needs no normality and respects that mIoU is a ratio of
-  sums, not a mean of per-image scores. The difference's interval comes from the paired bootstrap (the
-  same seeds and images drawn for A and B).
-* **Multiple comparisons**: Holm's step-down correction (Holm 1979) over the comparisons of one table,
-  which controls the family-wise error rate at α without assuming independence.
-* **What counts as real** (:func:`is_real`): the permutation test asks whether these trained nets differ
-  beyond the sampling of images (the unit of challenge analyses, e.g. Wiesenfarth et al., Sci. Rep. 2021);
-  it holds the seeds fixed, so it does not see how much another set of seeds would move the result. The
-  interval does. A difference is called real only when both agree: Holm-adjusted p < α *and* the paired
-  interval excludes 0. With few seeds the interval is the stricter of the two.
+* **Interval of a loss's score** (any of mIoU, a class's IoU, :data:`SCORES`): t-interval of the crossed
+  seeds × images random-effects model with Satterthwaite degrees of freedom
+  (:mod:`segloss.comparison.variance`).
+* **Difference of two losses** (:func:`difference`): per-seed Δ_s from the summed counts, paired by seed
+  value when both losses have the same seeds (unpaired otherwise), its standard error from the same model,
+  a two-sided t-test and interval.
+* **Multiplicity** (:func:`adjust`): Holm's step-down p-values (Holm 1979) over a family; a difference is
+  **real** when its Holm p < α. The printed interval of a family member is simultaneous (Bonferroni, level
+  1 − α/m), as emmeans does for Holm families: it excludes 0 only where Holm also rejects, and Holm may
+  reject a little earlier (it is the more powerful of the two at the same family-wise error).
+* **The best loss** (:func:`best_marks`): every pair of losses is tested, Holm over all k(k − 1)/2 pairs;
+  a loss is marked ``<`` when it is worse than at least one other loss in that family, so the chance that
+  any loss is wrongly marked worse than the best is at most α (strong control), whichever loss the data
+  happen to put on top.
+* **What the data can detect** (:func:`variance.detectable`, :func:`variance.seeds_needed`): the minimum
+  detectable difference at 80 % power from the observed variance components, and the seeds a given Δ needs.
 
-* **The other scores** (Boundary IoU, recall, small-object recall, ECE, NLL: :data:`SCORES`) are, like IoU,
-  functions of per-image sums (band intersections and unions, calibration bins, …, stored by
-  :class:`segloss.metrics.per_image.PerImageCounts`), so :func:`bootstrap_score` gives them the same interval
-  over seeds × images. Their paired tests are not computed: the table tests mIoU.
-
-Everything is seeded (``seed``), so a comparison prints the same numbers every time.
+Validated by simulation (``python -m segloss.comparison.simulate``; ``tests/test_comparison_stats.py``).
 """
 
 from __future__ import annotations
@@ -41,17 +32,29 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-LEVEL, ALPHA = 0.95, 0.05
+from segloss.comparison import variance
+from segloss.comparison.variance import Estimate
+
+LEVEL, ALPHA, POWER = 0.95, 0.05, 0.8
+# Fewest runs per loss for a test of a difference: with two, the seed variance has one degree of freedom and
+# the test's tail (where Holm works) is far from nominal in simulation; three hold it.
+MIN_SEEDS = 3
 
 
 @dataclass
 class Counts:
-    """TP and union (TP + FP + FN) of one loss: arrays S × M × C (seeds, images, classes), with the seeds."""
+    """TP and union (TP + FP + FN) of one loss: arrays S × M × C (seeds, images, classes), with the seeds, and
+    the other per-image arrays (S × M × K each) of the quality scores."""
 
     seeds: list[int]
     tp: np.ndarray
     union: np.ndarray
-    parts: dict[str, np.ndarray] = field(default_factory=dict)  # other per-image arrays, S × M × K each
+    parts: dict[str, np.ndarray] = field(default_factory=dict)
+
+    def arrays(self) -> dict[str, np.ndarray]:
+        """Every per-image array by name: the compared classes' ``iou_tp``/``iou_union`` and the stored parts
+        (those keep the runs' own class order: ``tp``, ``fn``, the quality counts)."""
+        return {"iou_tp": self.tp, "iou_union": self.union, **self.parts}
 
     def select(self, seeds: list[int]) -> Counts:
         rows = [self.seeds.index(s) for s in seeds]
@@ -77,87 +80,14 @@ def run_scores(counts: Counts) -> tuple[np.ndarray, np.ndarray]:
     return per_class, nanmean(per_class, axis=1)
 
 
-def _resampled_scores(counts: Counts, images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """IoU (B × S × C) and mIoU (B × S) under image weights ``images`` (B × M, multiplicities)."""
-    tp = np.einsum("bm,smc->bsc", images, counts.tp, optimize=True)
-    union = np.einsum("bm,smc->bsc", images, counts.union, optimize=True)
-    per_class = iou(tp, union)
-    return per_class, nanmean(per_class, axis=2)
-
-
-def _draws(rng: np.random.Generator, replicates: int, seeds: int, images: int) -> tuple[np.ndarray, np.ndarray]:
-    """Multiplicities of seeds (B × S) and images (B × M) of ``replicates`` bootstrap samples."""
-    seed_weights = rng.multinomial(seeds, np.full(seeds, 1 / seeds), size=replicates).astype(np.float64)
-    image_weights = rng.multinomial(images, np.full(images, 1 / images), size=replicates).astype(np.float64)
-    return seed_weights, image_weights
-
-
-def _seed_mean(values: np.ndarray, weights: np.ndarray) -> np.ndarray:
-    """Weighted mean over the seed axis (1) of B × S [× C] values, ignoring nan."""
-    w = weights.reshape(weights.shape + (1,) * (values.ndim - 2))
-    w = np.where(np.isnan(values), 0.0, w)
-    total = np.nansum(values * w, axis=1)
-    mass = w.sum(1)
-    return np.divide(total, mass, out=np.full(total.shape, np.nan), where=mass > 0)
-
-
-def _percentiles(values: np.ndarray) -> np.ndarray:
-    """The central LEVEL interval along axis 0 (nan-aware): 2 × …."""
-    tail = 100 * (1 - LEVEL) / 2
-    out = np.full((2, *values.shape[1:]), np.nan)
-    finite = ~np.all(np.isnan(values), axis=0)
-    if finite.any():
-        out[:, finite] = np.nanpercentile(values[:, finite], [tail, 100 - tail], axis=0)
-    return out
-
-
-def bootstrap_interval(counts: Counts, replicates: int = 2000, seed: int = 0) -> dict[str, np.ndarray]:
-    """95 % intervals of the mean mIoU (``"mIoU"``: 2) and of each class's mean IoU (``"IoU"``: 2 × C)."""
-    rng = np.random.default_rng(seed)
-    seed_weights, image_weights = _draws(rng, replicates, len(counts.seeds), counts.tp.shape[1])
-    per_class, miou = _resampled_scores(counts, image_weights)
-    return {
-        "mIoU": _percentiles(_seed_mean(miou, seed_weights)[:, None])[:, 0],
-        "IoU": _percentiles(_seed_mean(per_class, seed_weights)),
-    }
-
-
-def paired_difference(
-    a: Counts, b: Counts, permutations: int = 2000, replicates: int = 2000, seed: int = 0, chunk: int = 250
-) -> dict | None:
-    """A − B in mean mIoU on their common seeds: ``{"delta", "interval" (2), "p", "seeds"}``; None without a
-    common seed. The p-value is two-sided, from ``permutations`` random swaps of (seed, image) pairs."""
-    common = [s for s in a.seeds if s in b.seeds]
-    if not common:
-        return None
-    a, b = a.select(common), b.select(common)
-    delta = float(np.mean(run_scores(a)[1] - run_scores(b)[1]))
-    rng = np.random.default_rng(seed)
-    d_tp, d_union = b.tp - a.tp, b.union - a.union  # S × M × C: what a swap moves from B to A
-    sum_a, sum_b = (a.tp.sum(1), a.union.sum(1)), (b.tp.sum(1), b.union.sum(1))
-    hits, done = 0, 0
-    while done < permutations:
-        n = min(chunk, permutations - done)
-        swap = rng.integers(0, 2, size=(n, *a.tp.shape[:2])).astype(np.float64)  # P × S × M
-        moved_tp = np.einsum("psm,smc->psc", swap, d_tp, optimize=True)
-        moved_union = np.einsum("psm,smc->psc", swap, d_union, optimize=True)
-        miou_a = nanmean(iou(sum_a[0] + moved_tp, sum_a[1] + moved_union), axis=2)
-        miou_b = nanmean(iou(sum_b[0] - moved_tp, sum_b[1] - moved_union), axis=2)
-        permuted = np.mean(miou_a - miou_b, axis=1)
-        hits += int(np.sum(np.abs(permuted) >= abs(delta) - 1e-12))
-        done += n
-    seed_weights, image_weights = _draws(rng, replicates, len(common), a.tp.shape[1])
-    diff = _resampled_scores(a, image_weights)[1] - _resampled_scores(b, image_weights)[1]
-    interval = _percentiles(_seed_mean(diff, seed_weights)[:, None])[:, 0]
-    return {"delta": delta, "interval": interval, "p": (1 + hits) / (1 + permutations), "seeds": len(common)}
-
-
 def _class_mean(hits: np.ndarray, total: np.ndarray) -> np.ndarray:
     return nanmean(iou(hits, total), axis=-1)
 
 
 # score → (the per-image arrays it needs, its value from their sums over images: … × K arrays → …)
 SCORES: dict[str, tuple[tuple[str, ...], Callable[[dict], np.ndarray]]] = {
+    "mIoU": (("iou_tp", "iou_union"), lambda s: _class_mean(s["iou_tp"], s["iou_union"])),
+    "IoU": (("iou_tp", "iou_union"), lambda s: iou(s["iou_tp"], s["iou_union"])),  # per compared class: … × C
     "mBIoU": (("band_inter", "band_union"), lambda s: _class_mean(s["band_inter"], s["band_union"])),
     "mRecall": (("tp", "fn"), lambda s: _class_mean(s["tp"], s["tp"] + s["fn"])),
     "mSmallRecall": (("small_found", "small_objects"), lambda s: _class_mean(s["small_found"], s["small_objects"])),
@@ -169,21 +99,66 @@ SCORES: dict[str, tuple[tuple[str, ...], Callable[[dict], np.ndarray]]] = {
 }
 
 
-def bootstrap_score(name: str, counts: Counts, replicates: int = 2000, seed: int = 0) -> np.ndarray | None:
-    """95 % interval (2) of the mean over seeds of score ``name`` (:data:`SCORES`), resampling seeds and images
-    as :func:`bootstrap_interval`; None when the runs did not store its per-image arrays."""
+def pseudo_values(counts: Counts, name: str = "mIoU") -> tuple[np.ndarray, np.ndarray] | None:
+    """``(θ, y)`` of score ``name`` (:data:`SCORES`): per run (S [× C]) and per run × image (S × M [× C]), or None
+    when the runs did not store the arrays it needs."""
     needs, score = SCORES[name]
-    if any(part not in counts.parts for part in needs):
+    arrays = counts.arrays()
+    if any(part not in arrays for part in needs):
         return None
-    rng = np.random.default_rng(seed)
-    seed_weights, image_weights = _draws(rng, replicates, len(counts.seeds), counts.tp.shape[1])
-    sums = {
-        part: np.einsum("bm,smk->bsk", image_weights, counts.parts[part].astype(np.float64), optimize=True)
-        for part in needs
-    }
-    with np.errstate(invalid="ignore", divide="ignore"):
-        values = score(sums)  # B × S
-    return _percentiles(_seed_mean(values, seed_weights)[:, None])[:, 0]
+    return variance.linearise({part: arrays[part] for part in needs}, score)
+
+
+def _defined(y: np.ndarray) -> np.ndarray:
+    """The rows (seeds) of S × M pseudo-values where the score is defined."""
+    return y[~np.isnan(y).any(1)]
+
+
+def loss_estimate(counts: Counts, name: str = "mIoU") -> Estimate | list[Estimate | None] | None:
+    """A loss's mean score over its seeds with its crossed-design standard error (a list over classes for
+    ``"IoU"``); None where it has fewer than two seeds with the score defined, or no stored arrays for it."""
+    found = pseudo_values(counts, name)
+    if found is None:
+        return None
+    y = found[1]
+    if y.ndim == 3:
+        return [variance.crossed(_defined(y[..., c])) for c in range(y.shape[2])]
+    return variance.crossed(_defined(y))
+
+
+def difference(a: Counts, b: Counts, name: str = "mIoU", level: float = LEVEL) -> dict | None:
+    """A − B in the mean of score ``name``: ``{"delta", "se", "df", "interval", "p", "paired", "seeds",
+    "per_seed" (paired Δ_s), "estimate"}``. Paired by seed value when A and B have the same seeds, unpaired
+    otherwise; None when a loss has fewer than :data:`MIN_SEEDS` runs (no valid test)."""
+    found_a, found_b = pseudo_values(a, name), pseudo_values(b, name)
+    if found_a is None or found_b is None:
+        return None
+    return pseudo_difference((a.seeds, found_a[1]), (b.seeds, found_b[1]), level)
+
+
+def pseudo_difference(
+    a: tuple[list[int], np.ndarray], b: tuple[list[int], np.ndarray], level: float = LEVEL
+) -> dict | None:
+    """:func:`difference` from each loss's ``(seeds, S × M pseudo-values)``."""
+    (seeds_a, ya), (seeds_b, yb) = a, b
+    if min(len(seeds_a), len(seeds_b)) < MIN_SEEDS:
+        return None
+    paired = sorted(seeds_a) == sorted(seeds_b)
+    if paired:
+        order = sorted(seeds_a)
+        d = ya[[seeds_a.index(s) for s in order]] - yb[[seeds_b.index(s) for s in order]]
+        d = d[~np.isnan(d).any(1)]
+        estimate = variance.crossed(d) if len(d) >= MIN_SEEDS else None
+        per_seed, seeds = [float(v) for v in d.mean(1)], len(d)
+    else:
+        ya, yb = _defined(ya), _defined(yb)
+        estimate = variance.unpaired(ya, yb) if min(len(ya), len(yb)) >= MIN_SEEDS else None
+        per_seed, seeds = [], (len(ya), len(yb))
+    if estimate is None:
+        return None
+    return {"delta": estimate.mean, "se": estimate.se, "df": estimate.df, "interval": estimate.interval(level),
+            "p": estimate.p_value(), "paired": paired, "seeds": seeds, "per_seed": per_seed,
+            "estimate": estimate}  # fmt: skip
 
 
 def holm(p_values: dict[str, float]) -> dict[str, float]:
@@ -196,7 +171,58 @@ def holm(p_values: dict[str, float]) -> dict[str, float]:
     return adjusted
 
 
+def adjust(family: dict, alpha: float = ALPHA, power: float = POWER) -> dict:
+    """Each result of a family (:func:`difference`) with ``p_holm``, ``real`` (p_holm < α), the simultaneous
+    (Bonferroni) ``adjusted`` interval and ``mdd``: the smallest |Δ| this design detects with ``power`` at the
+    family's corrected level α/m (an upper bound for Holm's later steps)."""
+    m = max(len(family), 1)
+    adjusted = holm({key: r["p"] for key, r in family.items()})
+    out = {}
+    for key, r in family.items():
+        estimate = r["estimate"]
+        out[key] = {**r, "p_holm": adjusted[key], "real": adjusted[key] < alpha,
+                    "adjusted": estimate.interval(1 - alpha / m),
+                    "mdd": variance.detectable(estimate.components, alpha / m, power)}  # fmt: skip
+    return out
+
+
 def is_real(result: dict) -> bool:
-    """Whether a :func:`paired_difference` result (with ``p_holm``) is a real difference (module docstring)."""
-    low, high = result["interval"]
-    return result["p_holm"] < ALPHA and (low > 0 or high < 0)
+    """Whether an :func:`adjust` ed result is a real difference: Holm-adjusted p < α."""
+    return bool(result.get("real", result["p_holm"] < ALPHA))
+
+
+def best_marks(counts: dict[str, Counts], alpha: float = ALPHA) -> dict[str, str]:
+    """Per loss: ``best`` (the highest mean mIoU), ``<`` (worse than at least one other loss, Holm over all
+    pairs of losses) or ``≈`` (not shown worse than any). Losses without a valid test get ``—``."""
+    means = {loss: float(np.nanmean(run_scores(c)[1])) for loss, c in counts.items()}
+    if not means:
+        return {}
+    losses = sorted(means, key=means.get, reverse=True)
+    pseudo = {loss: (c.seeds, pseudo_values(c)[1]) for loss, c in counts.items()}  # once per loss
+    pairs = {}
+    for i, first in enumerate(losses):
+        for second in losses[i + 1 :]:
+            found = pseudo_difference(pseudo[first], pseudo[second])
+            if found is not None:
+                pairs[(first, second)] = found
+    adjusted = holm({key: r["p"] for key, r in pairs.items()})
+    tested = {loss for pair in pairs for loss in pair}
+    worse = {(second if pairs[(first, second)]["delta"] > 0 else first) for (first, second), p in adjusted.items()
+             if p < alpha}  # fmt: skip
+    marks = {loss: "<" if loss in worse else "≈" if loss in tested else "—" for loss in losses}
+    if marks[losses[0]] == "≈":
+        marks[losses[0]] = "best"
+    return marks
+
+
+def plan(result: dict, delta: float, alpha: float, power: float = POWER) -> dict:
+    """For one comparison's observed variance components: the seeds per loss that detect ``delta`` (None when
+    no number of seeds does with these images) and the floor that images alone leave (the MDD with 1000
+    seeds)."""
+    components = result["estimate"].components
+    return {
+        "seeds": variance.seeds_needed(components, delta, alpha, power),
+        "floor": variance.detectable(components, alpha, power, 1000),
+        "mdd_now": variance.detectable(components, alpha, power),
+        "components": components,
+    }

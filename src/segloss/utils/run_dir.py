@@ -31,13 +31,11 @@ from omegaconf import DictConfig, open_dict
 from segloss.errors import ConfigError
 from segloss.utils.checkpoints import check_fits, read_checkpoint
 from segloss.utils.config import save_resolved_config
+from segloss.utils.markers import COMPLETED
 from segloss.utils.rich_output import config_tree
 from segloss.utils.tracking import is_wandb_target, loss_family, read_run_id
 
 PATTERNS = ("checkpoints/last*.ckpt", "hpc_ckpt_*.ckpt")
-# Written last by a training that ran to its end (segloss.train), removed when a training starts in the
-# folder: what `make compare` counts as a finished seed (a killed job leaves none).
-COMPLETED = "COMPLETED"
 
 
 def _newest(run_dir: Path) -> Path | None:
