@@ -35,7 +35,7 @@ from dataclasses import asdict
 from pathlib import Path
 
 from segloss.comparison import stats
-from segloss.comparison.groups import group_runs
+from segloss.comparison.groups import group_runs, kept_setting
 from segloss.comparison.runs import LeftOut, Run, latest_sweep, load_runs
 from segloss.comparison.summary import add_statistics, summarise
 from segloss.comparison.table import csv_rows, markdown_table
@@ -57,7 +57,7 @@ def write_outputs(runs: list[Run], summary: dict, out: Path, left_out: list[Left
         )
     records = []
     for i, run in enumerate(runs):
-        record = asdict(run)
+        record = {**asdict(run), "setting": kept_setting(run.setting)}  # not where files were, nor how fast
         if run.per_image and Path(run.per_image).is_file():  # copied, so the folder stands on its own
             name = f"per_image/{i:03d}_{re.sub(r'[^A-Za-z0-9_.=-]+', '_', run.loss)}_s{run.seed}.npz"
             (out / "per_image").mkdir(exist_ok=True)

@@ -11,8 +11,10 @@ separate rows, named by the differing settings (``focal[gamma=1.0]``). Within a 
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 from segloss.comparison.runs import LeftOut, Run
+from segloss.utils.markers import COMPLETED
 
 # Config keys (and the subtrees under them) that do not make two runs different experiments: where files
 # go, how fast or on what hardware it ran, what was logged. ``seed`` and ``loss`` are the compared factors.
@@ -45,7 +47,7 @@ def group_runs(runs: list[Run], ignore: tuple[str, ...] = ()) -> tuple[list[tupl
     for values, members in groups.items():
         _name_loss_variants(members)
         kept: dict[tuple[str, int], Run] = {}
-        for run in sorted(members, key=lambda r: r.finished):
+        for run in sorted(members, key=_finished_at):
             if (run.loss, run.seed) in kept:
                 older = kept[(run.loss, run.seed)]
                 left_out.append(
@@ -56,6 +58,20 @@ def group_runs(runs: list[Run], ignore: tuple[str, ...] = ()) -> tuple[list[tupl
         setting = {key: json.loads(value) for key, value in zip(differing, values)}
         out.append((setting, sorted(kept.values(), key=lambda r: order[id(r)])))
     return out, left_out
+
+
+def _finished_at(run: Run) -> float:
+    """When the run finished: its ``COMPLETED`` (or metrics) file's time; 0 when the files are not at hand."""
+    for name in (COMPLETED, "csv/metrics.csv"):
+        path = Path(run.path) / name
+        if path.is_file():
+            return path.stat().st_mtime
+    return 0.0
+
+
+def kept_setting(setting: dict[str, object]) -> dict[str, object]:
+    """The keys of a run's setting that define the experiment (:data:`IGNORED` ones dropped)."""
+    return {key: value for key, value in setting.items() if not _ignored(key)}
 
 
 def _value(value: object) -> str:

@@ -173,7 +173,8 @@ def load_runs(directory: str | Path) -> tuple[list[Run], list[LeftOut]]:
     ``config.yaml`` or ``FAILED``), or of a folder holding the ``runs.json`` written by ``make compare``."""
     directory = Path(directory).expanduser()
     if not directory.is_dir():
-        raise ConfigError(f"sweep directory {directory} does not exist; give DIR=logs/train/multiruns/<sweep>")
+        what = "is not a folder" if directory.exists() else "does not exist"
+        raise ConfigError(f"sweep directory {directory} {what}; give DIR=logs/train/multiruns/<sweep>")
     jobs = {p.parent.parent for p in directory.rglob("csv/metrics.csv")}
     jobs |= {p.parent for p in directory.rglob(FAILED)} | {p.parent for p in directory.rglob("config.yaml")}
     jobs = {job for job in jobs if (job / ".hydra").is_dir() or (job / "csv").is_dir() or (job / FAILED).exists()}
