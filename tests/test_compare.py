@@ -387,6 +387,21 @@ def test_boundary_iou_recall_and_calibration_get_intervals_from_per_image_counts
     assert any("make rescore" in note for note in again["notes"])
 
 
+def test_the_shipped_study_regenerates_byte_for_byte(tmp_path):
+    """docs/results/ holds the study's runs.json and per-image counts: `make compare` on it gives the table in
+    docs/results/compare.md, and docs/results.md shows that table."""
+    out = tmp_path / "cmp"
+    main([str(ROOT / "docs" / "results"), "--baseline", "ce", "--out", str(out)])
+    shipped = (ROOT / "docs" / "results" / "compare.md").read_text()
+    assert (out / "compare.md").read_text() == shipped
+    table = [line for line in shipped.splitlines() if line.startswith("|")]
+    assert "\n".join(table) in (ROOT / "docs" / "results.md").read_text()
+    assert (
+        sum(json.loads((ROOT / "docs" / "results" / "runs.json").read_text())[i]["loss"] == "ce" for i in range(120))
+        == 10
+    )
+
+
 @pytest.mark.slow
 def test_a_failing_job_does_not_stop_the_sweep(tmp_path):
     from tests.conftest import TINY_SYNTHETIC

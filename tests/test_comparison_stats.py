@@ -157,3 +157,17 @@ def test_scores_other_than_miou_get_intervals_from_their_own_counts():
     by_hand = np.mean([np.nanmean(tp.sum(0) / (tp + fn).sum(0)) for tp, fn in zip(counts.tp, counts.parts["fn"])])
     assert recall.mean == pytest.approx(by_hand, rel=1e-9) and 0 < recall.se < 0.05
     assert stats.loss_estimate(Counts([0], counts.tp[:1], counts.union[:1]), "mBIoU") is None  # not stored
+
+
+def test_holm_step_intervals_exclude_zero_exactly_when_a_difference_is_real():
+    p = {"a": 0.001, "b": 0.02, "c": 0.03, "d": 0.2}  # Holm: a rejected (×4); b not (×3 = 0.06): stop there
+    assert stats.step_levels(p) == {"a": 4, "b": 3, "c": 3, "d": 3}
+    rng = np.random.default_rng(8)
+    effects = {"base": 0.0, **{f"e{k}": 0.04 * k for k in range(1, 9)}}
+    counts = sm.simulate(rng, effects, sm.REGIMES["seed-dominated"], seeds=6)
+    adjusted = stats.adjust({k: stats.difference(counts[k], counts["base"]) for k in effects if k != "base"})
+    verdicts = [r["real"] for r in adjusted.values()]
+    assert any(verdicts) and not all(verdicts)  # the family has both kinds
+    for r in adjusted.values():
+        low, high = r["adjusted"]
+        assert (low > 0 or high < 0) == r["real"]

@@ -12,9 +12,11 @@ mean over its seeds. The training run is the unit of replication; the images are
   value when both losses have the same seeds (unpaired otherwise), its standard error from the same model,
   a two-sided t-test and interval.
 * **Multiplicity** (:func:`adjust`): Holm's step-down p-values (Holm 1979) over a family; a difference is
-  **real** when its Holm p < α. The printed interval of a family member is simultaneous (Bonferroni, level
-  1 − α/m), as emmeans does for Holm families: it excludes 0 only where Holm also rejects, and Holm may
-  reject a little earlier (it is the more powerful of the two at the same family-wise error).
+  **real** when its Holm p < α. The printed interval of a family member is taken at the level of its Holm
+  step, 1 − α/(m − k + 1) (frozen at the first step Holm does not reject), so it excludes 0 exactly when the
+  difference is real. These step-down intervals are wider than unadjusted ones and match the test's
+  decisions; only Bonferroni's (all at 1 − α/m, the first step's level) are simultaneous in the strict
+  sense, and the first-ranked comparison's interval is one of those.
 * **The best loss** (:func:`best_marks`): every pair of losses is tested, Holm over all k(k − 1)/2 pairs;
   a loss is marked ``<`` when it is worse than at least one other loss in that family, so the chance that
   any loss is wrongly marked worse than the best is at most α (strong control), whichever loss the data
@@ -171,17 +173,31 @@ def holm(p_values: dict[str, float]) -> dict[str, float]:
     return adjusted
 
 
+def step_levels(p_values: dict[str, float], alpha: float = ALPHA) -> dict[str, int]:
+    """Holm's divisor for each hypothesis: m − k + 1 at its step k (by raw p), frozen at the first step that
+    is not rejected, so that the interval at level 1 − α/divisor excludes 0 exactly when Holm rejects."""
+    order, divisors, stopped = sorted(p_values, key=p_values.get), {}, None
+    for k, key in enumerate(order):
+        divisor = stopped or len(order) - k
+        if stopped is None and p_values[key] * divisor >= alpha:
+            stopped = divisor
+        divisors[key] = divisor
+    return divisors
+
+
 def adjust(family: dict, alpha: float = ALPHA, power: float = POWER) -> dict:
-    """Each result of a family (:func:`difference`) with ``p_holm``, ``real`` (p_holm < α), the simultaneous
-    (Bonferroni) ``adjusted`` interval and ``mdd``: the smallest |Δ| this design detects with ``power`` at the
-    family's corrected level α/m (an upper bound for Holm's later steps)."""
+    """Each result of a family (:func:`difference`) with ``p_holm``, ``real`` (p_holm < α), the ``adjusted``
+    interval at the level of its Holm step (:func:`step_levels`: it excludes 0 exactly when the difference is
+    real) and ``mdd``: the smallest |Δ| this design detects with ``power`` at the family's first-step level α/m
+    (an upper bound for Holm's later steps)."""
     m = max(len(family), 1)
-    adjusted = holm({key: r["p"] for key, r in family.items()})
+    raw = {key: r["p"] for key, r in family.items()}
+    adjusted, divisors = holm(raw), step_levels(raw, alpha)
     out = {}
     for key, r in family.items():
         estimate = r["estimate"]
         out[key] = {**r, "p_holm": adjusted[key], "real": adjusted[key] < alpha,
-                    "adjusted": estimate.interval(1 - alpha / m),
+                    "adjusted": estimate.interval(1 - alpha / divisors[key]),
                     "mdd": variance.detectable(estimate.components, alpha / m, power)}  # fmt: skip
     return out
 

@@ -161,16 +161,14 @@ def add_statistics(summary: dict, runs: list[Run], baseline: str | None = None, 
 
 
 def _intervals(counts: stats.Counts, classes: list[str], extra: list[str]) -> dict[str, tuple[float, float]]:
-    """The 95 % intervals of one loss's mean scores (none with one seed)."""
+    """The 95 % intervals of one loss's mean scores (none with one seed), clipped to the scores' range (0–1;
+    NLL ≥ 0): a t-interval may reach past it, the score cannot."""
+    estimates = {"mIoU": stats.loss_estimate(counts, "mIoU")}
+    estimates |= dict(zip(classes, stats.loss_estimate(counts, "IoU") or []))
+    estimates |= {name: stats.loss_estimate(counts, name) for name in extra}
     out = {}
-    found = stats.loss_estimate(counts, "mIoU")
-    if found is not None:
-        out["mIoU"] = found.interval(stats.LEVEL)
-    for name, estimate in zip(classes, stats.loss_estimate(counts, "IoU") or []):
+    for name, estimate in estimates.items():
         if estimate is not None:
-            out[name] = estimate.interval(stats.LEVEL)
-    for name in extra:
-        estimate = stats.loss_estimate(counts, name)
-        if estimate is not None:
-            out[name] = estimate.interval(stats.LEVEL)
+            low, high = estimate.interval(stats.LEVEL)
+            out[name] = (max(low, 0.0), high if name == "NLL" else min(high, 1.0))
     return out

@@ -104,8 +104,9 @@ def table_note(summary: dict) -> str:
     return (
         "Scores in %: mean over seeds [95 % interval over seeds × images: crossed random effects, t with "
         "Satterthwaite df]. Δ: difference in mean mIoU to the baseline (paired by seed where both losses have the "
-        f"same seeds) [simultaneous {100 * (1 - summary.get('alpha', stats.ALPHA)):.0f} % interval over the {m} "
-        "comparisons, Bonferroni], * when real: Holm-adjusted p < 0.05 (the training run is the unit). MDD: the "
+        f"same seeds) [interval at the level of its Holm step over the {m} comparisons: it excludes 0 exactly when "
+        f"the difference is real], * when real: Holm-adjusted p < {summary.get('alpha', stats.ALPHA):g} (the "
+        "training run is the unit). MDD: the "
         "smallest |Δ| (points) this design detects with 80 % power at the corrected level. vs best: < when the "
         "loss is worse than some other loss (Holm over all pairs), ≈ when not shown worse than any."
     )
@@ -113,7 +114,7 @@ def table_note(summary: dict) -> str:
 
 def csv_rows(summary: dict) -> tuple[list[str], list[list]]:
     """The CSV (and W&B) table: per loss and column mean, std and the 95 % interval; Δ to the baseline with its
-    95 % and simultaneous intervals, SE, df, p, Holm-adjusted p, real, MDD, paired, and the mark vs the best."""
+    95 % and Holm-step intervals, SE, df, p, Holm-adjusted p, real, MDD, paired, and the mark vs the best."""
     columns, extra = summary["columns"], summary.get("extra", [])
     head = ["loss", "seeds"] + [f"{c}_{s}" for c in [*columns, *extra] for s in ("mean", "std", "ci_low", "ci_high")]
     head += ["delta_mIoU", "delta_low", "delta_high", "delta_adj_low", "delta_adj_high", "se", "df", "p", "p_holm",
