@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import json
 import os
 import signal
 
@@ -73,13 +74,44 @@ def test_a_deferred_check_reads_nothing_until_asked_and_reports_the_first_broken
 
 
 @pytest.mark.slow
-def test_skip_policy_drops_the_bad_batch_and_counts_it(base, tmp_path):
+def test_skip_policy_drops_the_bad_batch_and_counts_it(base, tmp_path, capfd):
     fit([*base, *POISON, "model.nonfinite=skip"], tmp_path)
     last = load_ckpt(tmp_path / "checkpoints" / "last.ckpt")
     assert last["global_step"] == 2 * 12  # Lightning still counts the step; it had no gradient to apply
     assert all(torch.isfinite(v).all() for v in last["state_dict"].values() if v.is_floating_point())
     skipped = [float(r["train/skipped_batches"]) for r in _rows(tmp_path) if "train/skipped_batches" in r]
     assert skipped and max(skipped) == 1.0
+    assert json.loads((tmp_path / "COMPLETED").read_text())["skipped_batches"] == 1  # make compare sees it
+    assert "1 training batch(es) had a non-finite loss and were skipped" in capfd.readouterr().err
+
+
+@pytest.mark.slow
+def test_skipping_stops_after_too_many_batches_in_a_row(base, tmp_path):
+    with pytest.raises(NonFiniteLossError, match=r"1 training batches in a row .*model\.nonfinite_max_skips=1"):
+        fit([*base, *POISON, "model.nonfinite=skip", "model.nonfinite_max_skips=1"], tmp_path)
+    assert not (tmp_path / "COMPLETED").exists()
+
+
+def _finite_checkpoints(run) -> list[tuple[str, int]]:
+    found = []
+    for path in sorted((run / "checkpoints").glob("*.ckpt")):
+        checkpoint = load_ckpt(path)
+        tensors = [v for v in checkpoint["state_dict"].values() if v.is_floating_point()]
+        assert all(torch.isfinite(v).all() for v in tensors), path.name
+        found.append((path.name, checkpoint["global_step"]))
+    return found
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("policy", ["raise", "skip"])
+def test_a_diverged_net_is_never_checkpointed(base, tmp_path, policy):
+    """lr = 1e9: a step with a finite loss overflows BatchNorm's running_var. That state used to be saved as
+    last.ckpt (with `skip` the run even finished); now the save is refused and the run stops, naming it."""
+    diverge = ["optimizer.lr=1e9", "save_every_n_steps=1", f"model.nonfinite={policy}"]
+    with pytest.raises(NonFiniteLossError, match=r"the weights are no longer finite at step \d+ .*running_var"):
+        fit([*base, *diverge], tmp_path)
+    assert _finite_checkpoints(tmp_path)  # what is on disk is the last finite state
+    assert not (tmp_path / "COMPLETED").exists()
 
 
 @pytest.mark.slow

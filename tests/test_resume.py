@@ -100,6 +100,15 @@ def test_sigterm_saves_a_checkpoint_and_resume_auto_finishes_exactly(base, unint
     assert _same_weights(expected, got) == []
 
 
+@pytest.mark.slow
+def test_last_ckpt_holds_the_final_state_whatever_the_validation_schedule(base, tmp_path):
+    """Validated every 2nd epoch, 3 epochs: last.ckpt used to stop at epoch 2's start (step 24 of 36)."""
+    plain = [arg for arg in base if not arg.startswith("save_every_n_steps")]
+    fit([*plain, "trainer.check_val_every_n_epoch=2"], tmp_path)
+    last = load_ckpt(tmp_path / "checkpoints" / "last.ckpt")
+    assert last["global_step"] == 36 and last["epoch"] == 3  # Lightning counts finished epochs at the end
+
+
 def test_resume_auto_prefers_the_run_directory_then_the_latest_run_of_the_same_name(tmp_path):
     runs = tmp_path / "runs"
     old = runs / "2026-01-01_00-00-00_ce-unet-s1" / "checkpoints"

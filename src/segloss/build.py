@@ -60,6 +60,7 @@ def build_module(cfg: DictConfig, with_optimizer: bool = True, datamodule=None) 
         train_metrics=cfg.model.get("train_metrics", True),
         nonfinite=cfg.model.get("nonfinite", "raise"),
         nonfinite_defer=cfg.model.get("nonfinite_defer"),
+        nonfinite_max_skips=cfg.model.get("nonfinite_max_skips", 20),
         optimized_metric=cfg.get("optimized_metric", "val/mIoU"),
         quality=OmegaConf.to_container(cfg.metrics) if cfg.get("metrics") else None,
         binary_threshold=cfg.model.get("binary_threshold", 0.5),

@@ -36,7 +36,8 @@ from segloss.utils.visualize import (
 
 class LatestCheckpoint(ModelCheckpoint):
     """``ModelCheckpoint`` whose ``last.ckpt`` (``save_last=True``) holds the latest state after *every*
-    save point, not only after those that also saved a top-k checkpoint.
+    save point, not only after those that also saved a top-k checkpoint, and the final state when the
+    training ends.
 
     Lightning 2.6 refreshes ``last.ckpt`` only in a step where a monitored top-k file was written, so after
     epochs that do not improve the monitored metric ``last.ckpt`` is epochs old, and ``resume=auto`` after a
@@ -57,8 +58,14 @@ class LatestCheckpoint(ModelCheckpoint):
             self._refresh_last(trainer)
 
     def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        if not trainer.fast_dev_run:  # Lightning's own would write last.ckpt even in a fast_dev_run
-            super().on_train_end(trainer, pl_module)
+        """The final state in ``last.ckpt`` whatever the validation schedule: Lightning writes it here only
+        if it never wrote one, so with validation every 2nd epoch and an odd ``max_epochs`` the last epoch's
+        training was in no checkpoint."""
+        if trainer.fast_dev_run:  # Lightning's own would write last.ckpt even in a fast_dev_run
+            return
+        if self.save_last and self._last_global_step_saved != trainer.global_step:
+            self._save_last_checkpoint(trainer, self._monitor_candidates(trainer))
+        super().on_train_end(trainer, pl_module)
 
 
 class StoppedBySignal(Exception):

@@ -90,6 +90,8 @@ RULES: list[tuple[str, Callable, str, str]] = [
     ("model.train_metrics", is_bool, "true or false", "model.train_metrics=true"),
     ("model.nonfinite", one_of("raise", "skip", "ignore"), "raise, skip or ignore", "model.nonfinite=raise"),
     ("model.nonfinite_defer", lambda v: v is None or is_bool(v), "true, false or null", "model.nonfinite_defer=null"),
+    ("model.nonfinite_max_skips", lambda v: isinstance(v, int) and not isinstance(v, bool) and v >= 1,
+     "a whole number ≥ 1", "model.nonfinite_max_skips=20"),
     ("model.binary_threshold", lambda v: isinstance(v, int | float) and not isinstance(v, bool) and 0 < v < 1,
      "a probability in (0, 1)", "model.binary_threshold=0.5"),
     ("metrics.boundary_iou", is_bool, "true or false", "metrics.boundary_iou=true"),

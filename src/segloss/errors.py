@@ -87,6 +87,28 @@ class NonFiniteLossError(SeglossError):
             f"images {found['names']}; non-finite term(s): {broken}. {cls.FIXES}"
         )
 
+    @classmethod
+    def in_weights(cls, names: list[str], trainer=None) -> NonFiniteLossError:
+        """A checkpoint save refused: parameters or buffers are no longer finite."""
+        step = f" at step {trainer.global_step}" if trainer is not None else ""
+        return cls(
+            f"the weights are no longer finite{step} (non-finite: {names}), although the loss was: a step "
+            "overflowed them (BatchNorm running statistics or parameters). The checkpoint was not written; the "
+            "last one on disk is intact. Fixes: lower optimizer.lr, set trainer.gradient_clip_val, or resume "
+            "from that checkpoint with a smaller learning rate"
+        )
+
+    @classmethod
+    def skipped_in_a_row(cls, policy, trainer=None) -> NonFiniteLossError:
+        """``nonfinite=skip`` gave up: ``max_skips`` batches in a row had a non-finite loss."""
+        step = f" (step {trainer.global_step}, epoch {trainer.current_epoch})" if trainer is not None else ""
+        return cls(
+            f"{policy.in_a_row} training batches in a row had a non-finite loss and were skipped{step}, "
+            f"{policy.skipped} in all: the weights themselves are broken, so every later batch would be skipped "
+            f"too (model.nonfinite_max_skips={policy.max_skips}). The checkpoints on disk hold finite weights. "
+            "Fixes: lower optimizer.lr, set trainer.gradient_clip_val, use trainer.precision=32-true"
+        )
+
 
 class DownloadError(SeglossError, RuntimeError):
     """``make download``: fetching, verifying, unpacking or preparing a dataset or encoder weights failed.

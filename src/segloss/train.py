@@ -74,6 +74,9 @@ def train(cfg: DictConfig) -> dict:
     if best is not None and trainer.is_global_zero:
         title = f"val — best epoch by {module.best.metric} ({Path(best_path).name or 'no checkpoint'})"
         print_results(title, module.class_names, best)
+    if module.nonfinite.skipped and trainer.is_global_zero:  # a skipped batch is never silent
+        print(f"segloss: {module.nonfinite.skipped} training batch(es) had a non-finite loss and were skipped "
+              "(model.nonfinite=skip; logged as train/skipped_batches)", file=sys.stderr)  # fmt: skip
     if trainer.is_global_zero and trainer.state.status == TrainerStatus.FINISHED:  # last: the run is finished
         write_completed(run.path, completion_record(cfg, trainer, module))
     return {
@@ -88,7 +91,8 @@ def train(cfg: DictConfig) -> dict:
 def completion_record(cfg: DictConfig, trainer: L.Trainer, module) -> dict:
     """What ``COMPLETED`` says of a finished training: epochs run and planned (``max_epochs``; -1 or None when
     the run is bounded by steps), optimizer steps, whether it stopped before its planned end (early
-    stopping), and the best value of the optimised metric (None when it never validated)."""
+    stopping), the batches ``model.nonfinite=skip`` dropped, and the best value of the optimised metric (None
+    when it never validated)."""
     planned = trainer.max_epochs if trainer.max_epochs is not None and trainer.max_epochs >= 0 else None
     value = module.best.value
     return {
@@ -96,6 +100,7 @@ def completion_record(cfg: DictConfig, trainer: L.Trainer, module) -> dict:
         "planned_epochs": planned,
         "global_step": int(trainer.global_step),
         "stopped_early": planned is not None and trainer.current_epoch < planned,
+        "skipped_batches": int(module.nonfinite.skipped),
         "metric": str(cfg.get("optimized_metric", "val/mIoU")),
         "best_value": None if value is None else float(value),
     }

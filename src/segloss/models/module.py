@@ -16,7 +16,7 @@ from segloss.models.best import BestScore
 from segloss.models.evaluation import EvaluationMetrics
 from segloss.models.inference import Inference, to_classes
 from segloss.models.nets.aux_heads import AuxiliaryHeads
-from segloss.models.nonfinite import NonFinitePolicy
+from segloss.models.nonfinite import NonFinitePolicy, non_finite_tensors
 from segloss.utils.seeding import reseed_step
 
 
@@ -69,6 +69,7 @@ class SegmentationModule(L.LightningModule):
         nonfinite: what a NaN/Inf training loss does: raise, skip or ignore (:mod:`segloss.models.nonfinite`).
         nonfinite_defer: read the ``raise`` check at logging steps and before checkpoints instead of every step
             (no per-step host sync); None = on accelerators only.
+        nonfinite_max_skips: with ``skip``, stop after this many batches skipped in a row.
         optimized_metric: the validation score that picks the best epoch (:mod:`segloss.models.best`).
         binary_threshold: with one output channel (a sigmoid net for a 2-class label space: background and
             foreground), the probability above which a pixel is foreground (0.5; the logit's sign). Losses
@@ -98,6 +99,7 @@ class SegmentationModule(L.LightningModule):
         train_metrics: bool = True,
         nonfinite: str = "raise",
         nonfinite_defer: bool | None = None,
+        nonfinite_max_skips: int = 20,
         optimized_metric: str = "val/mIoU",
         quality: dict | None = None,
         binary_threshold: float = 0.5,
@@ -129,7 +131,7 @@ class SegmentationModule(L.LightningModule):
         if not 0 < binary_threshold < 1:
             raise ConfigError(f"model.binary_threshold={binary_threshold} must be a probability in (0, 1), e.g. 0.5")
         self.binary_threshold = binary_threshold
-        self.nonfinite = NonFinitePolicy(nonfinite, nonfinite_defer)
+        self.nonfinite = NonFinitePolicy(nonfinite, nonfinite_defer, nonfinite_max_skips)
         self.train_metrics = SegmentationMetrics(num_classes, ignore_index)
         self.val_eval = EvaluationMetrics(num_classes, ignore_index, class_names, quality or {})
         self.test_eval = EvaluationMetrics(num_classes, ignore_index, class_names, quality or {})
@@ -191,7 +193,10 @@ class SegmentationModule(L.LightningModule):
                 raise NonFiniteLossError.at_step(self, batch, batch_idx, loss, logits, terms)
             self.nonfinite.skip()
             self.log("train/skipped_batches", float(self.nonfinite.skipped))
+            if self.nonfinite.in_a_row >= self.nonfinite.max_skips:
+                raise NonFiniteLossError.skipped_in_a_row(self.nonfinite, self._trainer)
             return None  # Lightning skips backward and the optimizer step
+        self.nonfinite.in_a_row = 0
         self._log_train_losses({"train/loss": loss, **{f"train/loss/{k}": v for k, v in terms.items()}}, len(logits))
         if self._labelled_pixels is not None:
             mask = batch["mask"]
@@ -274,6 +279,9 @@ class SegmentationModule(L.LightningModule):
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         self.check_finite("a checkpoint save")  # never write the weights of a broken step
+        broken = non_finite_tensors(self)  # nor weights a finite loss broke (BatchNorm statistics, overflow)
+        if broken:
+            raise NonFiniteLossError.in_weights(broken, self._trainer)
         state = self.best.state()  # the same on every rank: the results are synced
         if state is not None:
             checkpoint["val_best"] = state

@@ -3,8 +3,14 @@
 * ``raise`` (default) stops the run with :class:`segloss.errors.NonFiniteLossError` naming the step, the
   images and the broken terms; nothing is saved after it, so the last good checkpoint stays intact.
 * ``skip`` drops the batch: no backward, no update, and the BatchNorm running statistics — which the
-  NaN forward has already poisoned — restored from a copy taken before the step.
+  NaN forward has already poisoned — restored from a copy taken before the step. Skipped batches are counted
+  (``train/skipped_batches``, the run's ``COMPLETED`` record and its final table); ``max_skips`` in a row
+  (``model.nonfinite_max_skips``) stop the run: by then the weights themselves are broken.
 * ``ignore`` does not check.
+
+Whatever the policy, **no checkpoint holds a non-finite parameter or buffer**: before every save the
+weights are checked (:func:`non_finite_tensors`, one host sync per checkpoint) and the save refused with an
+error naming them — a step with a finite loss can still overflow a BatchNorm ``running_var``.
 
 ``raise`` on an accelerator is **deferred** (``model.nonfinite_defer``, null = deferred on accelerators,
 per step on the CPU, where reading a number costs nothing): each step appends its loss and terms to a
@@ -28,12 +34,12 @@ MODES = ("raise", "skip", "ignore")
 
 
 class NonFinitePolicy:
-    def __init__(self, mode: str = "raise", defer: bool | None = None) -> None:
+    def __init__(self, mode: str = "raise", defer: bool | None = None, max_skips: int = 20) -> None:
         if mode not in MODES:
             raise ValueError(f"nonfinite={mode!r}: choose raise, skip or ignore")
-        self.mode, self.defer = mode, defer
+        self.mode, self.defer, self.max_skips = mode, defer, max_skips
         self._pending: list[tuple[Tensor, dict]] = []  # deferred: (loss and term values, where and images)
-        self.skipped = 0
+        self.skipped, self.in_a_row = 0, 0
         self._kept: list[Tensor] | None = None
         self._live: list[Tensor] = []
 
@@ -60,6 +66,7 @@ class NonFinitePolicy:
         """Undo the step's effect on the buffers and count the skipped batch."""
         torch._foreach_copy_(self._live, self._kept)
         self.skipped += 1
+        self.in_a_row += 1
 
     def defers(self, loss: Tensor) -> bool:
         """Whether this loss is recorded for a later read instead of being read now."""
@@ -92,3 +99,13 @@ class NonFinitePolicy:
         values = values.tolist()
         broken = [name for name, value in zip(info["terms"], values[1:], strict=True) if not math.isfinite(value)]
         return {**info, "loss": values[0], "broken": broken}
+
+
+def non_finite_tensors(module: nn.Module, limit: int = 8) -> list[str]:
+    """The names (at most ``limit``) of the parameters and floating-point buffers of ``module`` that hold a NaN
+    or an infinity; one host sync for all of them."""
+    named = [(n, t) for n, t in (*module.named_parameters(), *module.named_buffers()) if t.is_floating_point()]
+    if not named:
+        return []
+    finite = torch.stack([t.detach().isfinite().all() for _, t in named]).tolist()
+    return [name for (name, _), ok in zip(named, finite, strict=True) if not ok][:limit]
