@@ -62,6 +62,15 @@ def test_counts_are_cached_outside_the_dataset(stats_cfg, tmp_path):
     assert not list((tmp_path / "cityscapes").rglob("*.json"))
 
 
+def test_masks_corrected_in_place_are_recounted(stats_cfg, tmp_path):
+    """The cache used to be keyed on path + file count: a mask fixed in place kept its stale counts."""
+    assert compute_stats(stats_cfg)["counts"][0] == 7
+    mask = tmp_path / "cityscapes/gtFine/train/aachen/aachen_000000_000019_gtFine_labelIds.png"
+    Image.fromarray(np.asarray([[26, 26, 26], [26, 26, 26]], dtype=np.uint8)).save(mask)  # all car now
+    stats = compute_stats(stats_cfg)
+    assert stats["counts"][0] == 5 and stats["counts"][13] == 7  # road 7 → 5, car 1 → 7
+
+
 def test_run_prints_the_table_and_writes_json(stats_cfg, capsys, tmp_path):
     run(stats_cfg)
     out = capsys.readouterr().out

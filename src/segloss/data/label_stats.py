@@ -47,10 +47,25 @@ def label_counts(dataset: Dataset, num_classes: int, ignore_index: int = 255) ->
     }
 
 
+def label_fingerprint(dataset: Dataset) -> str:
+    """A hash of the dataset's label files — path, size and modification time of each (``label_paths``) — so
+    that masks corrected in place give a new cache entry; the sample count for datasets without files."""
+    digest = hashlib.sha256(str(len(dataset)).encode())
+    for path in getattr(dataset, "label_paths", None) or []:
+        try:
+            info = os.stat(path)
+            digest.update(f"{path}|{info.st_size}|{info.st_mtime_ns}\n".encode())
+        except OSError:  # unreadable: counted as such; reading it will name it
+            digest.update(f"{path}|missing\n".encode())
+    return digest.hexdigest()
+
+
 def cached_label_counts(dataset: Dataset, num_classes: int, ignore_index: int, cache_dir: str | Path, key: str) -> dict:
-    """:func:`label_counts`, cached as JSON in ``cache_dir`` under a hash of ``key`` and the number of
-    samples (a changed dataset gets a new entry). Never writes next to the data."""
-    digest = hashlib.sha256(f"v2|{key}|{len(dataset)}|{num_classes}|{ignore_index}".encode()).hexdigest()[:16]
+    """:func:`label_counts`, cached as JSON in ``cache_dir`` under a hash of ``key`` and the label files'
+    fingerprint (:func:`label_fingerprint`: any label file added, removed, rewritten or touched gives a new
+    entry; ``make stats ARGS="refresh=true"`` empties the cache). Never writes next to the data."""
+    fingerprint = label_fingerprint(dataset)
+    digest = hashlib.sha256(f"v3|{key}|{fingerprint}|{num_classes}|{ignore_index}".encode()).hexdigest()[:16]
     path = Path(cache_dir) / "label_counts" / f"{digest}.json"
     if path.is_file():
         return json.loads(path.read_text())

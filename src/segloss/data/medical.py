@@ -169,6 +169,7 @@ class MSDSliceDataset(Dataset):
         self._sizes = {case: tuple(self._array(case, "label").shape[1:]) for case in self.cases}
         self._spacing = {case: mp.read_spacing(by_id[case].label) for case in self.cases}  # (z, y, x) mm
         self.samples = self._index(foreground)
+        self.label_paths = [Path(by_id[case].label) for case in self.cases]  # what label caches key on
 
     # --- preprocessing -------------------------------------------------------------------------------
     def _intensity_stats(self, train: list[mp.MSDCase]) -> list[dict[str, float] | None]:

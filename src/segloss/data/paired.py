@@ -24,6 +24,11 @@ class ImageMaskFiles(Dataset):
     def __len__(self) -> int:
         return len(self.samples)
 
+    @property
+    def label_paths(self) -> list[Path]:
+        """The label files (what a cache of label statistics must notice changing)."""
+        return [mask for _, _, mask in self.samples if mask is not None]
+
     def load_mask(self, index: int) -> torch.Tensor:
         raise NotImplementedError
 
