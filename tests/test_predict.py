@@ -109,6 +109,21 @@ def test_writes_argmax_palette_pngs_and_reports_every_unreadable_file(setup, tmp
     assert list(data_dir.iterdir()) == []  # the dataset was never needed nor generated
 
 
+def test_a_dangling_link_is_named_not_dropped(setup, tmp_path, capsys):
+    """A symbolic link to a deleted image used to vanish from the count ("4 of 4 images labelled", exit 0)."""
+    _, cfg, _ = setup
+    inputs, out = tmp_path / "in", tmp_path / "out"
+    write_inputs(inputs, broken=False)
+    (inputs / "sub" / "gone.png").symlink_to(tmp_path / "deleted.png")
+    with pytest.raises(DatasetFormatError) as err:
+        predict(cfg(inputs, out))
+    assert "1 image(s) could not be read" in str(
+        err.value
+    ) and f"{inputs / 'sub' / 'gone.png'}: a symbolic link" in str(err.value)
+    assert err.value.failed == [inputs / "sub" / "gone.png"] and len(err.value.written) == len(GOOD)
+    assert f"{len(GOOD)} of {len(GOOD) + 1} images labelled" in capsys.readouterr().out
+
+
 def test_sliding_window_writes_the_slide_inference(setup, tmp_path):
     module, cfg, _ = setup
     inputs, out = tmp_path / "in", tmp_path / "out"

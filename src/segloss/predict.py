@@ -16,6 +16,7 @@ been checked, so a wrong folder or an existing output is reported at once.
 
 from __future__ import annotations
 
+import os
 import time
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -39,18 +40,28 @@ IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp")
 OVERLAY_SUFFIX = "_overlay"
 
 
-def find_images(input_dir: Path) -> list[Path]:
-    """The images under ``input_dir`` (recursively, sorted by relative path)."""
+def find_images(input_dir: Path) -> tuple[list[Path], dict[Path, str]]:
+    """``(images, unusable)``: the image files under ``input_dir`` (recursively, sorted by relative path),
+    and the entries with an image extension that are not readable files — a symbolic link to a missing file,
+    a FIFO, … — each with why (reported with the unreadable images: nothing is dropped silently)."""
     accepted = " ".join(IMAGE_EXTENSIONS)
     if not input_dir.is_dir():
         raise ConfigError(f"input_dir={input_dir} is not a folder; give a folder of images ({accepted})")
-    images = sorted(
-        (p for p in input_dir.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS),
+    candidates = sorted(
+        (p for p in input_dir.rglob("*") if p.suffix.lower() in IMAGE_EXTENSIONS and not p.is_dir()),
         key=lambda p: p.relative_to(input_dir).as_posix(),
     )
-    if not images:
+    images, unusable = [], {}
+    for path in candidates:
+        if path.is_file():
+            images.append(path)
+        elif path.is_symlink():
+            unusable[path] = f"{path}: a symbolic link to {os.readlink(path)}, which does not exist"
+        else:
+            unusable[path] = f"{path}: not a regular file"
+    if not images and not unusable:
         raise ConfigError(f"input_dir={input_dir} holds no images (searched recursively for {accepted})")
-    return images
+    return images, unusable
 
 
 def plan_outputs(images: list[Path], input_dir: Path, output_dir: Path, overlay: bool, overwrite: bool) -> dict:
@@ -164,18 +175,21 @@ def predict(cfg: DictConfig) -> dict:
     output_dir = Path(cfg.output_dir).expanduser().resolve()
     if output_dir == input_dir or input_dir in output_dir.parents:
         raise ConfigError(f"output_dir={output_dir} is inside input_dir={input_dir}; choose a folder outside it")
-    images = find_images(input_dir)
+    images, unusable = find_images(input_dir)
+    if not images:
+        raise UnreadableImagesError(unusable, [], output_dir)
     plan = plan_outputs(images, input_dir, output_dir, bool(cfg.get("overlay")), bool(cfg.get("overwrite")))
     from segloss.checks import check_config  # imports torch: after the quick folder checks
 
     check_config(cfg)
     if int(cfg.data.num_classes) > 256:
         raise ConfigError(f"data.num_classes={cfg.data.num_classes}: palette PNGs hold at most 256 classes")
-    return label_images(cfg, plan, output_dir)
+    return label_images(cfg, plan, output_dir, unusable)
 
 
-def label_images(cfg: DictConfig, plan: dict, output_dir: Path) -> dict:
-    """Build the net, load the checkpoint and write the files of ``plan`` (see :func:`predict`)."""
+def label_images(cfg: DictConfig, plan: dict, output_dir: Path, unusable: dict | None = None) -> dict:
+    """Build the net, load the checkpoint and write the files of ``plan`` (see :func:`predict`); the inputs
+    of ``unusable`` are counted and reported with the unreadable ones."""
     from rich.progress import track
 
     from segloss.build import build_module, without_named_class_weights
@@ -198,7 +212,7 @@ def label_images(cfg: DictConfig, plan: dict, output_dir: Path) -> dict:
     lut = palette_lut(palette)
     dtype = autocast_dtype(cfg, device)
 
-    written, overlays, failures = [], [], {}
+    written, overlays, failures = [], [], dict(unusable or {})
     start = time.perf_counter()
     for path in track(list(plan), description="predicting", transient=True):
         try:
@@ -215,8 +229,9 @@ def label_images(cfg: DictConfig, plan: dict, output_dir: Path) -> dict:
             overlays.append(overlay_path)
 
     seconds = time.perf_counter() - start  # reading, inference and writing
+    inputs = len(plan) + len(unusable or {})
     rich.print(
-        f"[bold]predict[/]: {len(written)} of {len(plan)} images labelled ({module.inference}, {device}, "
+        f"[bold]predict[/]: {len(written)} of {inputs} images labelled ({module.inference}, {device}, "
         f"{dtype or 'float32'}) → {output_dir}"
         + (f" (with {len(overlays)} overlays)" if overlays else "")
         + f"; {len(written) / seconds:.2f} frames/s"
