@@ -70,17 +70,20 @@ def test_secret_environment_variables_never_reach_the_run_directory(tmp_path):
     old = {k: os.environ.get(k) for k in secrets}
     os.environ.update(secrets)
     run = tmp_path / "run"
-    overrides = [o for o in QUIET_RUN if o != "logger=csv"] + [
+    overrides = [o for o in QUIET_RUN if o not in ("logger=csv", "print_config=false")] + [
         *TINY_SYNTHETIC, f"paths.data_dir={tmp_path / 'data'}", "logger=default", "trainer.max_epochs=1",
         "+trainer.limit_train_batches=1", "+trainer.limit_val_batches=1",
         "+extra.note=${oc.env:SEGLOSS_TEST_TOKEN}", "+extra.wandb_key=${oc.env:WANDB_API_KEY}",
         f"hydra.run.dir={run}",
     ]  # fmt: skip
     try:
-        run_cli("train", overrides)
+        proc = run_cli("train", overrides)
     finally:
         for k, v in old.items():
             os.environ.pop(k) if v is None else os.environ.__setitem__(k, v)
+    printed = proc.stdout + proc.stderr  # the config tree: what a terminal, a SLURM .out or a CI log keeps
+    assert "extra" in printed and "note: '***'" in printed
+    assert not [value for value in secrets.values() if value in printed]
     files = [p for p in run.rglob("*") if p.is_file()]
     assert any("wandb" in p.parts for p in files) and (run / "config.yaml").is_file()
     assert (run / "csv" / "hparams.yaml").is_file()

@@ -8,20 +8,27 @@ from collections.abc import Sequence
 import rich
 import rich.syntax
 import rich.tree
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig, ListConfig, OmegaConf
 from rich.table import Table
 
 CONFIG_ORDER = ("data", "model", "loss", "optimizer", "scheduler", "trainer", "callbacks", "logger", "paths")
 
 
 def config_tree(cfg: DictConfig, resolve: bool = True) -> rich.tree.Tree:
-    """The composed config as a tree, one branch per group (the main groups first)."""
+    """The composed config as a tree, one branch per group (the main groups first), with secrets redacted
+    as in ``config.yaml`` (:mod:`segloss.utils.secrets`): a terminal, a SLURM ``.out`` file or a CI log is a
+    written copy too."""
+    from segloss.utils.secrets import redact
+
     tree = rich.tree.Tree("CONFIG", style="bold", guide_style="dim")
     keys = [k for k in CONFIG_ORDER if k in cfg] + [k for k in cfg if k not in CONFIG_ORDER]
     for key in keys:
         branch = tree.add(str(key), style="bold cyan")
         value = cfg[key]
-        text = OmegaConf.to_yaml(value, resolve=resolve) if isinstance(value, DictConfig) else str(value)
+        if isinstance(value, DictConfig | ListConfig):
+            value = OmegaConf.to_container(value, resolve=resolve)
+        value = redact(value, key=str(key))
+        text = OmegaConf.to_yaml(value) if isinstance(value, dict | list) else str(value)
         branch.add(rich.syntax.Syntax(text, "yaml", theme="ansi_dark", background_color="default"))
     return tree
 
