@@ -6,6 +6,7 @@ import csv
 import json
 import os
 import signal
+from pathlib import Path
 
 import pytest
 import torch
@@ -203,3 +204,45 @@ def test_a_new_run_never_reuses_a_run_directory_with_checkpoints(make_cfg, tmp_p
         train(cfg)
     assert (ckpts / "last.ckpt").read_bytes() == b"an earlier run's weights"
     assert not (tmp_path / "run0" / "config.yaml").exists()
+
+
+def test_a_second_training_into_a_busy_folder_is_refused_and_leaves_the_first_intact(base, tmp_path):
+    """Two trainings into one hydra.run.dir used to both exit 0 with config.yaml from one and last.ckpt from
+    the other. A process holding the folder's lock (a training that is still running) stops the second."""
+    import subprocess
+    import sys
+
+    from segloss.errors import ConfigError
+
+    tmp_path.mkdir(exist_ok=True)
+    (tmp_path / ".hydra").mkdir()
+    (tmp_path / ".hydra" / "overrides.yaml").write_text("- the first run's overrides\n")
+    holder = subprocess.Popen([sys.executable, "-c", (
+        "import fcntl, sys, time; f = open(sys.argv[1], 'a+'); fcntl.flock(f, fcntl.LOCK_EX); "
+        "f.write('pid 4242 on node7 since 09:00\\n'); f.flush(); print('locked', flush=True); time.sleep(60)"),
+        str(tmp_path / ".lock")], stdout=subprocess.PIPE, text=True)  # fmt: skip
+    try:
+        assert holder.stdout.readline().strip() == "locked"
+        with pytest.raises(ConfigError, match=r"another training is writing into .* \(pid 4242 on node7"):
+            fit(base, tmp_path)
+    finally:
+        holder.kill()
+        holder.wait()
+    assert not (tmp_path / "config.yaml").exists() and not (tmp_path / "checkpoints").exists()
+    assert (tmp_path / ".hydra" / "overrides.yaml").read_text() == "- the first run's overrides\n"
+
+
+def test_a_training_gives_its_folder_lock_back_and_its_hydra_files_too(make_cfg):
+    from segloss.utils.run_dir import RunDirectory
+
+    cfg = make_cfg(["trainer.max_epochs=1"])
+    overrides = Path(cfg.paths.output_dir) / ".hydra" / "overrides.yaml"
+    overrides.parent.mkdir(parents=True)
+    overrides.write_text("- mine\n")  # what this run's Hydra wrote
+    first = RunDirectory.open(cfg)
+    overrides.write_text("- a refused second command's\n")  # Hydra writes before any lock can be taken
+    first.release()
+    assert overrides.read_text() == "- mine\n"
+    again = RunDirectory.open(cfg)  # the same folder, free again
+    again.release()
+    assert (again.path / ".lock").read_text().startswith("pid ")

@@ -46,7 +46,14 @@ def train(cfg: DictConfig) -> dict:
     """
     rank_zero_only.rank = launch_rank()  # known from the launcher's variables before the Trainer exists
     check_config(cfg)  # types, values and metric names: a mistake costs seconds, not an epoch
-    run = RunDirectory.open(cfg)  # resume, no overwriting, config.yaml
+    run = RunDirectory.open(cfg)  # one training per folder, resume, no overwriting, config.yaml
+    try:
+        return _train_in(cfg, run)
+    finally:
+        run.release()
+
+
+def _train_in(cfg: DictConfig, run: RunDirectory) -> dict:
     if cfg.get("seed") is not None:
         L.seed_everything(cfg.seed, workers=True)
 

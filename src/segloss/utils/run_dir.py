@@ -19,8 +19,10 @@ that may or may not have run before). The checkpoints that make resuming exact �
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
+import socket
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
@@ -86,15 +88,23 @@ class RunDirectory:
     ckpt_path: str | None = None
     resumed_step: int | None = None
     resumed_state: dict | None = None
+    lock: object | None = None  # the open lock file (rank 0), released by :meth:`release`
+    hydra_files: dict | None = None  # this run's .hydra/*.yaml as its own Hydra wrote them
 
     @classmethod
     def open(cls, cfg: DictConfig) -> RunDirectory:
         """Resolve the resume, check the directory, complete, print and save the config (see the module)."""
         output_dir = Path(cfg.paths.output_dir)
         runs_dir = Path(cfg.paths.log_dir) / cfg.task_name / "runs"
-        ckpt_path = resolve_resume(cfg.get("resume"), cfg.get("ckpt_path"), output_dir, runs_dir, cfg.run_name)
-        check_output_dir(output_dir, resuming=ckpt_path is not None)
-        run = cls(output_dir, ckpt_path)
+        lock = lock_run_dir(output_dir)  # one training per folder: a second one stops here, naming the first
+        try:
+            ckpt_path = resolve_resume(cfg.get("resume"), cfg.get("ckpt_path"), output_dir, runs_dir, cfg.run_name)
+            check_output_dir(output_dir, resuming=ckpt_path is not None)
+        except Exception:
+            _unlock(lock)
+            raise
+        hydra_files = {p: p.read_bytes() for p in (output_dir / ".hydra").glob("*.yaml")} if lock else None
+        run = cls(output_dir, ckpt_path, lock=lock, hydra_files=hydra_files)
         if ckpt_path is not None:  # read once: it must fit the model, and metrics.csv rewinds to its step
             checkpoint = read_checkpoint(ckpt_path)
             run.resumed_step, run.resumed_state = int(checkpoint.get("global_step", 0)), checkpoint.get("state_dict")
@@ -102,6 +112,16 @@ class RunDirectory:
         clear_completed(output_dir)  # a training in this folder is under way: not finished until it says so
         show_and_save_config(cfg, output_dir)
         return run
+
+    def release(self) -> None:
+        """Give the folder's lock back (the process's end does too, however it ends). Hydra writes ``.hydra/``
+        before any code of ours runs, so a second command refused by the lock has overwritten this run's
+        copies: they are put back."""
+        for path, data in (self.hydra_files or {}).items():
+            if not path.is_file() or path.read_bytes() != data:
+                path.write_bytes(data)
+        _unlock(self.lock)
+        self.lock = None
 
     def check_fits(self, module) -> None:
         """A resumed checkpoint must fit the configured model (stops before any training)."""
@@ -146,6 +166,43 @@ def show_and_save_config(cfg: DictConfig, output_dir: Path) -> None:
     if cfg.get("ckpt_path"):
         print(f"segloss: resuming from {cfg.ckpt_path}")
     save_resolved_config(cfg, output_dir)
+
+
+LOCK = ".lock"
+
+
+def lock_run_dir(output_dir: Path):
+    """An exclusive, non-blocking ``flock`` on ``<output_dir>/.lock`` for this process (rank 0 only: the other
+    ranks of a run share its folder), holding who took it. A second training into the same folder — the same
+    ``hydra.run.dir``, a re-run of a sweep job that is still running — gets a :class:`ConfigError` naming the
+    holder. The operating system drops the lock when the process ends, even by SIGKILL."""
+    if rank_zero_only.rank != 0:
+        return None
+    output_dir.mkdir(parents=True, exist_ok=True)
+    handle = open(output_dir / LOCK, "a+")  # noqa: SIM115 (held for the whole training)
+    try:
+        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        handle.seek(0)
+        holder = handle.read().strip() or "another process"
+        handle.close()
+        raise ConfigError(
+            f"another training is writing into {output_dir} ({holder}); two runs in one folder would mix their "
+            "config.yaml and checkpoints. Wait for it to end, or give this run another folder (hydra.run.dir=… "
+            "or the default time-stamped one)"
+        ) from None
+    handle.seek(0)
+    handle.truncate()
+    stamp = datetime.now(timezone.utc).isoformat(timespec="seconds")
+    handle.write(f"pid {os.getpid()} on {socket.gethostname()} since {stamp}\n")
+    handle.flush()
+    return handle
+
+
+def _unlock(handle) -> None:
+    if handle is not None and not handle.closed:
+        fcntl.flock(handle, fcntl.LOCK_UN)
+        handle.close()
 
 
 @rank_zero_only
