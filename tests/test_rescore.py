@@ -3,8 +3,11 @@ re-scored TP/FP/FN prove that the predictions are the same ones."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
+import yaml
 
 from segloss.rescore import main as rescore
 from tests.conftest import QUIET_RUN, TINY_SYNTHETIC, run_cli
@@ -49,3 +52,45 @@ def test_rescore_names_a_missing_folder(tmp_path, capsys):
     assert "is not a folder; give DIR=logs/train/multiruns/<sweep>" in capsys.readouterr().err
     assert rescore([str(tmp_path)]) == 2
     assert "no runs with per_image_val.npz" in capsys.readouterr().err
+
+
+def _old_run(sweep, num: int, overrides: list[str]):
+    """A finished run folder from before the quality counts (TP/FP/FN only), with its Hydra files."""
+    from tests.test_compare import write_counts, write_run
+
+    run = write_run(sweep, num, "ce", num, [0.5], {"road": 0.9, "car": 0.1})
+    tp = np.arange(8).reshape(4, 2)
+    write_counts(run, tp, tp, tp)
+    (run / "checkpoints").mkdir()
+    (run / "checkpoints" / "epoch_000.ckpt").write_bytes(b"weights")
+    (run / ".hydra" / "overrides.yaml").write_text(yaml.safe_dump(overrides))
+    return run
+
+
+def test_a_stranger_s_run_folder_cannot_make_rescore_run_code(tmp_path, capsys):
+    sweep = tmp_path / "sweep"
+    evil = _old_run(sweep, 0, ["model.net={_target_: os.system, command: 'touch pwned'}"])
+    escaping = _old_run(sweep, 1, ["model=../../../tmp/evil"])
+    tagged = _old_run(sweep, 2, ["seed=2"])
+    (tagged / ".hydra" / "hydra.yaml").write_text("hydra: !!python/object/apply:os.system ['touch pwned']\n")
+    bare = _old_run(sweep, 3, ["seed=3"])
+    for name in ("hydra.yaml", "overrides.yaml"):
+        (bare / ".hydra" / name).unlink()
+    truncated = _old_run(sweep, 4, ["seed=4"])
+    (truncated / "per_image_val.npz").write_bytes((truncated / "per_image_val.npz").read_bytes()[:40])
+    before = {run: (run / "per_image_val.npz").read_bytes() for run in (evil, escaping, tagged, bare, truncated)}
+    assert rescore([str(sweep)]) == 1  # every run reported; none stops the others
+    lines = {line.split(" ", 2)[1].rstrip(":"): line for line in capsys.readouterr().out.splitlines()}
+    assert lines[str(evil)].startswith("REFUSED") and "names an instantiation key" in lines[str(evil)]
+    assert lines[str(escaping)].startswith("REFUSED") and "outside this project's configs" in lines[str(escaping)]
+    assert (
+        lines[str(tagged)].startswith("FAILED")
+        and f"cannot read {tagged / '.hydra' / 'hydra.yaml'}" in lines[str(tagged)]
+    )
+    assert lines[str(bare)].startswith("FAILED") and "no .hydra/hydra.yaml" in lines[str(bare)]
+    assert (
+        lines[str(truncated)].startswith("FAILED")
+        and f"cannot read {truncated / 'per_image_val.npz'}" in lines[str(truncated)]
+    )
+    assert all((run / "per_image_val.npz").read_bytes() == data for run, data in before.items())
+    assert not list(tmp_path.rglob("pwned")) and not (Path.cwd() / "pwned").exists()

@@ -9,6 +9,13 @@ the new counts into ``per_image_val.npz`` — **only if** the re-scored TP/FP/FN
 for image, which proves that the new numbers belong to the same predictions. A run whose counts differ
 (another machine, another library version) is reported and left as it was; nothing is overwritten that is
 not reproduced, and the stored file is replaced atomically. Runs that already hold every count are skipped.
+
+**A run folder is data, not code.** Its ``.hydra/`` files are read with ``yaml.safe_load`` and its
+command-line overrides are replayed only when they set values or pick config groups of this project:
+an override that names an instantiation key (``_target_``, ``_partial_``, ``_args_``, …) anywhere —
+``model.net={_target_: torch.load, …}`` would run any callable — or a config group path with ``..``, is
+refused and the run left as it was (``REFUSED``). A folder that cannot be read is reported (``FAILED``,
+naming the file) and the next run goes on (``docs/security.md``).
 """
 
 from __future__ import annotations
@@ -18,24 +25,66 @@ import os
 import subprocess
 import sys
 import tempfile
+import zipfile
 from pathlib import Path
 
 import numpy as np
 import yaml
 
 from segloss.comparison.runs import PER_IMAGE, Run, read_run
+from segloss.errors import ConfigError
 
 # Overrides of a training that an evaluation must not take (logging, callbacks and Hydra's own).
 TRAINING_ONLY = ("logger", "callbacks", "hydra", "ckpt_path", "print_config", "trainer.max_epochs", "resume")
 COUNTS = ("tp", "fp", "fn")
+# Hydra's instantiation keys: an override that carries one could make segloss.eval call anything.
+INSTANTIATION_KEYS = ("_target_", "_partial_", "_args_", "_recursive_", "_convert_")
+
+
+class Refused(Exception):
+    """A run folder asks for something rescore does not do on a stranger's say-so (the message says what)."""
+
+
+def _read_yaml(path: Path):
+    try:
+        return yaml.safe_load(path.read_text())
+    except FileNotFoundError:
+        raise Refused(
+            f"FAILED: no {path.relative_to(path.parent.parent)} (not a run folder of segloss.train)"
+        ) from None
+    except (OSError, UnicodeDecodeError, yaml.YAMLError) as err:
+        raise Refused(f"FAILED: cannot read {path}: {str(err).splitlines()[0]}") from None
+
+
+def checked_overrides(overrides: object, source: Path) -> list[str]:
+    """The overrides of a run folder that rescore may replay: plain strings that name no instantiation key
+    and no config path outside the project's config groups; :class:`Refused` otherwise."""
+    if not isinstance(overrides, list) or not all(isinstance(o, str) for o in overrides):
+        raise Refused(f"FAILED: {source} is not a list of overrides")
+    for override in overrides:
+        if any(key in override for key in INSTANTIATION_KEYS):
+            raise Refused(f"REFUSED: {source} has {override!r}, which names an instantiation key: replaying it "
+                          "could run any code; re-score such a run by hand if you trust it")  # fmt: skip
+        key, _, value = override.partition("=")
+        group_choice = "." not in key.lstrip("+~")  # model=…, experiment=…: a file of configs/<group>/
+        if group_choice and (".." in value or value.startswith("/")):
+            raise Refused(f"REFUSED: {source} has {override!r}, a config path outside this project's configs")
+    return overrides
 
 
 def eval_command(run_dir: Path, checkpoint: Path, out: Path) -> list[str]:
-    """The ``segloss.eval`` command that scores ``checkpoint`` as the run in ``run_dir`` was configured."""
-    hydra = yaml.safe_load((run_dir / ".hydra" / "hydra.yaml").read_text())["hydra"]
-    overrides = yaml.safe_load((run_dir / ".hydra" / "overrides.yaml").read_text()) or []
+    """The ``segloss.eval`` command that scores ``checkpoint`` as the run in ``run_dir`` was configured;
+    :class:`Refused` when the folder cannot be read or asks for code to run (module docstring)."""
+    hydra = _read_yaml(run_dir / ".hydra" / "hydra.yaml")
+    overrides = checked_overrides(_read_yaml(run_dir / ".hydra" / "overrides.yaml") or [],
+                                  run_dir / ".hydra" / "overrides.yaml")  # fmt: skip
     kept = [o for o in overrides if not _training_only(o)]
-    experiment = hydra["runtime"]["choices"].get("experiment")
+    try:
+        experiment = hydra["hydra"]["runtime"]["choices"].get("experiment")
+    except (TypeError, KeyError, AttributeError):
+        raise Refused(f"FAILED: {run_dir / '.hydra' / 'hydra.yaml'} holds no hydra.runtime.choices") from None
+    if experiment is not None:
+        checked_overrides([f"experiment={experiment}"], run_dir / ".hydra" / "hydra.yaml")
     args = [f"experiment={experiment}"] if experiment and not any(o.startswith("experiment=") for o in kept) else []
     return [sys.executable, "-m", "segloss.eval", *args, *kept, f"ckpt_path={checkpoint}", "split=val",
             "print_config=false", "callbacks.rich_progress_bar=null", f"hydra.run.dir={out}"]  # fmt: skip
@@ -47,7 +96,10 @@ def _training_only(override: str) -> bool:
 
 
 def best_checkpoint(run_dir: Path) -> Path | None:
-    run = read_run(run_dir)
+    try:
+        run = read_run(run_dir)
+    except ConfigError as err:  # an unreadable config.yaml or metrics.csv: named by the message
+        raise Refused(f"FAILED: {err}") from None
     if not isinstance(run, Run):
         return None
     path = run_dir / "checkpoints" / f"epoch_{run.best_epoch:03d}.ckpt"
@@ -59,15 +111,25 @@ def rescore_run(run_dir: Path, dry_run: bool = False) -> str:
     stored_path = run_dir / PER_IMAGE
     if not stored_path.is_file():
         return f"skipped {run_dir}: no {PER_IMAGE} to complete"
-    with np.load(stored_path) as stored:
-        stored = dict(stored)
+    try:
+        with np.load(stored_path, allow_pickle=False) as stored:
+            stored = dict(stored)
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile) as err:
+        return f"FAILED {run_dir}: cannot read {stored_path}: {err}; left as it was"
     if "band_inter" in stored or "calib_count" in stored:
         return f"skipped {run_dir}: already holds the quality counts"
-    checkpoint = best_checkpoint(run_dir)
+    try:
+        checkpoint = best_checkpoint(run_dir)
+    except Refused as why:
+        return f"FAILED {run_dir}: {str(why).split(': ', 1)[1]}; left as it was"
     if checkpoint is None:
         return f"skipped {run_dir}: no checkpoint of its best epoch under checkpoints/"
     with tempfile.TemporaryDirectory(prefix="rescore-", dir=run_dir) as tmp:
-        command = eval_command(run_dir, checkpoint, Path(tmp))
+        try:
+            command = eval_command(run_dir, checkpoint, Path(tmp))
+        except Refused as why:
+            verdict, reason = str(why).split(": ", 1)
+            return f"{verdict} {run_dir}: {reason}; left as it was"
         if dry_run:
             return " ".join(command)
         done = subprocess.run(command, capture_output=True, text=True, env={**os.environ, "HYDRA_FULL_ERROR": "1"})
@@ -114,7 +176,7 @@ def main(argv: list[str] | None = None) -> int:
     failed = 0
     for run_dir in dirs:
         line = rescore_run(run_dir, args.dry_run)
-        failed += line.startswith(("FAILED", "MISMATCH"))
+        failed += line.startswith(("FAILED", "MISMATCH", "REFUSED"))
         print(line, flush=True)
     return 1 if failed else 0
 
