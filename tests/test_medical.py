@@ -224,6 +224,18 @@ def test_bad_label_value_and_shape_mismatch_name_the_files(ct_task):
         MSDSliceDataset(root, "all")
 
 
+@pytest.mark.parametrize("modality", ["CT", "MRI"])
+def test_a_non_finite_voxel_is_refused_naming_the_case_and_the_count(tmp_path, modality):
+    """One NaN in one CT training case used to make the CT statistics NaN and blank every case (MR: that one)."""
+    root = tmp_path / "Task97_Nan"
+    written = write_msd_task(root, cases=6, modality=modality, seed=3)
+    image = written["case_004"]["image"].copy()
+    image[3, 4, 2], image[0, 0, 0] = np.nan, np.inf
+    save_nifti(root / "imagesTr" / "case_004.nii.gz", image)
+    with pytest.raises(DatasetFormatError, match=r"imagesTr/case_004\.nii\.gz holds 2 non-finite voxel\(s\)"):
+        MSDSliceDataset(root, "all")
+
+
 def test_missing_nibabel_says_how_to_install_it(ct_task, monkeypatch):
     monkeypatch.setitem(sys.modules, "nibabel", None)
     with pytest.raises(ImportError, match=r"pip install segloss\[medical\]"):

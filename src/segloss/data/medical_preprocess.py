@@ -194,7 +194,15 @@ def read_case(task: MSDTask, case: MSDCase, channels: list[int]) -> tuple[np.nda
         check_label_values(label, range(len(task.class_names)), case.label, f'classes of {task.meta} "labels"')
     except DatasetFormatError as err:
         raise DatasetFormatError(f'{err}; add the value to "labels" in {task.meta} or fix the label file') from err
-    return to_display(image[..., channels]), to_display(label.astype(np.uint8))
+    selected = image[..., channels]
+    broken = int(selected.size - np.count_nonzero(np.isfinite(selected)))
+    if broken:  # one NaN makes the CT statistics NaN (every case blank) or blanks an MR case: refuse
+        raise DatasetFormatError(
+            f"{case.image} holds {broken} non-finite voxel(s) (NaN or ±Inf) of {selected.size}; normalised, they "
+            "would blank this case (MR) or, through the CT statistics, every case. Repair the volume (e.g. "
+            f"replace them with the background intensity) or remove the case from {task.meta}"
+        )
+    return to_display(selected), to_display(label.astype(np.uint8))
 
 
 def is_ct(modality: str) -> bool:
