@@ -19,6 +19,8 @@ class FileServer(ThreadingHTTPServer):
         self.cut_once: dict[str, int] = {}  # path -> bytes to send before closing the connection (once)
         self.status: dict[str, int] = {}  # path -> status code to answer instead
         self.ignore_range = False
+        self.range_from_zero = False  # answer 206 but send the file from byte 0 (a restarted server)
+        self.redirects: dict[str, str] = {}  # path -> Location of a 302
         self.login: tuple[str, str] | None = None  # (username, password) the login form accepts
         self.protected: set[str] = set()  # paths that need the session cookie
         self.log: list[tuple[str, str, str | None]] = []  # (method, path, Range header)
@@ -70,6 +72,12 @@ class Handler(BaseHTTPRequestHandler):
         if path in srv.status:
             self.send_error(srv.status[path])
             return
+        if path in srv.redirects:
+            self.send_response(302)
+            self.send_header("Location", srv.redirects[path])
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+            return
         if path not in srv.routes:
             self.send_error(404)
             return
@@ -78,7 +86,10 @@ class Handler(BaseHTTPRequestHandler):
             return
         data = srv.routes[path].read_bytes()
         start, rng = 0, self.headers.get("Range")
-        if rng and not srv.ignore_range:
+        if rng and srv.range_from_zero:
+            self.send_response(206)
+            self.send_header("Content-Range", f"bytes 0-{len(data) - 1}/{len(data)}")
+        elif rng and not srv.ignore_range:
             start = int(rng.removeprefix("bytes=").split("-")[0])
             if start >= len(data):
                 self.send_response(416)

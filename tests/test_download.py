@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import io
 import tarfile
+import urllib.request
 from collections import namedtuple
 from pathlib import Path
 
@@ -30,7 +31,22 @@ def md5(path: Path) -> str:
     return hashlib.md5(path.read_bytes()).hexdigest()
 
 
-def test_resume_after_cut_connection(server, blob, tmp_path):
+@pytest.fixture(autouse=True)
+def no_retry_wait(monkeypatch):
+    monkeypatch.setattr(fetch_module, "RETRY_DELAY_S", 0.0)
+
+
+def test_a_cut_connection_is_retried_and_resumed(server, blob, tmp_path):
+    url = server.add("/data.tar", blob)
+    server.cut_once["/data.tar"] = 100_000
+    remote = Remote(url, "data.tar", blob.stat().st_size, md5(blob))
+    path, sha256 = fetch(remote, tmp_path / "dl")  # one call: the cut is retried from byte 100 000
+    assert path.read_bytes() == blob.read_bytes() and sha256 == hashlib.sha256(blob.read_bytes()).hexdigest()
+    assert server.gets("/data.tar") == [None, "bytes=100000-"]
+
+
+def test_resume_after_cut_connection(server, blob, tmp_path, monkeypatch):
+    monkeypatch.setattr(fetch_module, "RETRIES", 0)  # as when every retry is cut too
     url = server.add("/data.tar", blob)
     server.cut_once["/data.tar"] = 100_000
     remote = Remote(url, "data.tar", blob.stat().st_size, md5(blob))
@@ -54,11 +70,38 @@ def test_server_without_ranges_restarts_from_zero(server, blob, tmp_path):
     server.cut_once["/data.tar"] = 50_000
     server.ignore_range = True
     remote = Remote(url, "data.tar", None, md5(blob))
-    with pytest.raises(DownloadError):
-        fetch(remote, tmp_path / "dl")
-    path, _ = fetch(remote, tmp_path / "dl")  # 200 instead of 206: rewritten, not appended
+    path, _ = fetch(remote, tmp_path / "dl")  # the retry gets 200 instead of 206: rewritten, not appended
     assert path.read_bytes() == blob.read_bytes()
     assert server.gets("/data.tar") == [None, "bytes=50000-"]
+
+
+def test_a_range_answer_that_does_not_continue_the_part_starts_over(server, blob, tmp_path):
+    """A server restarting from byte 0 while answering 206 used to be appended: a longer file, accepted
+    without a pinned checksum (and trusted as the weights' manifest value)."""
+    url = server.add("/data.tar", blob)
+    server.range_from_zero = True  # 206 with Content-Range: bytes 0-…
+    (tmp_path / "dl").mkdir()
+    (tmp_path / "dl" / "data.tar.part").write_bytes(blob.read_bytes()[:1000])
+    path, _ = fetch(Remote(url, "data.tar", None, None), tmp_path / "dl")
+    assert path.read_bytes() == blob.read_bytes()
+    assert server.gets("/data.tar") == ["bytes=1000-", None]
+
+
+def test_redirects_to_another_scheme_or_down_to_http_are_refused(server, blob, tmp_path):
+    server.add("/data.tar", blob)
+    server.redirects["/to-ftp"] = "ftp://127.0.0.1/data.tar"
+    server.redirects["/to-file"] = "file:///etc/passwd"
+    server.redirects["/same"] = f"{server.url}/data.tar"
+    with pytest.raises(DownloadError, match=r"redirected to ftp://.* refused, only redirects to https"):
+        fetch(Remote(f"{server.url}/to-ftp", "data.tar", None, None), tmp_path / "ftp")
+    with pytest.raises(DownloadError, match=r"file:///etc/passwd' is not allowed"):  # urllib's own refusal
+        fetch(Remote(f"{server.url}/to-file", "data.tar", None, None), tmp_path / "file")
+    assert not (tmp_path / "ftp" / "data.tar").exists() and not (tmp_path / "file" / "data.tar").exists()
+    found, _ = fetch(Remote(f"{server.url}/same", "data.tar", None, None), tmp_path / "same")  # http → http
+    assert found.read_bytes() == blob.read_bytes()
+    request = urllib.request.Request("https://example.org/data.tar")
+    with pytest.raises(DownloadError, match=r"\(https → http\)"):
+        fetch_module.SafeRedirect().redirect_request(request, None, 302, "Found", {}, "http://example.org/x")
 
 
 def test_whole_part_answered_416_is_used(server, blob, tmp_path):

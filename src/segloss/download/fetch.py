@@ -1,8 +1,11 @@
 """Fetch one file over HTTP(S) with ``urllib``: resumable, checked for disk space, verified before use.
 
 The bytes go to ``<target>.part``. An interrupted download keeps its ``.part`` and the next call asks for
-the rest (``Range: bytes=N-``): a 206 answer is appended, a 200 answer (a server without ranges) restarts
-from zero, a 416 answer means the part is already whole or the file changed on the server. Only a file
+the rest (``Range: bytes=N-``): a 206 answer is appended only when its ``Content-Range`` starts where the
+part ends (anything else starts over), a 200 answer (a server without ranges) restarts from zero, a 416
+answer means the part is already whole or the file changed on the server. A connection cut mid-transfer
+is retried (``RETRIES`` times, resuming). Redirects are followed only within https (or from http up to
+https): a redirect to another scheme (``ftp://``, ``file://``) or down to http is refused. Only a file
 whose size and checksum match the config is renamed to ``<target>``; a mismatch moves it to
 ``<target>.bad`` (kept for inspection, never used) and raises. A file that is already at ``<target>`` (an
 earlier run, or a manual download) is verified and reused without any network access.
@@ -14,8 +17,11 @@ import errno
 import hashlib
 import http.client
 import os
+import re
 import shutil
+import time
 import urllib.error
+import urllib.parse
 import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,9 +33,34 @@ from segloss.errors import DownloadError
 
 CHUNK = 1 << 20
 TIMEOUT_S = 60
+RETRIES = 3  # attempts after a connection cut mid-transfer, each resuming the part
+RETRY_DELAY_S = 1.0  # × 2, 4, 8 s between them
 USER_AGENT = "segloss-download/1"
 # Messages are not wrapped: URLs, checksums and the next command stay on one line, ready to copy.
 console = Console(soft_wrap=True)
+
+
+class Interrupted(DownloadError):
+    """The transfer stopped part-way; the bytes received are kept in the ``.part`` file."""
+
+
+class SafeRedirect(urllib.request.HTTPRedirectHandler):
+    """Follows a redirect only to https, or to http from http: never from https down to http, never to
+    another scheme (``ftp://``, ``file://``, …), whose bytes would bypass TLS or reach local files."""
+
+    def redirect_request(self, req, fp, code, msg, headers, newurl):
+        old, new = urllib.parse.urlsplit(req.full_url).scheme, urllib.parse.urlsplit(newurl).scheme
+        if new != "https" and not (old == new == "http"):
+            raise DownloadError(
+                f"{req.full_url} redirected to {newurl} ({old} → {new or 'no scheme'}): refused, only redirects to "
+                "https (or http → http) are followed. Check the URL, or fetch the file by hand"
+            )
+        return super().redirect_request(req, fp, code, msg, headers, newurl)
+
+
+def default_opener(*handlers):
+    """A urllib opener with :class:`SafeRedirect` (and ``handlers``, e.g. a cookie processor)."""
+    return urllib.request.build_opener(SafeRedirect(), *handlers)
 
 
 @dataclass(frozen=True)
@@ -89,10 +120,23 @@ def fetch(remote: Remote, folder: Path, opener=None, mirror_hint: str = "downloa
     if target.is_file():
         return target, verify(target, remote, mirror_hint)
     part = folder / (remote.file + ".part")
-    opener = opener or urllib.request.build_opener()
-    for _attempt in range(2):  # a second attempt only after a 416 that leaves nothing usable
-        if _download(remote, part, opener, mirror_hint):
-            break
+    opener = opener or default_opener()
+    restarts, cuts = 0, 0
+    while True:
+        try:
+            if _download(remote, part, opener, mirror_hint):
+                break
+            restarts += 1  # a 416 or a range answer that does not continue the part: start over, once
+            if restarts > 1:
+                raise DownloadError(
+                    f"{remote.url} keeps answering ranges that do not continue {part}; fetch it by hand"
+                )
+        except Interrupted as cut:
+            cuts += 1
+            if cuts > RETRIES:
+                raise cut
+            console.print(f"[yellow]{cut}; retrying ({cuts} of {RETRIES})[/yellow]")
+            time.sleep(min(2.0**cuts, 30) * RETRY_DELAY_S)
     os.replace(part, target)
     return target, verify(target, remote, mirror_hint)
 
@@ -129,6 +173,11 @@ def _download(remote: Remote, part: Path, opener, mirror_hint: str) -> bool:
                 f"a moved file). Check the URL and any credentials, or use a mirror ({mirror_hint})"
             )
         resumed = have and response.status == 206
+        if resumed and _range_start(response.headers.get("Content-Range")) != have:
+            console.print(f"[yellow]{remote.url}: the range answer ({response.headers.get('Content-Range')}) does "
+                          f"not continue the {have:,} bytes in {part.name}; starting over[/yellow]")  # fmt: skip
+            part.unlink()
+            return False
         if not resumed:
             have = 0  # 200: the server sends the whole file
         length = response.headers.get("Content-Length")
@@ -137,6 +186,12 @@ def _download(remote: Remote, part: Path, opener, mirror_hint: str) -> bool:
             check_free_space(part.parent, int(length), remote.file)
         _stream(response, part, "ab" if resumed else "wb", have, expected, remote)
     return True
+
+
+def _range_start(header: str | None) -> int | None:
+    """The first byte of a ``Content-Range: bytes a-b/total`` header (None when absent or malformed)."""
+    found = re.fullmatch(r"\s*bytes\s+(\d+)-\d+/(\d+|\*)\s*", header or "")
+    return int(found.group(1)) if found else None
 
 
 def _stream(response, part: Path, mode: str, have: int, total: int | None, remote: Remote) -> None:
@@ -166,7 +221,7 @@ def _stream(response, part: Path, mode: str, have: int, total: int | None, remot
 
 
 def _cut(remote: Remote, part: Path, written: int, cause) -> DownloadError:
-    return DownloadError(
+    return Interrupted(
         f"the download of {remote.url} was interrupted ({cause}); {written:,} bytes are kept in {part}. "
         "Re-run the same command: it resumes where it stopped"
     )
