@@ -22,6 +22,7 @@ class FileServer(ThreadingHTTPServer):
         self.range_from_zero = False  # answer 206 but send the file from byte 0 (a restarted server)
         self.redirects: dict[str, str] = {}  # path -> Location of a 302
         self.login: tuple[str, str] | None = None  # (username, password) the login form accepts
+        self.login_without_redirect = False  # answer a good login with a page (and a cookie), not a 302
         self.protected: set[str] = set()  # paths that need the session cookie
         self.log: list[tuple[str, str, str | None]] = []  # (method, path, Range header)
         self.thread = threading.Thread(target=self.serve_forever, kwargs={"poll_interval": 0.02}, daemon=True)
@@ -64,7 +65,14 @@ class Handler(BaseHTTPRequestHandler):
         form = dict(urllib.parse.parse_qsl(self.rfile.read(length).decode()))
         ok = self.server.login and (form.get("username"), form.get("password")) == self.server.login
         ok = ok and form.get("submit") == "Login"
-        self._html("welcome" if ok else "login failed", "session=ok; Path=/" if ok else None)
+        if ok and not self.server.login_without_redirect:  # the real site: 302 to the downloads page
+            self.send_response(302)
+            self.send_header("Location", "/downloads/")
+            self.send_header("Set-Cookie", "session=ok; Path=/")
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+            return
+        self._html("welcome" if ok else "login failed", "session=ok; Path=/" if ok else "tracking=1; Path=/")
 
     def do_GET(self) -> None:
         srv, path = self.server, self.path

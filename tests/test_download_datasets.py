@@ -66,6 +66,22 @@ def test_voc_aug_fetches_voc_then_converts_sbd(server, tmp_path, capsys):
     assert sorted(p.name for p in (data / ".downloads").iterdir()) == ["VOCtrainval_11-May-2012.tar", "benchmark.tgz"]
 
 
+def test_voc_aug_hints_name_the_keys_of_the_required_voc_download(server, tmp_path):
+    """The VOC tar fetched for voc_aug is configured with download.requires_base_url / requires_md5: its
+    errors used to name download.base_url / download.md5, which set SBD's."""
+    served = tmp_path / "served"
+    served.mkdir()
+    ids = {"train": ["2007_000032"], "val": ["2007_000063"], "trainval": []}
+    archives.voc_tar(served / "VOCtrainval_11-May-2012.tar", tmp_path / "w1", ids, ["2008_000002"])
+    server.add("/voc/VOCtrainval_11-May-2012.tar", served / "VOCtrainval_11-May-2012.tar")
+    with pytest.raises(DownloadError) as err:
+        download(tmp_path, ["download=voc_aug", f"download.requires_base_url={server.url}/voc",
+                            "download.requires_md5=00000000000000000000000000000000"])  # fmt: skip
+    message = str(err.value)
+    assert "download.requires_base_url=<mirror>" in message and "download.requires_md5=…" in message
+    assert "download.md5=…" not in message and "download.base_url=<mirror>" not in message
+
+
 def test_msd_refuses_wrong_checksum_then_unpacks_with_the_right_one(server, tmp_path, capsys):
     served = tmp_path / "Task09_Spleen.tar"
     written = archives.msd_tar(served, tmp_path / "w", cases=3)
@@ -136,10 +152,17 @@ def _cityscapes_site(server: FileServer, tmp_path: Path) -> dict:
     served = tmp_path / "served"
     served.mkdir()
     labels = archives.cityscapes_zips(served, tmp_path / "w")
-    server.add("/file-handling/?packageID=1", served / "gtFine_trainvaltest.zip", protected=True)
-    server.add("/file-handling/?packageID=3", served / "leftImg8bit_trainvaltest.zip", protected=True)
+    for package, name in ((1, "gtFine_trainvaltest.zip"), (3, "leftImg8bit_trainvaltest.zip")):
+        server.add(f"/file-handling/?packageID={package}", served / name, protected=True)
+        (served / f"{name}.md5").write_text(f"{md5(served / name)}  {name}\n")  # the site's md5-sum answer
+        server.add(f"/md5-sum/?packageID={package}", served / f"{name}.md5", protected=True)
     server.login = ("alice", "s3cret-passw0rd")
     return labels
+
+
+def _site(server: FileServer) -> list[str]:
+    """The loopback imitation as a mirror whose login form the user names explicitly."""
+    return ["download=cityscapes", f"download.base_url={server.url}", f"download.login_url={server.url}/login/"]
 
 
 def test_cityscapes_without_credentials_says_what_to_fetch(server, tmp_path, monkeypatch):
@@ -171,12 +194,17 @@ def test_cityscapes_by_hand_goes_through_verify_and_unpack(server, tmp_path, mon
     }
 
 
-def test_cityscapes_with_credentials_logs_in_and_writes_no_secret(server, tmp_path, monkeypatch):
+def test_cityscapes_with_credentials_logs_in_checks_the_published_md5_and_writes_no_secret(
+    server, tmp_path, monkeypatch
+):
     labels = _cityscapes_site(server, tmp_path)
     monkeypatch.setenv("CITYSCAPES_USERNAME", "alice")
     monkeypatch.setenv("CITYSCAPES_PASSWORD", "s3cret-passw0rd")
-    download(tmp_path, ["download=cityscapes", f"download.base_url={server.url}"])
-    assert [method for method, _, _ in server.log] == ["POST", "GET", "GET"]
+    download(tmp_path, _site(server))
+    assert [(method, path) for method, path, _ in server.log] == [
+        ("POST", "/login/"), ("GET", "/md5-sum/?packageID=1"), ("GET", "/md5-sum/?packageID=3"),
+        ("GET", "/file-handling/?packageID=1"), ("GET", "/file-handling/?packageID=3"),
+    ]  # fmt: skip
     train = CityscapesDataset(tmp_path / "data" / "cityscapes", split="train")
     assert len(train) == 2
     item = train[0]
@@ -187,13 +215,43 @@ def test_cityscapes_with_credentials_logs_in_and_writes_no_secret(server, tmp_pa
             assert b"s3cret-passw0rd" not in path.read_bytes(), path
 
 
+def test_cityscapes_package_that_differs_from_the_published_md5_is_refused(server, tmp_path, monkeypatch):
+    _cityscapes_site(server, tmp_path)
+    (tmp_path / "served" / "gtFine_trainvaltest.zip.md5").write_text("0" * 32 + "  gtFine_trainvaltest.zip\n")
+    monkeypatch.setenv("CITYSCAPES_USERNAME", "alice")
+    monkeypatch.setenv("CITYSCAPES_PASSWORD", "s3cret-passw0rd")
+    with pytest.raises(DownloadError, match=r"gtFine_trainvaltest.zip .* failed verification: its md5 is"):
+        download(tmp_path, _site(server))
+    assert not (tmp_path / "data" / "cityscapes").exists()
+
+
 def test_cityscapes_wrong_password_is_a_clear_error(server, tmp_path, monkeypatch):
     _cityscapes_site(server, tmp_path)
     monkeypatch.setenv("CITYSCAPES_USERNAME", "alice")
     monkeypatch.setenv("CITYSCAPES_PASSWORD", "wrong-password")
-    with pytest.raises(DownloadError, match="gave no session: check CITYSCAPES_USERNAME and CITYSCAPES_PASSWORD"):
-        download(tmp_path, ["download=cityscapes", f"download.base_url={server.url}"])
+    with pytest.raises(DownloadError, match=r"gave no session .* check CITYSCAPES_USERNAME and CITYSCAPES_PASSWORD"):
+        download(tmp_path, _site(server))
     assert not (tmp_path / "data" / "cityscapes").exists()
+
+
+def test_a_login_answered_without_the_redirect_is_a_failed_login(server, tmp_path, monkeypatch):
+    """The official client requires the 302; a page that sets some cookie used to count as logged in."""
+    _cityscapes_site(server, tmp_path)
+    server.login_without_redirect = True
+    monkeypatch.setenv("CITYSCAPES_USERNAME", "alice")
+    monkeypatch.setenv("CITYSCAPES_PASSWORD", "s3cret-passw0rd")
+    with pytest.raises(DownloadError, match=r"it answered 200 without the redirect of a successful login"):
+        download(tmp_path, _site(server))
+    assert [method for method, _, _ in server.log] == ["POST"]
+
+
+def test_credentials_go_only_to_the_official_site_unless_a_login_url_is_named(server, tmp_path, monkeypatch):
+    _cityscapes_site(server, tmp_path)
+    monkeypatch.setenv("CITYSCAPES_USERNAME", "alice")
+    monkeypatch.setenv("CITYSCAPES_PASSWORD", "s3cret-passw0rd")
+    with pytest.raises(DownloadError, match=r"is not Cityscapes's own site .* name its login form explicitly"):
+        download(tmp_path, ["download=cityscapes", f"download.base_url={server.url}"])
+    assert server.log == []  # nothing was sent anywhere
 
 
 def test_entry_point_prints_next_command_and_plain_errors(server, tmp_path, monkeypatch, capsys):

@@ -72,6 +72,7 @@ def download_dataset(spec: DictConfig, data_dir: Path) -> list[str]:
     """Make ``data_dir/spec.dest`` a whole, checked copy of the dataset; returns the check's lines."""
     if spec.get("requires"):
         required = load_spec(spec.requires, data_dir, spec.get("requires_base_url"), spec.get("requires_md5"))
+        required.key_prefix = "requires_"  # its hints name download.requires_base_url / requires_md5
         download_dataset(required, data_dir)
     dest = data_dir / spec.dest
     state = _state(spec, data_dir)
@@ -92,6 +93,18 @@ def download_dataset(spec: DictConfig, data_dir: Path) -> list[str]:
     return lines
 
 
+def _with_published_md5(spec: DictConfig, items: list[Remote], opener) -> list[Remote]:
+    """The archives with the md5 the site publishes after login (``md5_url``), where the config pins none."""
+    out = []
+    for remote, archive in zip(items, spec.archives, strict=True):
+        if archive.get("md5_url") and not (remote.md5 or remote.sha256):
+            url = f"{str(spec.base_url).rstrip('/')}/{archive.md5_url}"
+            published = site_login.published_md5(opener, url, spec.login.site)
+            remote = Remote(remote.url, remote.file, remote.size, published, None)
+        out.append(remote)
+    return out
+
+
 def _fetch_and_place(spec: DictConfig, data_dir: Path, dest: Path) -> None:
     downloads = data_dir / ".downloads"
     items = remotes(spec)
@@ -102,12 +115,14 @@ def _fetch_and_place(spec: DictConfig, data_dir: Path, dest: Path) -> None:
             creds = site_login.credentials(spec.login)
             if creds is None:
                 raise DownloadError(site_login.manual_instructions(spec.login, missing, downloads))
-            opener = site_login.logged_in_opener(str(spec.base_url), spec.login, *creds)
-    hint = f"download.base_url=<mirror>, now {spec.base_url}"
+            opener = site_login.logged_in_opener(spec, *creds)
+            items = _with_published_md5(spec, items, opener)
+    prefix = spec.get("key_prefix") or ""
+    hint = f"download.{prefix}base_url=<mirror>, now {spec.base_url}"
     archives = {}
     for remote in items:
         console.print(f"{spec.name}: {remote.file} from {remote.url}")
-        _, sha256 = fetch(remote, downloads, opener, hint)
+        _, sha256 = fetch(remote, downloads, opener, hint, f"download.{prefix}md5")
         archives[remote.file] = sha256
         if not (remote.md5 or remote.sha256):
             console.print(

@@ -80,7 +80,7 @@ def file_digest(path: Path, algorithm: str) -> str:
         return hashlib.file_digest(handle, algorithm).hexdigest()
 
 
-def verify(path: Path, remote: Remote, mirror_hint: str) -> str:
+def verify(path: Path, remote: Remote, mirror_hint: str, md5_key: str = "download.md5") -> str:
     """Check ``path`` against the size and checksum of ``remote``; return its sha256. A mismatch moves the
     file to ``<name>.bad`` and raises :class:`DownloadError`."""
     problem, sha256 = None, file_digest(path, "sha256")
@@ -98,7 +98,7 @@ def verify(path: Path, remote: Remote, mirror_hint: str) -> str:
             f"{remote.file} from {remote.url} failed verification: {problem}. Nothing was unpacked; the file "
             f"was moved aside to {bad}. Re-run the same command to download it again, or fetch it from a "
             f"mirror ({mirror_hint}); if the publisher changed the file, set the new checksum with "
-            "download.md5=… after checking it"
+            f"{md5_key}=… after checking it"
         )
     return sha256
 
@@ -113,12 +113,15 @@ def check_free_space(folder: Path, needed: int, what: str) -> None:
         )
 
 
-def fetch(remote: Remote, folder: Path, opener=None, mirror_hint: str = "download.base_url=…") -> tuple[Path, str]:
-    """Download ``remote`` into ``folder`` (resuming a ``.part``) and verify it; returns (path, sha256)."""
+def fetch(
+    remote: Remote, folder: Path, opener=None, mirror_hint: str = "download.base_url=…", md5_key: str = "download.md5"
+) -> tuple[Path, str]:
+    """Download ``remote`` into ``folder`` (resuming a ``.part``) and verify it; returns (path, sha256). The
+    hints name the config keys of a mirror and of a checksum (``download.requires_…`` for a required set)."""
     folder.mkdir(parents=True, exist_ok=True)
     target = folder / remote.file
     if target.is_file():
-        return target, verify(target, remote, mirror_hint)
+        return target, verify(target, remote, mirror_hint, md5_key)
     part = folder / (remote.file + ".part")
     opener = opener or default_opener()
     restarts, cuts = 0, 0
@@ -138,7 +141,7 @@ def fetch(remote: Remote, folder: Path, opener=None, mirror_hint: str = "downloa
             console.print(f"[yellow]{cut}; retrying ({cuts} of {RETRIES})[/yellow]")
             time.sleep(min(2.0**cuts, 30) * RETRY_DELAY_S)
     os.replace(part, target)
-    return target, verify(target, remote, mirror_hint)
+    return target, verify(target, remote, mirror_hint, md5_key)
 
 
 def _download(remote: Remote, part: Path, opener, mirror_hint: str) -> bool:
