@@ -21,6 +21,7 @@ class FileServer(ThreadingHTTPServer):
         self.ignore_range = False
         self.range_from_zero = False  # answer 206 but send the file from byte 0 (a restarted server)
         self.redirects: dict[str, str] = {}  # path -> Location of a 302
+        self.head_headers: dict[str, dict[str, str]] = {}  # path -> extra headers of a HEAD answer
         self.login: tuple[str, str] | None = None  # (username, password) the login form accepts
         self.login_without_redirect = False  # answer a good login with a page (and a cookie), not a 302
         self.protected: set[str] = set()  # paths that need the session cookie
@@ -73,6 +74,17 @@ class Handler(BaseHTTPRequestHandler):
             self.end_headers()
             return
         self._html("welcome" if ok else "login failed", "session=ok; Path=/" if ok else "tracking=1; Path=/")
+
+    def do_HEAD(self) -> None:
+        self.server.log.append(("HEAD", self.path, None))
+        if self.path not in self.server.routes:
+            self.send_error(404)
+            return
+        self.send_response(200)
+        for name, value in self.server.head_headers.get(self.path, {}).items():
+            self.send_header(name, value)
+        self.send_header("Content-Length", str(self.server.routes[self.path].stat().st_size))
+        self.end_headers()
 
     def do_GET(self) -> None:
         srv, path = self.server, self.path

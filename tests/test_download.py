@@ -6,6 +6,7 @@ import hashlib
 import io
 import tarfile
 import urllib.request
+import zipfile
 from collections import namedtuple
 from pathlib import Path
 
@@ -237,3 +238,23 @@ def test_truncated_archive_is_refused_and_moved_aside(tmp_path, kind):
     assert "Re-run the same command" in str(err.value)
     assert not archive.exists() and (tmp_path / f"cut.{kind}.bad").is_file()
     assert list((tmp_path / "data").iterdir()) == []
+
+
+def test_a_decompression_bomb_is_refused_before_anything_is_written(tmp_path):
+    """A 10 MB run of zeros compresses ~1000×: the old bound (the compressed size) let it fill the disk."""
+    archive = tmp_path / "bomb.tgz"
+    with tarfile.open(archive, "w:gz") as tf:
+        info = tarfile.TarInfo("data/zeros.bin")
+        info.size = 10_000_000
+        tf.addfile(info, io.BytesIO(bytes(info.size)))
+    assert archive.stat().st_size * 200 < 10_000_000
+    with staging(tmp_path / "dest") as into:
+        with pytest.raises(DownloadError, match=r"would expand to 10,000,000 bytes, .*× its size .* bomb"):
+            unpack(archive, into)
+        assert list(into.iterdir()) == []
+    with zipfile.ZipFile(tmp_path / "bomb.zip", "w", zipfile.ZIP_DEFLATED) as zf:
+        zf.writestr("zeros.bin", bytes(10_000_000))
+    with staging(tmp_path / "dest") as into:
+        with pytest.raises(DownloadError, match="decompression bomb"):
+            unpack(tmp_path / "bomb.zip", into)
+        assert list(into.iterdir()) == []

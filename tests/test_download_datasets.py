@@ -119,6 +119,23 @@ def test_kvasir_without_published_checksum_loads_and_reruns_skip(server, tmp_pat
     assert len(server.gets("/simula/kvasir-seg.zip")) == 1
 
 
+def test_room_for_unpacking_is_checked_before_the_download(server, tmp_path, monkeypatch):
+    """Free space for the archive alone used to pass, and unpacking failed after the whole download."""
+    from collections import namedtuple
+
+    from segloss.download import fetch as fetch_module
+
+    served = tmp_path / "kvasir-seg.zip"
+    archives.kvasir_zip(served, tmp_path / "w", ["a", "b"])
+    server.add("/kvasir-seg.zip", served)
+    size = served.stat().st_size
+    usage = namedtuple("usage", "total used free")
+    monkeypatch.setattr(fetch_module.shutil, "disk_usage", lambda _: usage(10 * size, 8 * size, size + size // 2))
+    with pytest.raises(DownloadError, match=rf"downloading and unpacking kvasir-seg.zip: {2 * size:,} bytes needed"):
+        download(tmp_path, ["download=kvasir", f"download.base_url={server.url}", f"download.archives.0.size={size}"])
+    assert server.gets("/kvasir-seg.zip") == []
+
+
 def test_foreign_destination_is_refused_and_untouched(server, tmp_path):
     served = tmp_path / "kvasir-seg.zip"
     archives.kvasir_zip(served, tmp_path / "w", ["a", "b"])

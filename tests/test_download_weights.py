@@ -3,6 +3,7 @@ net built offline with encoder_weights=imagenet reads exactly those weights."""
 
 from __future__ import annotations
 
+import hashlib
 import json
 
 import pytest
@@ -11,7 +12,7 @@ import torch
 from safetensors.torch import save_file
 
 from segloss.download.cli import run
-from segloss.errors import WeightsUnavailableError
+from segloss.errors import DownloadError, WeightsUnavailableError
 from segloss.models.nets.smp_factory import build_smp_model
 from tests.conftest import compose_config
 from tests.http_server import FileServer
@@ -30,7 +31,9 @@ def served_resnet18(tmp_path):
     settings = smp.encoders.encoders["resnet18"]["pretrained_settings"]["imagenet"]
     path = tmp_path / "served.safetensors"
     save_file(state, str(path))
-    srv.add(f"/{settings['repo_id']}/resolve/{settings['revision']}/model.safetensors", path)
+    route = f"/{settings['repo_id']}/resolve/{settings['revision']}/model.safetensors"
+    srv.add(route, path)
+    srv.head_headers[route] = {"X-Linked-Etag": f'"{hashlib.sha256(path.read_bytes()).hexdigest()}"'}  # as the hub
     yield srv, state
     srv.shutdown()
     srv.server_close()
@@ -43,7 +46,8 @@ def test_weights_download_then_offline_build(served_resnet18, tmp_path, monkeypa
     run(compose_config("download", overrides, tmp_path / "run"))
     cached = weights_dir / "resnet18.imagenet.safetensors"
     manifest = json.loads((weights_dir / "manifest.json").read_text())
-    assert manifest[cached.name]["size"] == cached.stat().st_size and len(manifest[cached.name]["sha256"]) == 64
+    assert manifest[cached.name]["size"] == cached.stat().st_size and manifest[cached.name]["verified"]
+    assert manifest[cached.name]["sha256"] == hashlib.sha256(cached.read_bytes()).hexdigest()
     monkeypatch.setattr(smp.encoders, "hf_hub_download", no_network)  # the node is offline
     net = build_smp_model("Unet", 3, encoder_name="resnet18", encoder_weights="imagenet", weights_dir=str(weights_dir))
     loaded = net.net.encoder.state_dict()
@@ -53,6 +57,18 @@ def test_weights_download_then_offline_build(served_resnet18, tmp_path, monkeypa
     assert two_channels.net.encoder.conv1.weight.shape[1] == 2
     run(compose_config("download", overrides, tmp_path / "run2"))  # cached and verified: no second request
     assert len(server.gets(next(iter(server.routes)))) == 1
+
+
+def test_weights_that_differ_from_the_hub_s_sha256_are_refused(served_resnet18, tmp_path):
+    """Without a published checksum, the first download's sha256 used to become the trusted manifest value."""
+    server, _ = served_resnet18
+    route = next(iter(server.routes))
+    server.head_headers[route] = {"X-Linked-Etag": '"' + "0" * 64 + '"'}
+    weights_dir = tmp_path / "weights"
+    overrides = ["weights=resnet18", f"weights_base_url={server.url}", f"paths.weights_dir={weights_dir}"]
+    with pytest.raises(DownloadError, match=r"failed verification: its sha256 is [0-9a-f]{64}, the config says 0{64}"):
+        run(compose_config("download", overrides, tmp_path / "run"))
+    assert not (weights_dir / "resnet18.imagenet.safetensors").exists() and not (weights_dir / "manifest.json").exists()
 
 
 def test_offline_without_cache_names_the_download_command(tmp_path, monkeypatch):

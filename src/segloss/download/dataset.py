@@ -16,7 +16,7 @@ from pathlib import Path
 from omegaconf import DictConfig, OmegaConf
 
 from segloss.download import login as site_login
-from segloss.download.fetch import Remote, console, fetch
+from segloss.download.fetch import Remote, check_free_space, console, fetch
 from segloss.download.prepare import PREPARE, layout_check
 from segloss.download.unpack import place, staging, unpack
 from segloss.errors import DownloadError, SeglossError
@@ -105,6 +105,22 @@ def _with_published_md5(spec: DictConfig, items: list[Remote], opener) -> list[R
     return out
 
 
+def _check_room(items: list[Remote], downloads: Path) -> None:
+    """Before any byte is fetched: room for what is still to download *and* for unpacking it (at least the
+    archives' size again), where the sizes are known — not an hour into a download."""
+    known = [r for r in items if r.size is not None]
+    if not known:
+        return
+    have = {r.file: (downloads / r.file).stat().st_size for r in known if (downloads / r.file).is_file()}
+    parts = {
+        r.file: (downloads / f"{r.file}.part").stat().st_size for r in known if (downloads / f"{r.file}.part").is_file()
+    }
+    to_fetch = sum(r.size - parts.get(r.file, 0) for r in known if r.file not in have)
+    downloads.mkdir(parents=True, exist_ok=True)
+    check_free_space(downloads, to_fetch + sum(r.size for r in known), "downloading and unpacking " +
+                     ", ".join(r.file for r in known))  # fmt: skip
+
+
 def _fetch_and_place(spec: DictConfig, data_dir: Path, dest: Path) -> None:
     downloads = data_dir / ".downloads"
     items = remotes(spec)
@@ -117,6 +133,7 @@ def _fetch_and_place(spec: DictConfig, data_dir: Path, dest: Path) -> None:
                 raise DownloadError(site_login.manual_instructions(spec.login, missing, downloads))
             opener = site_login.logged_in_opener(spec, *creds)
             items = _with_published_md5(spec, items, opener)
+    _check_room(items, downloads)
     prefix = spec.get("key_prefix") or ""
     hint = f"download.{prefix}base_url=<mirror>, now {spec.base_url}"
     archives = {}

@@ -3,8 +3,11 @@
 Archives (``.zip``, ``.tar``, ``.tar.gz``/``.tgz``) are extracted into a temporary folder
 ``<parent>/.<dest>.partial-XXXX`` next to the destination, and the finished folder is renamed into place
 with one ``os.replace`` (atomic on one file system). Members with absolute paths, ``..`` components or links
-leaving the archive are refused (path traversal). A failure removes the temporary folder; a temporary
-folder left by a killed run is removed by the next run (the name says it is ours).
+leaving the archive are refused (path traversal). The bytes to extract are bounded before anything is
+written: the members' declared sizes must fit the free disk space and stay under ``MAX_RATIO`` times the
+archive's size (a decompression bomb: a small ``.tgz`` that expands to fill the disk); tar and zip write
+exactly the declared sizes (zip checks them with each member's CRC). A failure removes the temporary folder;
+a temporary folder left by a killed run is removed by the next run (the name says it is ours).
 """
 
 from __future__ import annotations
@@ -22,6 +25,9 @@ from segloss.download.fetch import check_free_space
 from segloss.errors import DownloadError
 
 PARTIAL = ".partial-"
+# Largest expansion accepted: image datasets (PNG/JPEG/NIfTI.gz inside) expand ~1×; text-like members can
+# reach 10–20×; 200× is past any dataset here and far below a bomb's (10⁴–10⁶×).
+MAX_RATIO = 200
 
 
 def partial_prefix(dest: Path) -> str:
@@ -60,24 +66,38 @@ def _corrupt(archive: Path, err: BaseException) -> DownloadError:
     )
 
 
+def _check_expansion(archive: Path, into: Path, total: int) -> None:
+    """The declared bytes of ``archive``'s members must fit the disk and stay under :data:`MAX_RATIO`."""
+    size = max(archive.stat().st_size, 1)
+    if total > MAX_RATIO * size:
+        raise DownloadError(
+            f"{archive} would expand to {total:,} bytes, {total / size:,.0f}× its size (more than {MAX_RATIO}×: a "
+            "decompression bomb, or not the archive the config describes); it was not unpacked. Delete it and "
+            "download it from the official source"
+        )
+    check_free_space(into, total, f"unpacking {archive.name}")
+
+
 def unpack(archive: Path, into: Path) -> None:
-    """Extract ``archive`` into the folder ``into`` (a staging folder), refusing unsafe members; a corrupt
-    archive is moved to ``<name>.bad`` (so the next run downloads it again) and raises."""
+    """Extract ``archive`` into the folder ``into`` (a staging folder), refusing unsafe members and bounding
+    the bytes written (module docstring); a corrupt archive is moved to ``<name>.bad`` (so the next run
+    downloads it again) and raises."""
     try:
         if archive.name.endswith(".zip"):
             with zipfile.ZipFile(archive) as zf:
                 members = zf.infolist()
                 for member in members:
                     _safe_name(member.filename, archive)
-                check_free_space(into, sum(m.file_size for m in members), f"unpacking {archive.name}")
-                zf.extractall(into)  # every member's CRC is checked as it is read
+                _check_expansion(archive, into, sum(m.file_size for m in members))
+                zf.extractall(into)  # every member's CRC and size are checked as it is read
         else:
-            check_free_space(into, archive.stat().st_size, f"unpacking {archive.name}")
             with tarfile.open(archive) as tf:
-                for member in tf:
+                members = tf.getmembers()  # reads every header (one pass through a .tgz), writes nothing
+                for member in members:
                     _safe_name(member.name, archive)
                     if member.issym() or member.islnk():
                         _safe_name(str(PurePosixPath(member.name).parent / member.linkname), archive)
+                _check_expansion(archive, into, sum(m.size for m in members if m.isfile()))
                 tf.extractall(into, filter="data")
     except (zipfile.BadZipFile, tarfile.TarError, EOFError, zlib.error) as err:
         raise _corrupt(archive, err) from err
