@@ -246,3 +246,50 @@ def test_a_training_gives_its_folder_lock_back_and_its_hydra_files_too(make_cfg)
     again = RunDirectory.open(cfg)  # the same folder, free again
     again.release()
     assert (again.path / ".lock").read_text().startswith("pid ")
+
+
+def test_a_checkpoint_folder_or_a_plain_state_dict_is_named_not_a_traceback(make_cfg, tmp_path):
+    from segloss.errors import ConfigError
+    from segloss.utils.checkpoints import read_checkpoint
+    from segloss.utils.run_dir import RunDirectory
+
+    folder = tmp_path / "run" / "checkpoints"
+    folder.mkdir(parents=True)
+    torch.save({"net.w": torch.ones(2)}, folder / "last.ckpt")  # weights only, as torch.save(model.state_dict())
+    with pytest.raises(
+        ConfigError, match=r"ckpt_path=.*checkpoints is a folder; name a checkpoint file in it \(it holds last.ckpt\)"
+    ):
+        read_checkpoint(folder)
+    cfg = make_cfg([f"ckpt_path={folder / 'last.ckpt'}"])
+    with pytest.raises(ConfigError, match=r"holds weights only \(a state_dict\), not a Lightning training checkpoint"):
+        RunDirectory.open(cfg)  # used to fail inside Lightning with KeyError 'pytorch-lightning_version'
+    RunDirectory.open(make_cfg([])).release()  # and the folder's lock was given back on the way out
+
+
+def test_a_full_disk_during_a_checkpoint_save_is_one_message_and_the_previous_one_survives(tmp_path, monkeypatch):
+    from segloss.errors import CheckpointWriteError
+    from segloss.utils import checkpoints
+
+    path = tmp_path / "last.ckpt"
+    checkpoints.atomic_torch_save({"step": 1}, path)
+
+    def full_disk(obj, file):
+        file.write(b"PK\x03\x04")
+        raise RuntimeError("[enforce fail at inline_container.cc:664] . unexpected pos 512 vs 448")
+
+    monkeypatch.setattr(checkpoints.torch, "save", full_disk)
+    with pytest.raises(CheckpointWriteError, match=rf"could not write the checkpoint {path} .* bytes are free in"):
+        checkpoints.atomic_torch_save({"step": 2}, path)
+    monkeypatch.undo()
+    assert load_ckpt(path) == {"step": 1} and [p.name for p in tmp_path.iterdir()] == ["last.ckpt"]
+
+
+def test_temporaries_of_a_killed_save_are_removed_when_a_training_takes_the_folder(make_cfg):
+    from segloss.utils.run_dir import RunDirectory
+
+    cfg = make_cfg([])
+    checkpoints = Path(cfg.paths.output_dir) / "checkpoints"
+    checkpoints.mkdir(parents=True)
+    (checkpoints / ".last.ckpt.4242.tmp").write_bytes(b"half a checkpoint")  # SIGKILL mid-write
+    RunDirectory.open(cfg).release()  # and the folder is not mistaken for one holding checkpoints
+    assert list(checkpoints.iterdir()) == []

@@ -110,6 +110,10 @@ class NonFiniteLossError(SeglossError):
         )
 
 
+class CheckpointWriteError(SeglossError, OSError):
+    """A checkpoint could not be written (a full disk, a read-only folder); the previous one is intact."""
+
+
 class DownloadError(SeglossError, RuntimeError):
     """``make download``: fetching, verifying, unpacking or preparing a dataset or encoder weights failed.
     The message names the file or URL, what went wrong and the fix; nothing half-written is left in the

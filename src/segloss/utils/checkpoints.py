@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import os
 import pickle
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -23,12 +24,19 @@ import torch
 from lightning.fabric.plugins import TorchCheckpointIO
 from torch import nn
 
-from segloss.errors import ConfigError
+from segloss.errors import CheckpointWriteError, ConfigError
 
 
 def read_checkpoint(path: str | Path) -> dict:
     """The checkpoint at ``path`` as plain data; :class:`ConfigError` when missing, unreadable or unsafe."""
     path = Path(path).expanduser()
+    if path.is_dir():
+        found = sorted(p.name for p in path.glob("**/*.ckpt"))[:5]
+        raise ConfigError(
+            f"ckpt_path={path} is a folder; name a checkpoint file in it"
+            + (f" (it holds {', '.join(found)}{', …' if len(found) == 5 else ''})" if found else " (it holds no .ckpt)")
+            + ", e.g. ckpt_path=…/checkpoints/last.ckpt"
+        )
     if not path.is_file():
         raise ConfigError(f"checkpoint {path} does not exist; pass ckpt_path=…/checkpoints/<file>.ckpt")
     try:
@@ -74,8 +82,13 @@ def load_weights(module: nn.Module, ckpt_path: str | Path) -> dict:
     return checkpoint
 
 
+TMP_PATTERN = ".*.tmp"  # the temporary files of atomic_torch_save: .<name>.<pid>.tmp
+
+
 def atomic_torch_save(obj: Any, path: str | Path) -> None:
-    """``torch.save(obj, path)`` that never leaves a partial file at ``path``."""
+    """``torch.save(obj, path)`` that never leaves a partial file at ``path``; a write that fails (a full
+    disk: torch reports it as ``RuntimeError: [enforce fail at inline_container.cc…]``) raises
+    :class:`CheckpointWriteError` naming the file, the free space and the fix."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
@@ -85,8 +98,24 @@ def atomic_torch_save(obj: Any, path: str | Path) -> None:
             file.flush()
             os.fsync(file.fileno())
         os.replace(tmp, path)
+    except (RuntimeError, OSError) as err:
+        free = shutil.disk_usage(path.parent).free
+        raise CheckpointWriteError(
+            f"could not write the checkpoint {path} ({str(err).splitlines()[0][:160]}); {free:,} bytes are free "
+            f"in {path.parent}. Free space there or move paths.output_dir (paths.log_dir) to a larger disk; the "
+            "previous checkpoint is intact, and resume=auto continues from it"
+        ) from err
     finally:
         tmp.unlink(missing_ok=True)
+
+
+def remove_stale_temporaries(folder: Path) -> list[Path]:
+    """Delete the ``.<name>.<pid>.tmp`` files a killed save left in ``folder`` (called when a training takes
+    the folder's lock: no other save can be writing them)."""
+    stale = [p for p in Path(folder).glob(TMP_PATTERN) if p.is_file() and p.name.endswith(".tmp")]
+    for path in stale:
+        path.unlink(missing_ok=True)
+    return stale
 
 
 class AtomicCheckpointIO(TorchCheckpointIO):

@@ -31,7 +31,7 @@ from lightning.pytorch.utilities import rank_zero_only, rank_zero_warn
 from omegaconf import DictConfig, open_dict
 
 from segloss.errors import ConfigError
-from segloss.utils.checkpoints import check_fits, read_checkpoint
+from segloss.utils.checkpoints import check_fits, read_checkpoint, remove_stale_temporaries
 from segloss.utils.config import save_resolved_config
 from segloss.utils.markers import COMPLETED
 from segloss.utils.rich_output import config_tree
@@ -98,15 +98,27 @@ class RunDirectory:
         runs_dir = Path(cfg.paths.log_dir) / cfg.task_name / "runs"
         lock = lock_run_dir(output_dir)  # one training per folder: a second one stops here, naming the first
         try:
-            ckpt_path = resolve_resume(cfg.get("resume"), cfg.get("ckpt_path"), output_dir, runs_dir, cfg.run_name)
-            check_output_dir(output_dir, resuming=ckpt_path is not None)
-        except Exception:
+            return cls._open_locked(cfg, output_dir, runs_dir, lock)
+        except BaseException:
             _unlock(lock)
             raise
+
+    @classmethod
+    def _open_locked(cls, cfg: DictConfig, output_dir: Path, runs_dir: Path, lock) -> RunDirectory:
+        if lock is not None:  # ours now: temporaries of a save that was killed are stale
+            remove_stale_temporaries(output_dir / "checkpoints")
+        ckpt_path = resolve_resume(cfg.get("resume"), cfg.get("ckpt_path"), output_dir, runs_dir, cfg.run_name)
+        check_output_dir(output_dir, resuming=ckpt_path is not None)
         hydra_files = {p: p.read_bytes() for p in (output_dir / ".hydra").glob("*.yaml")} if lock else None
         run = cls(output_dir, ckpt_path, lock=lock, hydra_files=hydra_files)
         if ckpt_path is not None:  # read once: it must fit the model, and metrics.csv rewinds to its step
             checkpoint = read_checkpoint(ckpt_path)
+            if "pytorch-lightning_version" not in checkpoint or "state_dict" not in checkpoint:
+                raise ConfigError(
+                    f"{ckpt_path} holds weights only (a state_dict), not a Lightning training checkpoint: resuming "
+                    "needs its optimizer, scheduler and loop state. Resume from a run's checkpoints/last.ckpt; to "
+                    "evaluate or predict with these weights, give them to make eval / make predict"
+                )
             run.resumed_step, run.resumed_state = int(checkpoint.get("global_step", 0)), checkpoint.get("state_dict")
         complete_config(cfg, ckpt_path, output_dir)
         clear_completed(output_dir)  # a training in this folder is under way: not finished until it says so
