@@ -46,3 +46,50 @@ def test_validation_masks_that_are_all_ignore(make_cfg, cityscapes_tree):
     _ignore_all(root, "val")
     with pytest.raises(DatasetFormatError, match=r"the validation split holds no labelled pixel"):
         train(_run(make_cfg, root))
+
+
+def test_macos_appledouble_files_are_not_cityscapes_samples(cityscapes_tree):
+    from segloss.data.cityscapes import CityscapesDataset
+
+    root, _ = cityscapes_tree
+    junk = root / "leftImg8bit" / "val" / "lindau" / "._lindau_000000_000019_leftImg8bit.png"
+    junk.write_bytes(b"\x00\x05\x16\x07 Mac OS X resource fork")  # what a Mac copies next to each file
+    names = [name for name, _, _ in CityscapesDataset(root, split="val").samples]
+    assert names == ["frankfurt_000000_000019", "frankfurt_000001_000019", "lindau_000000_000019"]
+
+
+def test_a_16_bit_cityscapes_mask_with_a_large_id_is_named(cityscapes_tree):
+    from segloss.data.cityscapes import CityscapesDataset
+
+    root, _ = cityscapes_tree
+    mask = root / "gtFine" / "val" / "lindau" / "lindau_000000_000019_gtFine_labelIds.png"
+    Image.fromarray(np.full((8, 16), 1000, dtype=np.uint16)).save(mask)  # used to be an IndexError
+    dataset = CityscapesDataset(root, split="val")
+    with pytest.raises(DatasetFormatError, match=r"lindau_000000_000019_gtFine_labelIds.png holds values \[1000\]"):
+        dataset[2]
+
+
+def test_a_file_name_that_is_not_utf8_is_named(cityscapes_tree):
+    import os
+
+    from segloss.data.cityscapes import CityscapesDataset
+
+    root, _ = cityscapes_tree
+    city = root / "leftImg8bit" / "val" / "lindau"
+    os.rename(city / "lindau_000000_000019_leftImg8bit.png",
+              os.fsencode(city) + b"/lindau_\xe9t\xe9_000019_leftImg8bit.png")  # latin-1 "été"  # fmt: skip
+    with pytest.raises(
+        DatasetFormatError, match=r"the file name .*lindau_\\xe9t\\xe9_000019_leftImg8bit.png is not UTF-8"
+    ):
+        CityscapesDataset(root, split="val")
+
+
+def test_a_voc_split_file_with_a_byte_order_mark_reads_its_first_id(tmp_path):
+    from segloss.data.voc import VOCDataset
+    from tests.trees.voc import write_voc_tree
+
+    write_voc_tree(tmp_path, {"train": ["2007_000032", "2007_000039"], "val": ["2007_000063"], "trainval": []})
+    split = tmp_path / "VOCdevkit" / "VOC2012" / "ImageSets" / "Segmentation" / "train.txt"
+    split.write_text("\ufeff2007_000032\r\n2007_000039\r\n", encoding="utf-8")  # as Windows Notepad saves it
+    names = [name for name, _, _ in VOCDataset(tmp_path / "VOCdevkit", split="train").samples]
+    assert names == ["2007_000032", "2007_000039"]

@@ -35,7 +35,7 @@ from segloss.data.cityscapes_labels import (
     train_to_label_lut,
 )
 from segloss.data.image_io import read_label_png
-from segloss.data.paired import ImageMaskFiles
+from segloss.data.paired import ImageMaskFiles, check_utf8_names
 from segloss.errors import DatasetFormatError, DatasetNotFoundError
 
 IMAGE_SUFFIX, MASK_SUFFIX = "_leftImg8bit.png", "_gtFine_labelIds.png"
@@ -72,7 +72,9 @@ class CityscapesDataset(ImageMaskFiles):
             raise DatasetNotFoundError("Cityscapes", self.root, "the folder does not exist", LAYOUT, SOURCE)
         if not image_dir.is_dir():
             raise DatasetNotFoundError("Cityscapes", self.root, f"there is no {image_dir}", LAYOUT, SOURCE)
-        images = sorted(image_dir.glob(f"*/*{IMAGE_SUFFIX}"))
+        # macOS' AppleDouble files (._name, copied from a Mac volume) share the suffix but hold no image
+        images = sorted(p for p in image_dir.glob(f"*/*{IMAGE_SUFFIX}") if not p.name.startswith("._"))
+        check_utf8_names(images, "Cityscapes")
         if not images:
             raise DatasetNotFoundError(
                 "Cityscapes", self.root, f"no *{IMAGE_SUFFIX} files in {image_dir}/<city>/", LAYOUT, SOURCE
@@ -101,6 +103,9 @@ class CityscapesDataset(ImageMaskFiles):
         if mask_path is None:  # test labels withheld: everything is ignore
             return torch.full(self.image_size(index), IGNORE_INDEX, dtype=torch.int64)
         label_ids = read_label_png(mask_path, "use the *_gtFine_labelIds.png files, not *_gtFine_color.png")
+        if label_ids.max(initial=0) > 255:  # a 16-bit file: ids past the lookup table
+            bad = np.unique(label_ids[label_ids > 255])[:10].tolist()
+            raise DatasetFormatError(f"{mask_path} holds values {bad} that are not Cityscapes labelIds (0–33)")
         if not self._KNOWN[label_ids].all():
             bad = sorted(set(np.unique(label_ids).tolist()) - set(np.flatnonzero(self._KNOWN).tolist()))
             raise DatasetFormatError(f"{mask_path} holds values {bad[:10]} that are not Cityscapes labelIds")

@@ -35,7 +35,7 @@ import torch
 from PIL import Image
 
 from segloss.data.image_io import check_label_values, read_label_png
-from segloss.data.paired import ImageMaskFiles
+from segloss.data.paired import ImageMaskFiles, check_utf8_names
 from segloss.data.voc import voc_colormap
 from segloss.errors import ConfigError, DatasetFormatError, DatasetNotFoundError
 
@@ -64,6 +64,7 @@ def _files_by_key(folder: Path, extensions: tuple[str, ...], suffix: str) -> dic
         if key in found:
             raise DatasetFormatError(f"{found[key]} and {path} share the stem '{key}'; keep one of them")
         found[key] = path
+    check_utf8_names(list(found.values()), folder.name)
     return found
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable
 from pathlib import Path
 
@@ -11,6 +12,20 @@ from torch.utils.data import Dataset
 
 from segloss.data.image_io import read_image
 from segloss.errors import DatasetFormatError
+
+
+def check_utf8_names(paths: list[Path], dataset: str) -> None:
+    """Refuse file names that are not UTF-8 (bytes from another locale): they would break later, far from
+    here, when a name is logged, written to a CSV or a W&B table."""
+    for path in paths:
+        try:
+            str(path).encode("utf-8")
+        except UnicodeEncodeError:
+            shown = os.fsencode(path).decode("utf-8", "backslashreplace")
+            raise DatasetFormatError(
+                f"{dataset}: the file name {shown} is not UTF-8 (written under another locale); rename it, e.g. "
+                "with convmv -f latin1 -t utf8 --notest"
+            ) from None
 
 
 class ImageMaskFiles(Dataset):

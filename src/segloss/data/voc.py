@@ -80,8 +80,13 @@ def voc_colormap(n: int = 256) -> tuple[tuple[int, int, int], ...]:
 
 
 def _read_ids(path: Path) -> list[str]:
-    """Ids of a split file: the first word of each non-empty line."""
-    return [line.split()[0] for line in path.read_text().splitlines() if line.strip()]
+    """Ids of a split file: the first word of each non-empty line (a UTF-8 byte-order mark, as Windows
+    editors write, is dropped)."""
+    try:
+        text = path.read_text(encoding="utf-8-sig")
+    except UnicodeDecodeError as err:
+        raise DatasetFormatError(f"split file {path} is not UTF-8 text ({err.reason} at byte {err.start})") from None
+    return [line.split()[0] for line in text.splitlines() if line.strip()]
 
 
 def _names(folder: Path, suffix: str) -> set[str]:
