@@ -168,6 +168,20 @@ def test_cache_is_reused_keyed_by_settings_and_never_written_in_the_dataset(tmp_
         MSDSliceDataset(root, "all", cache_dir=root / "cache")
 
 
+def test_a_truncated_cache_file_is_written_again(tmp_path):
+    """A cache .npy cut short (a full disk, a killed run) used to fail every later run ("mmap length …")."""
+    root, cache = tmp_path / "Task95_Cut", tmp_path / "cache"
+    write_msd_task(root, cases=3, seed=5)
+    first = MSDSliceDataset(root, "all", cache_dir=cache)
+    expected = [first[i]["image"].clone() for i in (0, 9)]
+    image = sorted(cache.rglob("*.image.npy"))[0]
+    image.write_bytes(image.read_bytes()[: image.stat().st_size // 2])
+    medical._STATS_MEMO.clear()
+    again = MSDSliceDataset(root, "all", cache_dir=cache)
+    assert [torch.equal(again[i]["image"], e) for i, e in zip((0, 9), expected)] == [True, True]
+    assert image.stat().st_size > 0 and np.load(image).ndim == 4
+
+
 def test_items_load_in_forked_workers_and_after_pickling(tmp_path):
     root = tmp_path / "Task95_Workers"
     write_msd_task(root, cases=2, seed=5)

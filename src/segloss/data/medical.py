@@ -203,7 +203,7 @@ class MSDSliceDataset(Dataset):
         if self.cache_dir is not None:
             folder = self.cache_dir / "msd" / self.root.name
             files = {kind: folder / f"{case.case}-{key}.{kind}.npy" for kind in ("image", "label", "foreground")}
-            if not all(p.is_file() for p in files.values()):
+            if not all(_readable(p) for p in files.values()):  # missing, or cut short by a killed run: redone
                 for kind, array in self._preprocess(case).items():
                     mp.write_atomic(files[kind], lambda f, a=array: np.save(f, a))
             self._files[case.case] = files
@@ -263,3 +263,13 @@ class MSDSliceDataset(Dataset):
             "spacing": torch.tensor(self._spacing[case], dtype=torch.float64),
         }
         return self.transform(sample) if self.transform is not None else sample
+
+
+def _readable(path: Path) -> bool:
+    """Whether a cached ``.npy`` opens whole (a file truncated by a full disk or a killed run does not: numpy
+    raises "mmap length is greater than file size"); such a file is written again from the NIfTI."""
+    try:
+        np.load(path, mmap_mode="r")
+        return True
+    except (OSError, ValueError, EOFError):
+        return False
