@@ -93,3 +93,21 @@ def test_a_voc_split_file_with_a_byte_order_mark_reads_its_first_id(tmp_path):
     split.write_text("\ufeff2007_000032\r\n2007_000039\r\n", encoding="utf-8")  # as Windows Notepad saves it
     names = [name for name, _, _ in VOCDataset(tmp_path / "VOCdevkit", split="train").samples]
     assert names == ["2007_000032", "2007_000039"]
+
+
+def test_an_ignore_index_the_masks_do_not_use_is_one_message(make_cfg, cityscapes_tree):
+    """data.ignore_index=-1 with masks that mark ignore with 255: a ValueError traceback from inside the loss."""
+    from segloss.errors import SeglossError
+
+    root, _ = cityscapes_tree
+    with pytest.raises(SeglossError, match=r"target holds values \[255\] .* ignore_index=-1; .*data.ignore_index=255"):
+        train(_run(make_cfg, root, "data.ignore_index=-1"))
+
+
+def test_a_net_that_takes_other_channels_than_the_data_gives(make_cfg, cityscapes_tree):
+    """model.net.in_channels=1 with RGB images: a convolution's RuntimeError."""
+    root, _ = cityscapes_tree
+    with pytest.raises(
+        ConfigError, match=r"the net takes 1 input channel\(s\) but the data gives 3: set model.net.in_channels=3"
+    ):
+        train(_run(make_cfg, root, "model.net.in_channels=1"))

@@ -248,10 +248,11 @@ def test_a_training_gives_its_folder_lock_back_and_its_hydra_files_too(make_cfg)
     assert (again.path / ".lock").read_text().startswith("pid ")
 
 
-def test_a_checkpoint_folder_or_a_plain_state_dict_is_named_not_a_traceback(make_cfg, tmp_path):
+def test_a_checkpoint_folder_or_a_plain_state_dict_is_named_not_a_traceback(base, make_cfg, tmp_path):
     from segloss.errors import ConfigError
     from segloss.utils.checkpoints import read_checkpoint
     from segloss.utils.run_dir import RunDirectory
+    from tests.test_bad_inputs import _module
 
     folder = tmp_path / "run" / "checkpoints"
     folder.mkdir(parents=True)
@@ -261,9 +262,13 @@ def test_a_checkpoint_folder_or_a_plain_state_dict_is_named_not_a_traceback(make
     ):
         read_checkpoint(folder)
     cfg = make_cfg([f"ckpt_path={folder / 'last.ckpt'}"])
+    with pytest.raises(ConfigError, match=r"does not fit the configured model"):  # the fit is checked first
+        RunDirectory.open(cfg).check_fits(_module())
+    torch.save(_module().state_dict(), folder / "weights.pt")  # torch.save(model.state_dict()): it fits
+    run = RunDirectory.open(make_cfg([f"ckpt_path={folder / 'weights.pt'}"]))
     with pytest.raises(ConfigError, match=r"holds weights only \(a state_dict\), not a Lightning training checkpoint"):
-        RunDirectory.open(cfg)  # used to fail inside Lightning with KeyError 'pytorch-lightning_version'
-    RunDirectory.open(make_cfg([])).release()  # and the folder's lock was given back on the way out
+        run.check_fits(_module())  # used to fail inside Lightning with KeyError 'pytorch-lightning_version'
+    run.release()
 
 
 def test_a_full_disk_during_a_checkpoint_save_is_one_message_and_the_previous_one_survives(tmp_path, monkeypatch):

@@ -34,6 +34,11 @@ class DatasetFormatError(SeglossError, ValueError):
     """A file of the dataset is unreadable, unpaired or holds values that are not labels."""
 
 
+class LabelValueError(DatasetFormatError):
+    """A loss got target values that are neither classes nor ``ignore_index`` (a wrong label mapping, or an
+    ``ignore_index`` that is not the one the masks use)."""
+
+
 class UnreadableImagesError(DatasetFormatError):
     """``make predict``: some input images could not be read; the others were labelled (``written``: their
     mask files; ``failed``: the unreadable images)."""

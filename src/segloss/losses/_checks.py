@@ -12,6 +12,8 @@ import os
 import torch
 from torch import Tensor
 
+from segloss.errors import LabelValueError
+
 # Off the CPU, reading the check's result makes the host wait for the device. The values of the first
 # ACCELERATOR_CHECKS targets of the process are checked there (a wrong label mapping shows at once;
 # the dataset loaders also check every mask as they read it), later ones not, so the training step
@@ -65,9 +67,14 @@ def check_hard_target(
         if bool((low < 0) | (high >= num_classes)):
             bad = (safe < 0) | (safe >= num_classes)
             values = torch.unique(target[bad]).tolist()[:10]
-            raise ValueError(
+            raise LabelValueError(
                 f"target holds values {values} outside [0, {num_classes}) that are not "
                 f"ignore_index={ignore_index}; fix the label mapping or set ignore_index"
+                + (
+                    f" (data.ignore_index={values[0]} if that value marks the pixels to ignore)"
+                    if len(values) == 1
+                    else ""
+                )
             )
     return valid, safe
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable, Sequence
 from functools import partial
 
@@ -150,7 +151,16 @@ class SegmentationModule(L.LightningModule):
             image = torch.addcmul(self.input_shift, image.float(), self.input_scale)
         if self.channels_last:
             image = image.contiguous(memory_format=torch.channels_last)
-        return self.net(image)
+        try:
+            return self.net(image)
+        except RuntimeError as err:  # a try block costs nothing until it catches
+            found = re.search(r"to have (\d+) channels, but got (\d+) channels", str(err))
+            if found is None:
+                raise
+            raise ConfigError(
+                f"the net takes {found.group(1)} input channel(s) but the data gives {found.group(2)}: set "
+                f"model.net.in_channels={found.group(2)} (or choose the data's modalities/channels to match)"
+            ) from err
 
     def model_step(self, batch: dict, logits: Tensor | None = None) -> tuple[Tensor, Tensor, dict[str, Tensor]]:
         """Forward (unless ``logits`` are given) and loss: ``(loss, logits, terms)``; ``terms`` holds a

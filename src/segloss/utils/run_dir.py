@@ -90,6 +90,7 @@ class RunDirectory:
     resumed_state: dict | None = None
     lock: object | None = None  # the open lock file (rank 0), released by :meth:`release`
     hydra_files: dict | None = None  # this run's .hydra/*.yaml as its own Hydra wrote them
+    trainable: bool = True  # the resumed checkpoint holds Lightning's training state, not only weights
 
     @classmethod
     def open(cls, cfg: DictConfig) -> RunDirectory:
@@ -113,13 +114,9 @@ class RunDirectory:
         run = cls(output_dir, ckpt_path, lock=lock, hydra_files=hydra_files)
         if ckpt_path is not None:  # read once: it must fit the model, and metrics.csv rewinds to its step
             checkpoint = read_checkpoint(ckpt_path)
-            if "pytorch-lightning_version" not in checkpoint or "state_dict" not in checkpoint:
-                raise ConfigError(
-                    f"{ckpt_path} holds weights only (a state_dict), not a Lightning training checkpoint: resuming "
-                    "needs its optimizer, scheduler and loop state. Resume from a run's checkpoints/last.ckpt; to "
-                    "evaluate or predict with these weights, give them to make eval / make predict"
-                )
-            run.resumed_step, run.resumed_state = int(checkpoint.get("global_step", 0)), checkpoint.get("state_dict")
+            run.resumed_step = int(checkpoint.get("global_step", 0))
+            run.resumed_state = checkpoint.get("state_dict", checkpoint)  # a plain state_dict is all weights
+            run.trainable = "pytorch-lightning_version" in checkpoint and "state_dict" in checkpoint
         complete_config(cfg, ckpt_path, output_dir)
         clear_completed(output_dir)  # a training in this folder is under way: not finished until it says so
         show_and_save_config(cfg, output_dir)
@@ -140,6 +137,12 @@ class RunDirectory:
         if self.resumed_state is not None:
             check_fits(module, self.resumed_state, self.ckpt_path)
             self.resumed_state = None  # Lightning reads the file itself
+        if not self.trainable:  # Lightning would fail with KeyError 'pytorch-lightning_version'
+            raise ConfigError(
+                f"{self.ckpt_path} holds weights only (a state_dict), not a Lightning training checkpoint: resuming "
+                "needs its optimizer, scheduler and loop state. Resume from a run's checkpoints/last.ckpt; to "
+                "evaluate or predict with these weights, give them to make eval / make predict"
+            )
 
 
 def complete_config(cfg: DictConfig, ckpt_path: str | None, output_dir: Path) -> None:
