@@ -104,3 +104,15 @@ def test_cli_missing_data_is_one_clear_error(tmp_path):
     )
     assert proc.returncode == 2
     assert "Cityscapes not found" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_labels_that_are_all_ignore_are_named(stats_cfg, tmp_path):
+    """Used to be a ValueError traceback from the class-weight formula."""
+    from segloss.errors import DatasetFormatError
+
+    for mask in (tmp_path / "cityscapes" / "gtFine" / "train").rglob("*labelIds.png"):
+        Image.fromarray(np.zeros((2, 3), np.uint8)).save(mask)  # labelId 0: unlabeled → ignore
+    with pytest.raises(
+        DatasetFormatError, match=r"every pixel of the train labels of .* \(2 images, 12 pixels\) is ignore_index=255"
+    ):
+        compute_stats(stats_cfg)

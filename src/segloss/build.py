@@ -142,12 +142,13 @@ def without_named_class_weights(cfg: DictConfig) -> DictConfig:
 
 def class_weights_from_data(datamodule, method: str, cache_dir: str):
     """Weights of ``method`` from the (cached) pixel counts of the datamodule's training split."""
-    from segloss.data.label_stats import cached_label_counts
+    from segloss.data.label_stats import cached_label_counts, require_labelled
 
     datamodule.prepare_data()
     dataset = datamodule.dataset(root=datamodule.root, split=datamodule.splits["train"], transform=None)
     key = f"{type(dataset).__name__}|{datamodule.root}|{datamodule.splits['train']}"
     stats = cached_label_counts(dataset, datamodule.num_classes, datamodule.ignore_index, cache_dir, key)
+    require_labelled(stats, f"the training labels of {datamodule.root}", datamodule.ignore_index)
     return class_weights(torch.tensor(stats["counts"]), method, torch.tensor(stats["image_pixels"]))
 
 

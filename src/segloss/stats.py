@@ -21,7 +21,7 @@ from omegaconf import DictConfig
 from rich.table import Table
 
 from segloss.checks import check_config
-from segloss.data.label_stats import cached_label_counts
+from segloss.data.label_stats import cached_label_counts, require_labelled
 from segloss.errors import ConfigError
 from segloss.losses.class_weights import METHODS, class_weights
 from segloss.utils.config import CONFIG_DIR, instantiate, report_user_errors, set_environment
@@ -44,6 +44,7 @@ def compute_stats(cfg: DictConfig) -> dict:
     if cfg.get("refresh"):
         shutil.rmtree(cache_dir / "label_counts", ignore_errors=True)
     stats = cached_label_counts(dataset, datamodule.num_classes, datamodule.ignore_index, cache_dir, key)
+    require_labelled(stats, f"the {split} labels of {datamodule.root}", datamodule.ignore_index)
     counts = torch.tensor(stats["counts"], dtype=torch.float64)
     weights = {
         method: class_weights(counts, method, torch.tensor(stats["image_pixels"])).tolist() for method in METHODS

@@ -10,6 +10,8 @@ from pathlib import Path
 import torch
 from torch.utils.data import Dataset
 
+from segloss.errors import DatasetFormatError
+
 
 def _mask(dataset: Dataset, index: int) -> torch.Tensor:
     load = getattr(dataset, "load_mask", None)
@@ -74,4 +76,15 @@ def cached_label_counts(dataset: Dataset, num_classes: int, ignore_index: int, c
     tmp = path.with_suffix(f".{os.getpid()}.tmp")  # one per process: DDP ranks may race
     tmp.write_text(json.dumps({"key": key, **stats}))
     tmp.replace(path)
+    return stats
+
+
+def require_labelled(stats: dict, where: str, ignore_index: int) -> dict:
+    """``stats`` when some pixel is labelled; else :class:`DatasetFormatError` naming ``where``."""
+    if not sum(stats["counts"]):
+        raise DatasetFormatError(
+            f"every pixel of {where} ({stats['num_images']} images, {stats['pixels']:,} pixels) is ignore_index="
+            f"{ignore_index} or outside the classes: there is nothing to count class weights from. Check the "
+            "label files (a wrong mapping, e.g. colour masks) and data.ignore_index"
+        )
     return stats
