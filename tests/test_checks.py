@@ -128,3 +128,19 @@ def test_optimizer_and_scheduler_arguments_fail_when_built_not_when_training_sta
 
     with pytest.raises(ConfigError, match=rf"cannot build (optimizer|scheduler).*{message}.*Fix the"):
         build_module(make_cfg([override]))
+
+
+def test_a_data_root_or_run_folder_that_is_a_file_is_named(make_cfg, tmp_path, monkeypatch):
+    """DATA_ROOT naming a file ended in a NotADirectoryError while generating data; hydra.run.dir naming a
+    file in Hydra's own FileExistsError, before any code of ours ran."""
+    afile = tmp_path / "afile"
+    afile.write_text("not a folder")
+    monkeypatch.setenv("DATA_ROOT", str(afile))
+    with pytest.raises(
+        ConfigError, match=rf"paths.data_dir={afile} \(from DATA_ROOT\) is not a folder: {afile} is a file"
+    ):
+        check_config(make_cfg([f"paths.data_dir={afile}"]))
+    monkeypatch.delenv("DATA_ROOT")
+    proc = run_cli("train", [f"hydra.run.dir={afile}/run", "print_config=false"], check=False)
+    assert proc.returncode == 2 and f"hydra.run.dir={afile}/run is not a folder: {afile} is a file" in proc.stderr
+    assert "Traceback" not in proc.stderr and "NotADirectoryError" not in proc.stderr

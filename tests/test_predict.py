@@ -162,6 +162,10 @@ def test_never_overwrites_and_checks_the_folders(setup, tmp_path):
         predict(cfg(tmp_path / "empty", tmp_path / "out2"))
     with pytest.raises(ConfigError, match="is not a folder"):
         predict(cfg(tmp_path / "missing", tmp_path / "out2"))
+    (tmp_path / "notes.txt").write_text("a file")  # used to be a NotADirectoryError at the first write
+    for out in (tmp_path / "notes.txt", tmp_path / "notes.txt" / "masks"):
+        with pytest.raises(ConfigError, match=rf"output_dir={out} is not a folder: {tmp_path / 'notes.txt'} is a file"):
+            predict(cfg(inputs, out))
     (inputs / "a.jpg").write_bytes(b"")
     with pytest.raises(ConfigError, match="would both be written to"):
         predict(cfg(inputs, tmp_path / "out3"))

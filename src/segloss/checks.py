@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable
+from pathlib import Path
 
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
@@ -134,11 +135,18 @@ def check_values(cfg: DictConfig) -> list[str]:
 
 
 def check_paths(cfg: DictConfig) -> list[str]:
-    """A folder that resolves to an empty path would put datasets, logs or caches at the filesystem root."""
+    """A folder that resolves to an empty path would put datasets, logs or caches at the filesystem root; one
+    that is a file (or lies under a file) fails deep inside whatever writes there first."""
     problems = []
-    for key in ("paths.data_dir", "paths.log_dir", "paths.cache_dir", "data.root"):
+    for key in ("paths.data_dir", "paths.log_dir", "paths.cache_dir", "data.root", "paths.output_dir"):
         value = _value(cfg, key)
-        if value is _MISSING or value is None or str(value).strip():
+        if value is _MISSING or value is None:
+            continue
+        if str(value).strip():
+            blocker = file_in_the_way(Path(str(value)).expanduser())
+            if blocker is not None:
+                source = " (from DATA_ROOT)" if key == "paths.data_dir" and os.environ.get("DATA_ROOT") else ""
+                problems.append(f"{key}={value}{source} is not a folder: {blocker} is a file; give a folder")
             continue
         if key == "paths.data_dir" and os.environ.get("DATA_ROOT") == "":
             problems.append("the environment variable DATA_ROOT is set but empty, so datasets would be written at "
@@ -147,6 +155,14 @@ def check_paths(cfg: DictConfig) -> list[str]:
         else:
             problems.append(f"{key} is empty; give a folder (e.g. {key}=/path/to/folder)")
     return problems
+
+
+def file_in_the_way(path: Path) -> Path | None:
+    """``path`` or the nearest of its existing ancestors when that is a file (not a folder), else None."""
+    for candidate in (path, *path.parents):
+        if candidate.exists():
+            return None if candidate.is_dir() else candidate
+    return None
 
 
 def per_case_data(cfg: DictConfig) -> bool:

@@ -175,6 +175,11 @@ def predict(cfg: DictConfig) -> dict:
     output_dir = Path(cfg.output_dir).expanduser().resolve()
     if output_dir == input_dir or input_dir in output_dir.parents:
         raise ConfigError(f"output_dir={output_dir} is inside input_dir={input_dir}; choose a folder outside it")
+    for candidate in (output_dir, *output_dir.parents):  # a file there fails the first write, after the model
+        if candidate.exists():
+            if not candidate.is_dir():
+                raise ConfigError(f"output_dir={output_dir} is not a folder: {candidate} is a file; give a folder")
+            break
     images, unusable = find_images(input_dir)
     if not images:
         raise UnreadableImagesError(unusable, [], output_dir)
