@@ -59,15 +59,17 @@ rescore: $(STAMP) ## add the per-image quality counts to older runs from their b
 
 eval: $(STAMP) ## evaluate a checkpoint: make eval CKPT=logs/.../best.ckpt [EXP=name] [ARGS="split=val"]
 	@test -n "$(CKPT)" || { echo "usage: make eval CKPT=path/to/checkpoint.ckpt [EXP=name]"; exit 2; }
-	$(PY) -m segloss.eval ckpt_path=$(CKPT) $(EXP_ARG) $(ARGS)
+	$(PY) -m segloss.eval 'ckpt_path="$(CKPT)"' $(EXP_ARG) $(ARGS)
 
 predict: $(STAMP) ## label a folder of images: make predict CKPT=… INPUT=folder OUTPUT=folder [EXP=name] [ARGS="overlay=true"]
 	@test -n "$(CKPT)" -a -n "$(INPUT)" -a -n "$(OUTPUT)" || { echo "usage: make predict CKPT=… INPUT=folder OUTPUT=folder [EXP=name] [ARGS=…]"; exit 2; }
-	$(PY) -m segloss.predict ckpt_path=$(CKPT) input_dir=$(INPUT) output_dir=$(OUTPUT) $(EXP_ARG) $(ARGS)
+	$(PY) -m segloss.predict 'ckpt_path="$(CKPT)"' 'input_dir="$(INPUT)"' 'output_dir="$(OUTPUT)"' $(EXP_ARG) $(ARGS)
 
 stats: $(STAMP) ## label statistics + class weights: make stats [DATA=cityscapes] [ARGS="data.root=…"]
 	$(PY) -m segloss.stats $(if $(DATA),data=$(DATA)) $(ARGS)
 
+# Paths reach Hydra quoted ('key="$(PATH)"'), so names with non-ASCII letters, spaces, commas or '=' are taken
+# as they are (unquoted, Hydra's override grammar refuses them or reads a comma as a sweep).
 # One pytest worker per core (pytest-xdist), each test module on one worker (its module fixtures built once);
 # each worker runs torch single-threaded. TEST_WORKERS=0 runs in one process.
 TEST_WORKERS ?= auto

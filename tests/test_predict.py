@@ -209,3 +209,16 @@ def test_a_bf16_prediction_labels_every_image(setup, tmp_path):
     assert len(result["written"]) == len(GOOD) and all(p.is_file() for p in result["written"])
     for name in GOOD:
         assert mask_of((out / name).with_suffix(".png"))[1].shape == GOOD[name]
+
+
+def test_make_predict_takes_paths_with_non_ascii_letters_spaces_and_commas(tmp_path):
+    """`make predict INPUT=/data/été` used to stop in Hydra's override lexer; the Makefile quotes the paths."""
+    inputs = tmp_path / "été, 2024 = new"
+    inputs.mkdir()
+    proc = subprocess.run(
+        ["make", "-s", "predict", f"CKPT={tmp_path / 'x.ckpt'}", f"INPUT={inputs}", f"OUTPUT={tmp_path / 'out'}",
+         f"ARGS=paths.log_dir={tmp_path / 'logs'}"],
+        capture_output=True, text=True, cwd=PROJECT_ROOT, timeout=180,
+    )  # fmt: skip
+    assert proc.returncode == 2, proc.stderr
+    assert f"segloss: error: input_dir={inputs} holds no images" in proc.stderr  # the path arrived whole
