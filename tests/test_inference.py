@@ -99,3 +99,55 @@ def test_windows_in_batches_give_the_logits_of_one_window_at_a_time(window_batch
 def test_a_window_batch_that_is_not_a_positive_count():
     with pytest.raises(ConfigError, match=r"inference.window_batch=0: give a positive number of windows per call"):
         Inference("slide", crop_size=(8, 8), stride=(4, 4), window_batch=0)
+
+
+@pytest.mark.parametrize(("size", "crop", "stride", "window_batch"), [
+    ((37, 53), (16, 16), (8, 8), 1), ((37, 53), (16, 20), (7, 9), 3), ((10, 12), (16, 16), (8, 8), 2),
+    ((33, 70), (16, 16), (16, 16), 4), ((64, 20), (12, 20), (5, 20), 1),
+])  # fmt: skip
+def test_streamed_classes_equal_the_argmax_of_the_whole_slide(size, crop, stride, window_batch):
+    torch.manual_seed(0)
+    net = nn.Conv2d(3, 5, 3, padding=1)
+    image = torch.randn(2, 3, *size)
+    with torch.no_grad():
+        expected = slide_inference(net, image, crop, stride, window_batch).argmax(1)
+        got = Inference("slide", crop, stride, window_batch).classes(net, image, lambda z: z.argmax(1))
+    assert torch.equal(got, expected)
+
+
+def test_make_predict_on_a_tall_image_never_holds_the_whole_image_s_logits(monkeypatch):
+    """An 8000×8000 frame with inference=slide took more memory than whole-image inference: the logits of
+    every pixel (4.9 GB at 19 classes) were accumulated before the argmax. Now one band of windows at a time."""
+    from segloss.predict import predict_indices
+
+    class Module(nn.Module):  # what predict_indices needs of a SegmentationModule
+        def __init__(self) -> None:
+            super().__init__()
+            self.net, self.inference = nn.Conv2d(3, 7, 3, padding=1), Inference("slide", (32, 32), (24, 24))
+
+        def forward(self, x):
+            return self.net(x)
+
+        def to_classes(self, logits):
+            return logits.argmax(1)
+
+    torch.manual_seed(0)
+    module = Module()
+    image = torch.randint(0, 256, (3, 400, 96), dtype=torch.uint8)
+    allocated = []
+    real = torch.Tensor.new_zeros
+
+    def recording(self, *args, **kwargs):
+        out = real(self, *args, **kwargs)
+        allocated.append(out.numel())
+        return out
+
+    monkeypatch.setattr(torch.Tensor, "new_zeros", recording)
+    classes = predict_indices(module, lambda item: {**item, "image": item["image"].float() / 255}, image,
+                              torch.device("cpu"))  # fmt: skip
+    monkeypatch.undo()
+    with torch.no_grad():
+        expected = slide_inference(module, image.float().unsqueeze(0) / 255, (32, 32), (24, 24)).argmax(1)[0]
+    assert (classes == expected.numpy()).all()
+    whole = 7 * 400 * 96
+    assert allocated and max(allocated) <= 7 * 32 * 96 < whole / 10  # one 32-row band, not 400 rows

@@ -149,14 +149,14 @@ def predict_indices(module, transform, image: torch.Tensor, device: torch.device
     height, width = image.shape[-2:]
     mask = torch.zeros((height, width), dtype=torch.int64)  # the joint transform wants one; unused
     normalised = transform({"image": image, "mask": mask, "name": ""})["image"]
-    with torch.no_grad(), torch.autocast(device.type, dtype=dtype or torch.float32, enabled=dtype is not None):
-        logits = module.inference(module, normalised.unsqueeze(0).to(device))
-    if logits.shape[-2:] != (height, width):
+    if normalised.shape[-2:] != (height, width):
         raise ConfigError(
-            f"data.eval_transform changed the image size ({height}×{width} → {tuple(logits.shape[-2:])}); "
+            f"data.eval_transform changed the image size ({height}×{width} → {tuple(normalised.shape[-2:])}); "
             "prediction needs a normalising-only eval transform"
         )
-    return module.to_classes(logits)[0].to(torch.uint8).cpu().numpy()
+    with torch.no_grad(), torch.autocast(device.type, dtype=dtype or torch.float32, enabled=dtype is not None):
+        classes = module.inference.classes(module, normalised.unsqueeze(0).to(device), module.to_classes)
+    return classes[0].to(torch.uint8).cpu().numpy()
 
 
 def predict(cfg: DictConfig) -> dict:

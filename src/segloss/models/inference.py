@@ -59,6 +59,46 @@ def slide_inference(
     return logits / count
 
 
+def slide_classes(
+    forward: Callable[[Tensor], Tensor],
+    image: Tensor,
+    crop_size: Sequence[int],
+    stride: Sequence[int],
+    classes: Callable[[Tensor], Tensor],
+    window_batch: int = 1,
+) -> Tensor:
+    """``classes(slide_inference(…))`` (N×H×W) with memory bounded by one band of windows instead of the
+    whole image's logits: the windows are taken band by band (one row of window origins at a time), and the
+    rows that no later band covers are turned into classes and their logits dropped. The sums and counts of
+    every pixel are those of :func:`slide_inference` in the same order, so the classes are identical; for an
+    8000×8000 image and 19 classes the logits held fall from 4.9 GB to the band's (``crop_h``·W·C floats)."""
+    (crop_h, crop_w), (stride_h, stride_w) = crop_size, stride
+    height, width = image.shape[-2:]
+    n, band_h = image.shape[0], min(crop_h, height)
+    rows, cols = window_origins(height, crop_h, stride_h), window_origins(width, crop_w, stride_w)
+    out_classes = torch.empty((n, height, width), dtype=torch.int64, device=image.device)
+    logits = count = None
+    top = 0  # the image row that buffer row 0 holds
+    for j, y in enumerate(rows):
+        if logits is not None and y > top:  # shift the buffer down to start at row y
+            shift = y - top
+            logits = torch.cat([logits[..., shift:, :], logits.new_zeros((*logits.shape[:2], shift, width))], 2)
+            count = torch.cat([count[..., shift:, :], count.new_zeros((1, 1, shift, width))], 2)
+        top = y
+        for start in range(0, len(cols), max(1, window_batch)):
+            group = cols[start : start + max(1, window_batch)]
+            out = forward(torch.cat([image[..., y : y + crop_h, x : x + crop_w] for x in group])).float()
+            if logits is None:
+                logits = out.new_zeros((n, out.shape[1], band_h, width))
+                count = out.new_zeros((1, 1, band_h, width))
+            for i, x in enumerate(group):
+                logits[..., :, x : x + crop_w] += out[i * n : (i + 1) * n]
+                count[..., :, x : x + crop_w] += 1
+        done = (rows[j + 1] if j + 1 < len(rows) else height) - y  # rows no later band reaches
+        out_classes[:, y : y + done] = classes(logits[..., :done, :] / count[..., :done, :])
+    return out_classes
+
+
 class Inference:
     """``Inference(mode="whole" | "slide", crop_size=(h, w), stride=(s_h, s_w), window_batch=k)``: how
     evaluation turns an image batch into logits. ``whole`` runs the net once on the full image; ``slide``
@@ -94,6 +134,12 @@ class Inference:
         if self.mode == "whole":
             return forward(image)
         return slide_inference(forward, image, self.crop_size, self.stride, self.window_batch)
+
+    def classes(self, forward: Callable[[Tensor], Tensor], image: Tensor, to_classes: Callable) -> Tensor:
+        """Class indices N×H×W; with ``slide``, never holding the whole image's logits (:func:`slide_classes`)."""
+        if self.mode == "whole":
+            return to_classes(forward(image))
+        return slide_classes(forward, image, self.crop_size, self.stride, to_classes, self.window_batch)
 
     def __repr__(self) -> str:
         extra = (
