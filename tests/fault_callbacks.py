@@ -40,3 +40,14 @@ class PoisonBatch(L.Callback):
     def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
         if trainer.global_step == self.step:
             batch["image"][0, 0, 0, 0] = float("nan")
+
+
+class SignalInValidation(L.Callback):
+    """Send ``signum`` to this process at the start of the validation after training epoch ``epoch``."""
+
+    def __init__(self, epoch: int, signum: str = "SIGTERM") -> None:
+        self.epoch, self.signum = epoch, getattr(signal, signum)
+
+    def on_validation_start(self, trainer, pl_module) -> None:
+        if not trainer.sanity_checking and trainer.current_epoch == self.epoch:
+            os.kill(os.getpid(), self.signum)

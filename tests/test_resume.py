@@ -101,6 +101,23 @@ def test_sigterm_saves_a_checkpoint_and_resume_auto_finishes_exactly(base, unint
 
 
 @pytest.mark.slow
+def test_sigterm_during_validation_keeps_the_epoch_s_training_metrics(base, uninterrupted, tmp_path, capfd):
+    """SIGTERM in epoch 1's validation used to stop there, before that epoch's train/loss_epoch was logged."""
+    signal_in_val = ["+callbacks.stop._target_=tests.fault_callbacks.SignalInValidation", "+callbacks.stop.epoch=1"]
+    plain = [arg for arg in base if not arg.startswith("save_every_n_steps")]
+    with pytest.raises(SystemExit) as stop:
+        fit([*plain, *signal_in_val, "trainer.check_val_every_n_epoch=1"], tmp_path)
+    assert stop.value.code == 128 + signal.SIGTERM and "SIGTERM received: saved" in capfd.readouterr().err
+    ended = {int(row["epoch"]) for row in _metrics(tmp_path) if "train/loss_epoch" in row}
+    assert ended == {0, 1}  # epoch 1's training loss is in metrics.csv
+    assert load_ckpt(tmp_path / "checkpoints" / "last.ckpt")["global_step"] == 25  # after epoch 2's first batch
+    fit([*plain, "trainer.check_val_every_n_epoch=1", "resume=auto"], tmp_path)
+    expected, got = load_ckpt(uninterrupted / "checkpoints/last.ckpt"), load_ckpt(tmp_path / "checkpoints/last.ckpt")
+    assert got["global_step"] == expected["global_step"] == 36
+    assert _same_weights(expected, got) == []
+
+
+@pytest.mark.slow
 def test_last_ckpt_holds_the_final_state_whatever_the_validation_schedule(base, tmp_path):
     """Validated every 2nd epoch, 3 epochs: last.ckpt used to stop at epoch 2's start (step 24 of 36)."""
     plain = [arg for arg in base if not arg.startswith("save_every_n_steps")]

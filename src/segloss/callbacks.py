@@ -105,7 +105,10 @@ class SignalCheckpoint(L.Callback):
         self._stop_if_signalled(trainer)
 
     def on_validation_end(self, trainer, pl_module) -> None:
-        if not trainer.sanity_checking:
+        # At an epoch's end the epoch's training metrics (train/loss_epoch, …) are logged after validation:
+        # stopping here would lose them, so the stop waits for the end of the next batch (a mid-epoch
+        # checkpoint, which resumes exactly; a checkpoint taken at an epoch's start does not restore cleanly).
+        if not trainer.sanity_checking and not trainer.is_last_batch:
             self._stop_if_signalled(trainer)
 
     def _stop_if_signalled(self, trainer) -> None:
