@@ -78,7 +78,13 @@ def test_a_stranger_s_run_folder_cannot_make_rescore_run_code(tmp_path, capsys):
         (bare / ".hydra" / name).unlink()
     truncated = _old_run(sweep, 4, ["seed=4"])
     (truncated / "per_image_val.npz").write_bytes((truncated / "per_image_val.npz").read_bytes()[:40])
-    before = {run: (run / "per_image_val.npz").read_bytes() for run in (evil, escaping, tagged, bare, truncated)}
+    pickled = _old_run(sweep, 5, ["seed=5"])
+    with np.load(pickled / "per_image_val.npz") as data:
+        arrays = dict(data)
+    np.savez(pickled / "per_image_val.npz", **arrays, payload=np.array([{"os.system": "touch pwned"}], dtype=object))
+    before = {
+        run: (run / "per_image_val.npz").read_bytes() for run in (evil, escaping, tagged, bare, truncated, pickled)
+    }
     assert rescore([str(sweep)]) == 1  # every run reported; none stops the others
     lines = {line.split(" ", 2)[1].rstrip(":"): line for line in capsys.readouterr().out.splitlines()}
     assert lines[str(evil)].startswith("REFUSED") and "names an instantiation key" in lines[str(evil)]
@@ -92,5 +98,6 @@ def test_a_stranger_s_run_folder_cannot_make_rescore_run_code(tmp_path, capsys):
         lines[str(truncated)].startswith("FAILED")
         and f"cannot read {truncated / 'per_image_val.npz'}" in lines[str(truncated)]
     )
+    assert lines[str(pickled)].startswith("FAILED") and "Object arrays cannot be loaded" in lines[str(pickled)]
     assert all((run / "per_image_val.npz").read_bytes() == data for run, data in before.items())
     assert not list(tmp_path.rglob("pwned")) and not (Path.cwd() / "pwned").exists()
