@@ -70,7 +70,7 @@ def _old_run(sweep, num: int, overrides: list[str]):
 def test_a_stranger_s_run_folder_cannot_make_rescore_run_code(tmp_path, capsys):
     sweep = tmp_path / "sweep"
     evil = _old_run(sweep, 0, ["model.net={_target_: os.system, command: 'touch pwned'}"])
-    escaping = _old_run(sweep, 1, ["model=../../../tmp/evil"])
+    escaping = _old_run(sweep, 1, ["seed=1", "+model/net@model.net=../../../tmp/evil"])
     tagged = _old_run(sweep, 2, ["seed=2"])
     (tagged / ".hydra" / "hydra.yaml").write_text("hydra: !!python/object/apply:os.system ['touch pwned']\n")
     bare = _old_run(sweep, 3, ["seed=3"])

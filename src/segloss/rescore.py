@@ -66,7 +66,7 @@ def checked_overrides(overrides: object, source: Path) -> list[str]:
             raise Refused(f"REFUSED: {source} has {override!r}, which names an instantiation key: replaying it "
                           "could run any code; re-score such a run by hand if you trust it")  # fmt: skip
         key, _, value = override.partition("=")
-        group_choice = "." not in key.lstrip("+~")  # model=…, experiment=…: a file of configs/<group>/
+        group_choice = "." not in key.lstrip("+~").split("@")[0]  # model=…, +model/net@x.y=…: configs/<group>/
         if group_choice and (".." in value or value.startswith("/")):
             raise Refused(f"REFUSED: {source} has {override!r}, a config path outside this project's configs")
     return overrides
