@@ -41,11 +41,24 @@ TINY_SYNTHETIC = [
 ]
 
 
+# The configs with a Trainer. A test that compares numbers must not inherit `trainer.precision=auto` (bf16 on
+# a CPU with native bfloat16, float32 elsewhere): every training, evaluation and prediction of the suite runs
+# in float32 unless its test names a precision itself (the precision tests do).
+WITH_TRAINER = ("train", "eval", "predict")
+
+
+def pinned_precision(config_name: str, overrides: list[str]) -> list[str]:
+    """``overrides`` with ``trainer.precision=32-true`` added where the test named none."""
+    named = any(o.lstrip("+~").startswith("trainer.precision=") for o in overrides)
+    return overrides if config_name not in WITH_TRAINER or named else [*overrides, "trainer.precision=32-true"]
+
+
 def compose_config(config_name: str, overrides: list[str], output_dir: Path) -> DictConfig:
-    """Compose like `python -m segloss.<entry>` would, with the hydra node available for interpolations."""
+    """Compose like `python -m segloss.<entry>` would, with the hydra node available for interpolations (and
+    float32 unless the test names a precision: :func:`pinned_precision`)."""
     GlobalHydra.instance().clear()
     with initialize_config_dir(str(CONFIG_DIR), version_base="1.3"):
-        cfg = compose(config_name, overrides=overrides, return_hydra_config=True)
+        cfg = compose(config_name, overrides=pinned_precision(config_name, overrides), return_hydra_config=True)
     HydraConfig.instance().set_config(cfg)
     with open_dict(cfg):
         cfg.paths.output_dir = str(output_dir)
@@ -112,6 +125,7 @@ def run_cli(module: str, overrides: list[str], timeout: int = 300, check: bool =
     root = Path(__file__).resolve().parents[1]
     env = {k: v for k, v in os.environ.items() if k != "SEGLOSS_TRACEBACK"}
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(root), env.get("PYTHONPATH")]))
+    overrides = pinned_precision(module, overrides)
     proc = subprocess.run(
         [sys.executable, "-m", f"segloss.{module}", *overrides],
         capture_output=True, text=True, env=env, timeout=timeout,

@@ -7,11 +7,29 @@ import pytest
 import torch
 
 from segloss.build import build_trainer
+from segloss.errors import ConfigError
 from segloss.utils import precision as P
 
 XEON_NO_BF16 = "processor : 0\nflags\t\t: fpu sse2 avx2 avx512f avx512bw avx512vl avx512_vnni fma\n"
 SAPPHIRE_RAPIDS = "processor : 0\nflags\t\t: fpu avx2 avx512f avx512_bf16 amx_bf16 amx_tile amx_int8\n"
 GRAVITON3 = "processor : 0\nFeatures\t: fp asimd sve bf16 i8mm\n"
+
+
+@pytest.fixture(autouse=True)
+def detection_not_forced(monkeypatch):
+    """These tests are about the detection itself: a forced one (the suite's both-ways runs) stays outside."""
+    monkeypatch.delenv(P.FORCE_CPU_BF16, raising=False)
+
+
+def test_the_detection_can_be_forced_either_way_for_testing(monkeypatch):
+    for forced, expected, flags in (("native", "bf16-mixed", set()), ("absent", "32-true", {"avx512_bf16"})):
+        monkeypatch.setenv(P.FORCE_CPU_BF16, forced)
+        monkeypatch.setattr(P, "cpu_flags", lambda *_, found=flags: found)  # the flags say the opposite
+        precision, reason = P.resolve_precision("auto", "cpu")
+        assert precision == expected and f"SEGLOSS_CPU_BF16={forced}" in reason
+    monkeypatch.setenv(P.FORCE_CPU_BF16, "maybe")
+    with pytest.raises(ConfigError, match=r"SEGLOSS_CPU_BF16='maybe': give native or absent"):
+        P.resolve_precision("auto", "cpu")
 
 
 def test_cpu_flags_are_read_from_cpuinfo():
@@ -62,7 +80,7 @@ def test_an_explicit_precision_always_wins(monkeypatch, explicit):
 @pytest.mark.parametrize("flags,expected", [(set(), "32-true"), ({"amx_bf16"}, "bf16-mixed")])
 def test_the_trainer_gets_the_resolved_precision_and_says_why_once(make_cfg, monkeypatch, capsys, flags, expected):
     monkeypatch.setattr(P, "cpu_flags", lambda *_: flags)
-    trainer = build_trainer(make_cfg(["trainer=cpu"]), loggers=[])
+    trainer = build_trainer(make_cfg(["trainer=cpu", "trainer.precision=auto"]), loggers=[])
     assert trainer.precision == expected
     said = [line for line in capsys.readouterr().out.splitlines() if "trainer.precision=auto" in line]
     assert said == [said[0]] and f"→ {expected}" in said[0]

@@ -196,6 +196,7 @@ def test_prediction_runs_under_the_training_precision(setup, tmp_path, monkeypat
     from segloss.utils import precision as P
 
     monkeypatch.setattr(P, "cpu_flags", lambda *_: flags)
+    monkeypatch.delenv(P.FORCE_CPU_BF16, raising=False)  # the detection itself is under test
     _, cfg, _ = setup
     config = cfg(tmp_path / "in", tmp_path / "out", f"trainer.precision={precision}")
     assert autocast_dtype(config, torch.device("cpu")) == dtype

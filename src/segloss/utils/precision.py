@@ -10,6 +10,9 @@
   AVX512-BF16). On a GPU without bfloat16 (V100, T4) ``16-mixed`` is usually the fast choice; segloss does
   not pick it silently (float16 needs loss scaling), it says so.
 
+``SEGLOSS_CPU_BF16=native|absent`` forces the CPU detection either way (a testing switch: the suite runs
+green both ways, so its verdict does not depend on the CPU it lands on).
+
 Any other value of ``trainer.precision`` is the user's choice and always wins; :func:`check_precision`
 only refuses values the device cannot run. On CUDA, float32 matmuls and convolutions may use TF32 tensor
 cores (``float32_matmul_precision``, default ``high``; ``highest`` keeps full float32, ``null`` leaves
@@ -18,6 +21,7 @@ torch's setting alone).
 
 from __future__ import annotations
 
+import os
 import platform
 from pathlib import Path
 
@@ -50,8 +54,16 @@ def cpu_flags(cpuinfo: str | None = None) -> set[str]:
     return set()
 
 
+FORCE_CPU_BF16 = "SEGLOSS_CPU_BF16"  # native | absent: the detection forced (module docstring)
+
+
 def cpu_bf16_native(flags: set[str] | None = None) -> tuple[bool, str]:
     """``(native, why)``: whether this CPU executes bfloat16 natively, and the flags that say so."""
+    forced = os.environ.get(FORCE_CPU_BF16, "").strip().lower()
+    if flags is None and forced in ("native", "absent"):
+        return forced == "native", f"{FORCE_CPU_BF16}={forced} forces the bfloat16 detection"
+    if flags is None and forced:
+        raise ConfigError(f"{FORCE_CPU_BF16}={forced!r}: give native or absent, or unset it")
     flags = cpu_flags() if flags is None else flags
     found = sorted(f for f in CPU_BF16_FLAGS if f in flags)
     if not found and platform.machine().lower() in ("aarch64", "arm64") and ARM_BF16_FEATURE in flags:
