@@ -1,9 +1,11 @@
 """A tiny HTTP server on 127.0.0.1 for the download tests: serves files by URL path (query included), honours
 ``Range: bytes=N-`` (206, or 416 past the end), can cut a response after K bytes once, answer a status code
-instead, ignore ranges, and imitate a login site (a form that sets a session cookie, files behind it)."""
+instead, ignore ranges, imitate a login site (a form that sets a session cookie, files behind it) and a Hugging
+Face hub endpoint (``add_hub_file``: the HEAD headers ``huggingface_hub`` reads)."""
 
 from __future__ import annotations
 
+import hashlib
 import threading
 import urllib.parse
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -38,6 +40,21 @@ class FileServer(ThreadingHTTPServer):
         if protected:
             self.protected.add(path)
         return f"{self.url}{path}"
+
+    def add_hub_file(self, repo: str, revision: str, filename: str, served: Path, commit=None, sha256=None) -> str:
+        """Serve ``served`` as the hub serves ``filename`` of ``repo`` at ``revision`` and at its ``commit``
+        (default: ``revision`` is one): a HEAD answers the commit (``X-Repo-Commit``), the LFS sha256
+        (``X-Linked-Etag``: ``sha256``, by default the served bytes') and the size (``X-Linked-Size``).
+        Returns the commit."""
+        commit = commit or revision
+        sha256 = sha256 or hashlib.sha256(Path(served).read_bytes()).hexdigest()
+        size = str(Path(served).stat().st_size)
+        headers = {"X-Repo-Commit": commit, "X-Linked-Etag": f'"{sha256}"', "X-Linked-Size": size}
+        for rev in dict.fromkeys((revision, commit)):
+            route = f"/{repo}/resolve/{rev}/{filename}"
+            self.add(route, served)
+            self.head_headers[route] = headers
+        return commit
 
     def gets(self, path: str) -> list[str | None]:
         """The Range headers of the GET requests for ``path``."""

@@ -51,11 +51,11 @@ def run(cfg: DictConfig) -> None:
     if cfg.get("download"):
         download_dataset(cfg.download, Path(cfg.paths.data_dir))
     for encoder in encoders:
-        download_weights(encoder, cfg.weights_variant, Path(cfg.paths.weights_dir), cfg.weights_base_url)
+        download_weights(encoder, cfg.weights_variant, Path(cfg.paths.weights_dir), cfg.get("weights_base_url"))
     if encoders:
         console.print(
-            f"runs read the weights from paths.weights_dir={cfg.paths.weights_dir}; train with them offline: "
-            "add model.net.encoder_weights=imagenet"
+            f"runs read the weights from paths.weights_dir={cfg.paths.weights_dir}; train with them offline "
+            f"(HF_HUB_OFFLINE=1 is fine): add model.net.encoder_weights={cfg.weights_variant}"
         )
     if cfg.get("download"):
         console.print(f"next: [bold]{cfg.download.next}[/bold]")

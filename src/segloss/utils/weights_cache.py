@@ -1,9 +1,10 @@
 """Where pretrained encoder weights are cached for nodes without internet, and how runs read them.
 
-``make download WEIGHTS=<encoder>`` writes ``<paths.weights_dir>/<encoder>.<weights>.safetensors`` (the file
-that segmentation-models-pytorch would fetch from the Hugging Face hub) and records its URL, size and
-sha256 in ``<paths.weights_dir>/manifest.json``. :func:`load_cached_encoder` puts such a file into a net's
-encoder, so an offline node trains with the published ImageNet weights.
+``make download WEIGHTS=<encoder>`` (:mod:`segloss.download.weights`) writes the file that smp or timm would
+fetch from the Hugging Face hub to ``<paths.weights_dir>/<name>`` (``<encoder>.<weights>.safetensors`` for smp's
+encoders, ``tu-<timm model>.<tag>.safetensors`` for timm's) and records its repo, commit, size and the hub's
+sha256 in ``<paths.weights_dir>/manifest.json``. :func:`load_cached_encoder` puts an smp encoder's file into a
+net's encoder (timm's files are loaded by timm itself), so an offline node trains with the published weights.
 """
 
 from __future__ import annotations
@@ -18,11 +19,8 @@ from segloss.errors import WeightsUnavailableError
 MANIFEST = "manifest.json"
 
 
-def weights_file(weights_dir: str | Path, encoder: str, weights: str) -> Path:
-    return Path(weights_dir).expanduser() / f"{encoder}.{weights}.safetensors"
-
-
 def read_manifest(weights_dir: str | Path) -> dict:
+    """The entries of ``manifest.json`` in ``weights_dir`` by file name (empty when there is none)."""
     path = Path(weights_dir).expanduser() / MANIFEST
     return json.loads(path.read_text()) if path.is_file() else {}
 
