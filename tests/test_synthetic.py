@@ -3,9 +3,10 @@ import json
 import numpy as np
 import pytest
 import torch
+from PIL import Image
 
 from segloss.data import CityscapesDataset, SyntheticCity
-from segloss.data.cityscapes_labels import CLASS_NAMES
+from segloss.data.cityscapes_labels import CLASS_NAMES, LABEL_IDS
 from segloss.errors import ConfigError
 from segloss.metrics import SegmentationMetrics
 
@@ -36,7 +37,7 @@ def test_deterministic_in_seed(tmp_path):
     b = SyntheticCity(num_train=3, num_val=1, height=64, width=128, seed=5).ensure(tmp_path / "b")
     c = SyntheticCity(num_train=3, num_val=1, height=64, width=128, seed=6).ensure(tmp_path / "c")
     files = sorted(p.relative_to(a) for p in a.rglob("*.png"))
-    assert len(files) == 8
+    assert len(files) == 12  # image, labelIds, instanceIds of 4 frames
     assert all((a / f).read_bytes() == (b / f).read_bytes() for f in files)
     assert any((a / f).read_bytes() != (c / f).read_bytes() for f in files)
 
@@ -51,9 +52,48 @@ def test_the_files_are_the_same_for_any_number_of_generating_processes(tmp_path,
     monkeypatch.setattr(synthetic, "generation_workers", lambda images: 1)
     serial = params.ensure(tmp_path / "serial")
     files = sorted(p.relative_to(serial) for p in serial.rglob("*") if p.is_file())
-    assert len(files) == 2 * 68 + 1
+    assert len(files) == 3 * 68 + 1
     assert files == sorted(p.relative_to(parallel) for p in parallel.rglob("*") if p.is_file())
     assert all((serial / f).read_bytes() == (parallel / f).read_bytes() for f in files)
+
+
+def test_instance_ids_follow_the_cityscapes_convention(city):
+    """``labelId * 1000 + k`` on each pedestrian and car (what the official iIoU reads), the labelId elsewhere."""
+    counts = []
+    for path in sorted((city / "gtFine").glob("*/*/*_gtFine_instanceIds.png")):
+        with Image.open(path) as image:
+            assert image.mode.startswith("I")  # 16-bit, as Cityscapes' own
+            ids = np.asarray(image).astype(np.int64)
+        labels = np.asarray(Image.open(str(path).replace("instanceIds", "labelIds"))).astype(np.int64)
+        objects = ids >= 1000
+        np.testing.assert_array_equal(ids[~objects], labels[~objects])
+        np.testing.assert_array_equal(ids[objects] // 1000, labels[objects])
+        assert set(np.unique(labels[objects]).tolist()) <= {LABEL_IDS["person"], LABEL_IDS["car"]}
+        assert not np.isin(labels[~objects], [LABEL_IDS["person"], LABEL_IDS["car"]]).any()  # no object left out
+        for label in (LABEL_IDS["person"], LABEL_IDS["car"]):
+            ks = np.unique(ids[objects & (labels == label)]) - label * 1000
+            assert (ks < 1000).all()
+            counts.append(len(ks))
+    assert len(counts) == 2 * 80 and sum(counts) > 150 and max(counts) >= 3  # several objects of a class per frame
+
+
+def test_a_folder_made_before_instance_ids_gets_only_them_added(tmp_path):
+    params = SyntheticCity(num_train=3, num_val=2, height=32, width=64, seed=1)
+    root = params.ensure(tmp_path / "s")
+    assert json.loads((root / "synthetic_city.json").read_text())["format"] == 2
+    made = {p: p.read_bytes() for p in root.rglob("*.png")}
+    marker = json.loads((root / "synthetic_city.json").read_text())
+    del marker["format"]  # as written before the instance ids existed (format 1)
+    (root / "synthetic_city.json").write_text(json.dumps(marker))
+    for path in root.rglob("*_gtFine_instanceIds.png"):
+        path.unlink()
+    others = {p: p.stat().st_mtime_ns for p in root.rglob("*.png")}
+    assert len(others) == 10
+    assert params.ensure(root) == root
+    assert {p: p.read_bytes() for p in root.rglob("*.png")} == made  # the same instance ids as a new folder's
+    assert all(p.stat().st_mtime_ns == t for p, t in others.items())  # the other files untouched
+    assert json.loads((root / "synthetic_city.json").read_text()) == {**marker, "format": 2}
+    assert sorted(p.name for p in root.iterdir()) == ["gtFine", "leftImg8bit", "synthetic_city.json"]
 
 
 def test_class_balance_has_rare_classes_and_ignore(city):

@@ -2,7 +2,8 @@
 
 ``save_predictions=true`` also writes every prediction under ``predictions_dir`` in the dataset's
 result format (Cityscapes: labelId PNGs for the official evaluation / benchmark server), and
-``inference.mode=slide`` evaluates with a sliding window.
+``inference.mode=slide`` evaluates with a sliding window. A split whose labels are withheld (the Cityscapes
+``split=test``: every pixel is ignored) is still predicted and exported, and said to have no metric.
 
 The net is built from the config (the same experiment as training) and the checkpoint's weights
 are loaded with ``torch.load(weights_only=True)``: a checkpoint is data, never code.
@@ -77,6 +78,11 @@ def evaluate(cfg: DictConfig) -> dict:
         save_results(results, module.class_names, out / f"results_{split}.json")
         if per_image is not None:  # each image's TP/FP/FN (segloss.metrics.per_image)
             save_per_image(out / f"per_image_{split}.npz", per_image, module.class_names, f"{split}/mIoU", None)
+        if "confmat" in results and int(results["confmat"].sum()) == 0:
+            rich.print(
+                f"[yellow]the {split} split has no labelled pixel (its labels are withheld, as for the Cityscapes "
+                "test split): no metric is computed (all NaN); only the predictions count"
+            )
         if cfg.get("save_predictions"):
             rich.print(f"predictions written to {cfg.predictions_dir}")
     return results

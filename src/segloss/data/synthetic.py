@@ -1,11 +1,16 @@
 """``synthetic_city``: the embedded default dataset, written to disk in the official Cityscapes layout.
 
-``leftImg8bit/<split>/<city>/<city>_<seq>_<frame>_leftImg8bit.png`` and
-``gtFine/<split>/<city>/<city>_<seq>_<frame>_gtFine_labelIds.png`` with real Cityscapes labelIds,
-so the default run goes through the same loader as the real dataset. Generation is deterministic in
-``seed`` (image i of a split uses its own generator seeded by ``(seed, split, i)``), is written to a
-temporary folder and renamed into place (a killed run leaves nothing half-made), and records its
-parameters in ``synthetic_city.json`` so a folder made with other parameters is never mistaken for it.
+``leftImg8bit/<split>/<city>/<city>_<seq>_<frame>_leftImg8bit.png``,
+``gtFine/<split>/<city>/<city>_<seq>_<frame>_gtFine_labelIds.png`` with real Cityscapes labelIds and,
+beside it, ``*_gtFine_instanceIds.png`` (16-bit: ``labelId * 1000 + k`` on each pedestrian and car, the
+labelId elsewhere), so the default run goes through the same loader as the real dataset and the official
+evaluation (``python -m segloss.cityscapes_eval``, iIoU included) runs on it as on Cityscapes.
+Generation is deterministic in ``seed`` (image i of a split uses its own generator seeded by
+``(seed, split, i)``), is written to a temporary folder and renamed into place (a killed run leaves
+nothing half-made), and records its parameters in ``synthetic_city.json`` so a folder made with other
+parameters is never mistaken for it. The marker's ``format`` tells what was written: a folder of format 1
+(made before the instance ids existed) gets the missing ``*_gtFine_instanceIds.png`` added on its next
+use, the other files untouched (they are the same: the instance canvas draws nothing at random).
 
 Command line: ``segloss-synthetic --root data/synthetic_city`` (the Makefile calls it).
 """
@@ -26,12 +31,13 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from segloss.data.synthetic_scene import render_scene
+from segloss.data.synthetic_scene import render_scene_instances
 from segloss.errors import ConfigError
 
 MARKER = "synthetic_city.json"
 CITIES = {"train": ("ashford", "brookvale", "cedarburg"), "val": ("dunmore", "elmstead")}
 SPLIT_KEYS = {"train": 0, "val": 1}
+FORMAT = 2  # 1: images and labelIds; 2: *_gtFine_instanceIds.png too
 
 
 @dataclass(frozen=True)
@@ -54,7 +60,10 @@ class SyntheticCity:
         marker = root / MARKER
         if marker.is_file():
             found = json.loads(marker.read_text())
+            made_as = found.pop("format", 1)
             if found == asdict(self):
+                if made_as < FORMAT:
+                    self.add_instance_ids(root)
                 return root
             raise ConfigError(
                 f"{root} holds a synthetic_city made with other parameters ({found}), not {asdict(self)}. "
@@ -68,25 +77,31 @@ class SyntheticCity:
         self.write(root)
         return root
 
+    def _jobs(self, folder: Path, instances_only: bool = False) -> list[tuple]:
+        counts = (("train", self.num_train), ("val", self.num_val))
+        return [(self, folder, split, i, instances_only) for split, count in counts for i in range(count)]
+
+    def _marker_text(self) -> str:
+        return json.dumps({**asdict(self), "format": FORMAT}, indent=2)
+
+    def add_instance_ids(self, root: Path) -> None:
+        """Add the ``*_gtFine_instanceIds.png`` that a format-1 folder lacks (each renamed into place, so
+        several processes may do it at once), then stamp the marker with the current format."""
+        _run(self._jobs(root, instances_only=True))
+        tmp = root / f".{MARKER}.{os.getpid()}"
+        tmp.write_text(self._marker_text())
+        tmp.replace(root / MARKER)
+
     def write(self, root: Path) -> None:
         # One scratch folder per process: several DDP ranks may generate at once; the first rename wins.
         tmp = root.with_name(f".{root.name}.{os.getpid()}.partial")
         shutil.rmtree(tmp, ignore_errors=True)
-        jobs = [(self, tmp, split, i) for split, count in (("train", self.num_train), ("val", self.num_val))
-                for i in range(count)]  # fmt: skip
         for split, count in (("train", self.num_train), ("val", self.num_val)):
             for city in CITIES[split][:count]:
                 (tmp / "leftImg8bit" / split / city).mkdir(parents=True, exist_ok=True)
                 (tmp / "gtFine" / split / city).mkdir(parents=True, exist_ok=True)
-        workers = generation_workers(len(jobs))
-        if workers > 1:  # each image has its own seed: the files are the same for any number of workers
-            context = multiprocessing.get_context("fork")
-            with ProcessPoolExecutor(workers, mp_context=context) as pool:
-                list(pool.map(_write_image, jobs, chunksize=16))
-        else:
-            for job in jobs:
-                _write_image(job)
-        (tmp / MARKER).write_text(json.dumps(asdict(self), indent=2))
+        _run(self._jobs(tmp))
+        (tmp / MARKER).write_text(self._marker_text())
         root.parent.mkdir(parents=True, exist_ok=True)
         if (root / MARKER).is_file():  # another process finished first: same parameters, same files
             shutil.rmtree(tmp)
@@ -110,15 +125,34 @@ def generation_workers(images: int) -> int:
     return max(1, min(cores, 8))
 
 
+def _run(jobs: list[tuple]) -> None:
+    workers = generation_workers(len(jobs))
+    if workers > 1:  # each image has its own seed: the files are the same for any number of workers
+        context = multiprocessing.get_context("fork")
+        with ProcessPoolExecutor(workers, mp_context=context) as pool:
+            list(pool.map(_write_image, jobs, chunksize=16))
+    else:
+        for job in jobs:
+            _write_image(job)
+
+
 def _write_image(job: tuple) -> None:
-    """Render image ``i`` of ``split`` from its own seed ``(seed, split, i)`` and write its two PNGs."""
-    params, tmp, split, i = job
+    """Render image ``i`` of ``split`` from its own seed ``(seed, split, i)`` and write its three PNGs (with
+    ``instances_only``: the instance ids alone, written to a scratch name and renamed into place)."""
+    params, folder, split, i, instances_only = job
     rng = np.random.default_rng([params.seed, SPLIT_KEYS[split], i])
-    rgb, label = render_scene(rng, params.height, params.width)
+    rgb, label, instance_ids = render_scene_instances(rng, params.height, params.width)
     cities = CITIES[split]
     city, stem = cities[i % len(cities)], f"{cities[i % len(cities)]}_{i // len(cities):06d}_000019"
-    Image.fromarray(rgb).save(tmp / "leftImg8bit" / split / city / f"{stem}_leftImg8bit.png", compress_level=1)
-    Image.fromarray(label).save(tmp / "gtFine" / split / city / f"{stem}_gtFine_labelIds.png", compress_level=1)
+    gt = folder / "gtFine" / split / city
+    if instances_only:
+        scratch = gt / f".{stem}.{os.getpid()}.png"
+        Image.fromarray(instance_ids).save(scratch, compress_level=1)
+        scratch.replace(gt / f"{stem}_gtFine_instanceIds.png")
+        return
+    Image.fromarray(rgb).save(folder / "leftImg8bit" / split / city / f"{stem}_leftImg8bit.png", compress_level=1)
+    Image.fromarray(label).save(gt / f"{stem}_gtFine_labelIds.png", compress_level=1)
+    Image.fromarray(instance_ids).save(gt / f"{stem}_gtFine_instanceIds.png", compress_level=1)
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -7,8 +7,11 @@ a colour drawn from a wide, overlapping range (grey buildings, grey roads, grey 
 clothes of any colour), a texture and global lighting/noise, so a per-pixel colour lookup cannot
 solve the task: shape, position and context are needed, as in real street scenes.
 
-Drawing uses PIL on two canvases: ``labels`` (labelIds) and ``objects`` (an object index whose
-colour and texture amplitude are looked up when the image is rendered).
+Drawing uses PIL on three canvases: ``labels`` (labelIds), ``objects`` (an object index whose
+colour and texture amplitude are looked up when the image is rendered) and ``instances`` (the
+Cityscapes instance id ``labelId * 1000 + k`` of each pedestrian and car, 0 elsewhere), from which
+:func:`render_scene_instances` makes the ``*_gtFine_instanceIds.png`` image of the official iIoU.
+The instance canvas draws nothing at random, so the images and labels are the same with or without it.
 """
 
 from __future__ import annotations
@@ -28,15 +31,31 @@ EGO, STATIC = LABEL_IDS["ego vehicle"], LABEL_IDS["static"]
 
 
 class _Canvas:
-    """Paints label and object-index images together; each shape is one object with a colour."""
+    """Paints label, object-index and instance images together; each shape is one object with a colour.
+    Shapes drawn between :meth:`begin_instance` and :meth:`end_instance` belong to one instance (a car of
+    body, cabin, glass, wheels and lights); every other shape paints instance 0, so a later stuff shape
+    (the ego hood) or a nearer object hides an instance exactly where it hides its label."""
 
     def __init__(self, height: int, width: int, rng: np.random.Generator) -> None:
         self.rng = rng
         self.labels = Image.new("L", (width, height), 0)
         self.objects = Image.new("I", (width, height), 0)
+        self.instances = Image.new("I", (width, height), 0)
         self._dl, self._do = ImageDraw.Draw(self.labels), ImageDraw.Draw(self.objects)
+        self._di = ImageDraw.Draw(self.instances)
         self.colors: list[tuple[float, float, float]] = [(0.0, 0.0, 0.0)]
         self.texture: list[float] = [0.0]
+        self.instance = 0  # the instance id that shapes paint now (0: none)
+        self._counts: dict[int, int] = {}  # instances begun per labelId
+
+    def begin_instance(self, label: int) -> None:
+        """The next shapes form one instance of ``label``: id ``label * 1000 + k``, k = 0, 1, … per label."""
+        k = self._counts.get(label, 0)
+        self._counts[label] = k + 1
+        self.instance = label * 1000 + k
+
+    def end_instance(self) -> None:
+        self.instance = 0
 
     def _new(self, label: int, color, texture: float) -> tuple[int, int]:
         self.colors.append(tuple(float(c) for c in color))
@@ -48,6 +67,7 @@ class _Canvas:
         pts = [(float(x), float(y)) for x, y in points]
         self._dl.polygon(pts, fill=lab)
         self._do.polygon(pts, fill=obj)
+        self._di.polygon(pts, fill=self.instance)
 
     def rect(self, box, label: int, color, texture: float = 0.04) -> None:
         x0, y0, x1, y1 = (float(v) for v in box)
@@ -58,6 +78,7 @@ class _Canvas:
         box = [float(v) for v in box]
         self._dl.ellipse(box, fill=lab)
         self._do.ellipse(box, fill=obj)
+        self._di.ellipse(box, fill=self.instance)
 
 
 def _hsv(h: float, s: float, v: float) -> np.ndarray:
@@ -235,11 +256,13 @@ def _people(c: _Canvas, st: _Street, rng: np.random.Generator) -> None:
         h = rng.uniform(0.22, 0.34) * st.h * s + 5
         w = 0.3 * h
         skin = _hsv(rng.uniform(0.02, 0.1), rng.uniform(0.2, 0.6), rng.uniform(0.3, 0.95))
+        c.begin_instance(PERSON)
         c.rect((x - w / 2, y - 0.5 * h, x - 0.05 * w, y), PERSON, _grey(rng, 0.1, 0.6), 0.05)
         c.rect((x + 0.05 * w, y - 0.5 * h, x + w / 2, y), PERSON, _grey(rng, 0.1, 0.6), 0.05)
         c.rect((x - w / 2, y - 0.85 * h, x + w / 2, y - 0.45 * h), PERSON, _any_color(rng), 0.05)
         hr = 0.08 * h
         c.ellipse((x - hr, y - h, x + hr, y - 0.84 * h), PERSON, skin, 0.03)
+        c.end_instance()
 
 
 def _cars(c: _Canvas, st: _Street, rng: np.random.Generator) -> None:
@@ -249,6 +272,7 @@ def _cars(c: _Canvas, st: _Street, rng: np.random.Generator) -> None:
         w = rng.uniform(0.28, 0.38) * road_w * s
         h = w * rng.uniform(0.55, 0.75)
         body = _any_color(rng)
+        c.begin_instance(CAR)
         c.rect((x - w / 2, y - 0.55 * h, x + w / 2, y - 0.12 * h), CAR, body, 0.04)
         cabin = [(x - 0.42 * w, y - 0.55 * h), (x + 0.42 * w, y - 0.55 * h), (x + 0.3 * w, y - h), (x - 0.3 * w, y - h)]
         c.polygon(cabin, CAR, body, 0.04)
@@ -270,6 +294,7 @@ def _cars(c: _Canvas, st: _Street, rng: np.random.Generator) -> None:
         for dx in (-0.42, 0.36):
             light = _hsv(0.0, 0.9, 0.8) if rng.random() < 0.5 else _grey(rng, 0.85, 1.0)
             c.rect((x + dx * w, y - 0.45 * h, x + (dx + 0.06) * w, y - 0.36 * h), CAR, light, 0.02)
+        c.end_instance()
 
 
 def _ego_hood(c: _Canvas, st: _Street, rng: np.random.Generator) -> None:
@@ -287,6 +312,16 @@ def _value_noise(rng: np.random.Generator, height: int, width: int, cell: int) -
 
 def render_scene(rng: np.random.Generator, height: int = 128, width: int = 256) -> tuple[np.ndarray, np.ndarray]:
     """Draw one scene. Returns ``(rgb uint8 H×W×3, labelIds uint8 H×W)``."""
+    rgb, labels, _ = render_scene_instances(rng, height, width)
+    return rgb, labels
+
+
+def render_scene_instances(
+    rng: np.random.Generator, height: int = 128, width: int = 256
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Draw one scene. Returns ``(rgb uint8 H×W×3, labelIds uint8 H×W, instanceIds uint16 H×W)``; the
+    instance ids follow Cityscapes: ``labelId * 1000 + k`` on the pixels of the k-th pedestrian or car,
+    the plain labelId everywhere else (stuff and ignored ids)."""
     canvas, street = _Canvas(height, width, rng), _Street(rng, height, width)
     for draw in (_sky_and_ground, _buildings, _trees, _poles_and_signs, _clutter, _people, _cars, _ego_hood):
         draw(canvas, street, rng)
@@ -299,4 +334,6 @@ def render_scene(rng: np.random.Generator, height: int = 128, width: int = 256) 
     light = light * (1 + 0.15 * _value_noise(rng, height, width, 32)[..., None])  # soft shadows
     cast = 1 + rng.normal(0, 0.07, 3).astype(np.float32)
     rgb = rgb * light * cast * rng.uniform(0.6, 1.2) + rng.normal(0, rng.uniform(2, 8), rgb.shape)
-    return np.clip(rgb, 0, 255).astype(np.uint8), np.asarray(canvas.labels, dtype=np.uint8)
+    labels, instances = np.asarray(canvas.labels, dtype=np.uint8), np.asarray(canvas.instances, dtype=np.int64)
+    instance_ids = np.where(instances > 0, instances, labels).astype(np.uint16)
+    return np.clip(rgb, 0, 255).astype(np.uint8), labels, instance_ids
