@@ -14,12 +14,13 @@ from pathlib import Path
 
 import lightning.pytorch as L
 import torch
+from lightning.pytorch.accelerators import CPUAccelerator
 from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.utilities import rank_zero_only
 from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
-from segloss.callbacks import SignalCheckpoint, stop_signals
+from segloss.callbacks import SignalCheckpoint, ThreadsFollowLoad, stop_signals
 from segloss.errors import ConfigError
 from segloss.losses.class_weights import METHODS, class_weights
 from segloss.models.module import SegmentationModule
@@ -28,6 +29,7 @@ from segloss.utils.checkpoints import AtomicCheckpointIO
 from segloss.utils.cluster import check_launch, cluster_plugins
 from segloss.utils.config import instantiate, instantiate_group
 from segloss.utils.precision import check_precision, resolve_precision, set_matmul_precision
+from segloss.utils.threads import configure_threads
 
 
 def build_module(cfg: DictConfig, with_optimizer: bool = True, datamodule=None) -> SegmentationModule:
@@ -189,6 +191,10 @@ def build_trainer(
     except (TypeError, ValueError) as err:  # Lightning's own checks of its arguments
         raise ConfigError(f"cannot build the trainer from the config: {err}. Fix the trainer settings") from err
     check_launch(trainer, multirun)
+    on_cpu = isinstance(trainer.accelerator, CPUAccelerator)
+    chooser = configure_threads(cfg, trainer.num_devices if on_cpu else 1, announce)
+    if chooser is not None and run_dir is not None:
+        trainer.callbacks.append(ThreadsFollowLoad(chooser))
     return trainer
 
 

@@ -202,10 +202,12 @@ def label_images(cfg: DictConfig, plan: dict, output_dir: Path, unusable: dict |
     from segloss.utils.checkpoints import load_weights
     from segloss.utils.config import instantiate
     from segloss.utils.precision import set_matmul_precision
+    from segloss.utils.threads import configure_threads
     from segloss.utils.visualize import palette_lut, save_palette_png
 
     device = choose_device(str(cfg.get("device", "auto")))
     set_matmul_precision(cfg.get("float32_matmul_precision"), device.type)
+    configure_threads(cfg, announce=lambda message: print(f"segloss: {message}", flush=True))
     module = build_module(without_named_class_weights(cfg), with_optimizer=False)
     load_weights(module, cfg.ckpt_path)
     module.to(device).eval()
