@@ -15,18 +15,35 @@ export DATA_ROOT
 endif
 
 .DEFAULT_GOAL := help
-.PHONY: help install data download train sweep search compare rescore eval predict stats test lint format bench bench-losses bench-data bench-overhead bench-metrics bench-train-step bench-recipe clean clean-logs clean-data
+.PHONY: help install install-latest lock data download train sweep search compare rescore eval predict cityscapes-eval stats test lint format bench bench-losses bench-data bench-overhead bench-metrics bench-train-step bench-recipe bench-shared-cpu clean clean-logs clean-data
 
 help: ## show this help
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN{FS=":.*## "}{printf "  make %-11s %s\n", $$1, $$2}'
 
-$(STAMP): pyproject.toml
+# The exact versions of requirements/lock.txt (hash-checked), then segloss itself, editable, with nothing more.
+LOCK := requirements/lock.txt
+$(STAMP): pyproject.toml $(LOCK)
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q -e ".[dev]"
+	$(PY) -m pip install -q --require-hashes --no-deps -r $(LOCK)
+	$(PY) -m pip install -q --no-deps --no-build-isolation -e .
 	@touch $@
 
-install: $(STAMP) ## create .venv and install segloss with its dev tools
+install: ## create .venv and install the locked versions (requirements/lock.txt) with the dev tools
+	@rm -f $(STAMP)
+	@$(MAKE) --no-print-directory $(STAMP)
+
+install-latest: ## instead of the lock: the newest releases pyproject.toml allows (make install goes back)
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q --upgrade --upgrade-strategy eager -e ".[dev]"
+	@touch $(STAMP)
+
+lock: ## refresh requirements/lock.txt: the newest releases pyproject.toml allows, requirements/pins.txt held
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q uv
+	$(VENV)/bin/uv pip compile pyproject.toml --extra dev --universal --python-version 3.11 --generate-hashes \
+		--upgrade -c requirements/pins.txt -o $(LOCK)
 
 $(SYNTHETIC): | $(STAMP)
 	$(VENV)/bin/segloss-synthetic --root $(DATA_DIR)/synthetic_city
@@ -65,6 +82,10 @@ predict: $(STAMP) ## label a folder of images: make predict CKPT=… INPUT=folde
 	@test -n "$(CKPT)" -a -n "$(INPUT)" -a -n "$(OUTPUT)" || { echo "usage: make predict CKPT=… INPUT=folder OUTPUT=folder [EXP=name] [ARGS=…]"; exit 2; }
 	$(PY) -m segloss.predict 'ckpt_path="$(CKPT)"' 'input_dir="$(INPUT)"' 'output_dir="$(OUTPUT)"' $(EXP_ARG) $(ARGS)
 
+cityscapes-eval: $(STAMP) ## official Cityscapes evaluation (iIoU too) of exported PNGs: make cityscapes-eval PRED=<run>/predictions/val [DATASET=data/cityscapes] [ARGS="--export-dir DIR"]
+	@test -n "$(PRED)" || { echo "usage: make cityscapes-eval PRED=logs/eval/runs/<run>/predictions/val [DATASET=…]"; exit 2; }
+	$(PY) -m segloss.cityscapes_eval "$(PRED)" --dataset "$(if $(DATASET),$(DATASET),$(DATA_DIR)/cityscapes)" $(ARGS)
+
 stats: $(STAMP) ## label statistics + class weights: make stats [DATA=cityscapes] [ARGS="data.root=…"]
 	$(PY) -m segloss.stats $(if $(DATA),data=$(DATA)) $(ARGS)
 
@@ -94,6 +115,9 @@ bench-train-step: $(STAMP) ## GPU training step: fp32 / bf16 / channels_last / c
 
 bench-recipe: $(STAMP) ## training recipe (Trainer + Cityscapes loader) vs the raw step, img/s (ARGS="--device cpu --quick")
 	$(PY) benchmarks/bench_recipe.py $(ARGS)
+
+bench-shared-cpu: $(STAMP) $(SYNTHETIC) ## make train beside a busy process: threads=auto vs a fixed count (ARGS="--repeat 3 --late")
+	$(PY) benchmarks/bench_shared_cpu.py $(ARGS)
 
 bench: bench-losses bench-overhead bench-data bench-metrics bench-train-step bench-recipe ## every benchmark (tables + benchmarks/results/*.json)
 

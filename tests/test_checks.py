@@ -49,6 +49,21 @@ def test_a_wrong_value_is_named_with_what_is_expected(make_cfg, override, messag
         check_config(cfg)
 
 
+def test_the_tensorboard_logger_without_its_extra_names_the_install(make_cfg, monkeypatch):
+    import importlib.util
+
+    cfg = make_cfg(["logger=tensorboard"])
+    check_config(cfg)  # installed here (the dev extra)
+    real = importlib.util.find_spec
+    monkeypatch.setattr(
+        importlib.util, "find_spec", lambda name, *a: None if "tensorboard" in name.lower() else real(name, *a)
+    )
+    with pytest.raises(
+        ConfigError, match=r"TensorBoard logger needs the tensorboard package: pip install 'segloss\[tensorboard\]'"
+    ):
+        check_config(cfg)
+
+
 def test_every_problem_is_listed_in_one_message(make_cfg):
     cfg = make_cfg(["trainer.max_epochs=0", "data.batch_size=-2", "optimizer.lr=0"])
     with pytest.raises(

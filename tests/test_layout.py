@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 SRC = Path(__file__).resolve().parents[1] / "src" / "segloss"
-ENTRY_POINTS = {"train", "eval", "predict", "stats", "compare", "rescore"}
+ENTRY_POINTS = {"train", "eval", "predict", "stats", "compare", "rescore", "cityscapes_eval", "cli"}
 SHARED = {"build", "checks", "errors", "callbacks", "__init__"}
 
 

@@ -81,8 +81,8 @@ def test_run_prints_the_table_and_writes_json(stats_cfg, capsys, tmp_path):
 
 
 def test_unknown_split_is_named(stats_cfg):
-    stats_cfg.split = "test"
-    with pytest.raises(ConfigError, match="split='test'"):
+    stats_cfg.split = "holdout"
+    with pytest.raises(ConfigError, match=r"split='holdout': the data config has splits \{'train': 'train'"):
         compute_stats(stats_cfg)
 
 

@@ -109,6 +109,7 @@ RULES: list[tuple[str, Callable, str, str]] = [
      "resume=auto"),
     ("float32_matmul_precision", one_of(*MATMUL_PRECISIONS, allow_none=True),
      f"one of {list(MATMUL_PRECISIONS)} or null", "float32_matmul_precision=high"),
+    ("threads", lambda v: v == "auto" or int_at_least(1)(v), "auto or a number of threads ≥ 1", "threads=2"),
 ]  # fmt: skip
 
 
@@ -132,6 +133,21 @@ def check_values(cfg: DictConfig) -> list[str]:
     if max_epochs == -1 and max_steps == -1:
         problems.append("trainer.max_epochs=-1 and trainer.max_steps=-1 would train forever; set one of them")
     return problems
+
+
+def check_extras(cfg: DictConfig) -> list[str]:
+    """A logger whose package is an optional extra of segloss, chosen where the extra is not installed."""
+    import importlib.util
+
+    loggers = cfg.get("logger") or {}
+    wants_tensorboard = any(
+        isinstance(node, DictConfig) and str(node.get("_target_", "")).endswith("TensorBoardLogger")
+        for node in loggers.values()
+    ) if isinstance(loggers, DictConfig) else False  # fmt: skip
+    if wants_tensorboard and not any(importlib.util.find_spec(m) for m in ("tensorboard", "tensorboardX")):
+        return ["the TensorBoard logger needs the tensorboard package: pip install 'segloss[tensorboard]' "
+                "(or choose another logger, e.g. logger=csv)"]  # fmt: skip
+    return []
 
 
 def check_paths(cfg: DictConfig) -> list[str]:
@@ -224,7 +240,7 @@ def check_metrics(cfg: DictConfig) -> list[str]:
 
 def check_config(cfg: DictConfig) -> None:
     """Raise one :class:`ConfigError` listing every problem found (see the module docstring)."""
-    problems = check_paths(cfg) + check_values(cfg)
+    problems = check_paths(cfg) + check_values(cfg) + check_extras(cfg)
     if not problems:
         problems += check_metrics(cfg)
     precision, accelerator = _value(cfg, "trainer.precision"), _value(cfg, "trainer.accelerator")

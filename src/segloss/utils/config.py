@@ -13,8 +13,32 @@ from omegaconf import DictConfig, OmegaConf
 
 from segloss.errors import ConfigError, SeglossError
 
-PROJECT_ROOT = Path(__file__).resolve().parents[3]
-CONFIG_DIR = Path(os.environ.get("SEGLOSS_CONFIG_DIR", PROJECT_ROOT / "configs"))
+PACKAGE_DIR = Path(__file__).resolve().parents[1]  # src/segloss in a clone, site-packages/segloss when installed
+
+
+def find_roots(package_dir: Path = PACKAGE_DIR, cwd: Path | None = None) -> tuple[Path, Path]:
+    """``(project_root, config_dir)``: where runs, data and caches go, and where the configs are.
+
+    - **A clone** (``src/segloss`` two levels under a folder with ``pyproject.toml`` and ``configs/``): the
+      clone's root and its top-level ``configs/``, which the user edits.
+    - **An installed package** (a wheel, not editable): the current directory (``logs/``, ``data/``,
+      ``.cache/`` are made there, as a run from the clone's root does) and the YAML files shipped inside the
+      package (``segloss/configs``).
+
+    ``PROJECT_ROOT`` and ``SEGLOSS_CONFIG_DIR`` in the environment override either. A user's own configs go
+    on Hydra's search path beside these (``--config-dir DIR``; docs/install.md), they never replace them.
+    """
+    clone = package_dir.parents[1]
+    if (clone / "pyproject.toml").is_file() and (clone / "configs" / "train.yaml").is_file():
+        root, configs = clone, clone / "configs"
+    else:
+        root, configs = (cwd or Path.cwd()).resolve(), package_dir / "configs"
+    root = Path(os.environ["PROJECT_ROOT"]) if os.environ.get("PROJECT_ROOT") else root
+    configs = Path(os.environ["SEGLOSS_CONFIG_DIR"]) if os.environ.get("SEGLOSS_CONFIG_DIR") else configs
+    return root, configs
+
+
+PROJECT_ROOT, CONFIG_DIR = find_roots()
 
 
 def set_environment() -> None:

@@ -24,7 +24,7 @@ import json
 import os
 import socket
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 from lightning.pytorch.utilities import rank_zero_only, rank_zero_warn
@@ -208,7 +208,7 @@ def lock_run_dir(output_dir: Path):
         ) from None
     handle.seek(0)
     handle.truncate()
-    stamp = datetime.now(timezone.utc).isoformat(timespec="seconds")
+    stamp = datetime.now(UTC).isoformat(timespec="seconds")
     handle.write(f"pid {os.getpid()} on {socket.gethostname()} since {stamp}\n")
     handle.flush()
     return handle
@@ -230,7 +230,7 @@ def write_completed(output_dir: Path, record: dict) -> Path:
     JSON, written atomically (a temporary file renamed into place): the last file a finished training writes."""
     path = Path(output_dir) / COMPLETED
     partial = path.with_name(f".{COMPLETED}.{os.getpid()}.tmp")
-    stamp = datetime.now(timezone.utc).isoformat(timespec="seconds")
+    stamp = datetime.now(UTC).isoformat(timespec="seconds")
     partial.write_text(json.dumps({"finished": stamp, **record}, indent=1) + "\n")
     os.replace(partial, path)
     return path
