@@ -100,6 +100,11 @@ def test_this_process_and_its_children_are_counted_as_its_own():
 
 
 def test_a_fixed_count_and_omp_num_threads_win(monkeypatch, restore_threads):
+    from segloss.errors import ConfigError
+
+    for wrong in (0, "many", True):  # predict composes no Trainer: the count is checked here too
+        with pytest.raises(ConfigError, match=r"threads=.* must be auto or a number of threads ≥ 1"):
+            T.configure_threads({"threads": wrong})
     said = []
     assert T.configure_threads({"threads": 3}, announce=said.append) is None
     assert torch.get_num_threads() == 3 and said == []
@@ -144,3 +149,15 @@ def test_the_training_drops_threads_at_once_and_adds_them_after_two_looks(restor
     assert capsys.readouterr().out.splitlines() == [
         "segloss: threads 2 → 1 (0.0 CPUs busy elsewhere)", "segloss: threads 1 → 2 (0.0 CPUs busy elsewhere)",
         "segloss: threads 2 → 1 (0.0 CPUs busy elsewhere)"]  # fmt: skip
+
+
+def test_the_other_ranks_of_a_cpu_ddp_training_are_not_load_elsewhere(monkeypatch):
+    """8 CPUs, 2 ranks with 4 each: the sibling rank busy on its 4 is its own share, a fifth busy CPU is not."""
+    ticks = iter([T.CpuSample(0, 0), T.CpuSample(400 + 50, 50), T.CpuSample(900 + 100, 100)])  # per 1 s at 100 Hz
+    monkeypatch.setattr(T, "sample", lambda cpus: next(ticks))
+    clock = iter([0.0, 100 / T.CLOCK_TICKS, 200 / T.CLOCK_TICKS])
+    monkeypatch.setattr(T, "clock", lambda: next(clock))
+    chooser = T.ThreadChooser(4, "8 CPUs by affinity / 2 processes", siblings_cpus=4)
+    assert chooser.choose() == (4, 0.0)  # only the sibling rank was busy
+    threads, others = chooser.choose()
+    assert (threads, others) == (3, pytest.approx(1.0))  # the sibling, and one CPU more elsewhere

@@ -139,8 +139,10 @@ def threads_for(usable: int, others: float) -> int:
 class ThreadChooser:
     """Chooses (and re-chooses) torch's intra-op thread count from the usable CPUs and the load on them."""
 
-    def __init__(self, usable: int, why: str):
-        self.usable, self.why, self.cpus = usable, why, affinity_cpus()
+    def __init__(self, usable: int, why: str, siblings_cpus: int = 0):
+        """``siblings_cpus``: the CPUs the other processes of this training (CPU DDP ranks and their loader
+        workers) were given; their load is not "elsewhere", their share is already off ``usable``."""
+        self.usable, self.why, self.cpus, self.siblings_cpus = usable, why, affinity_cpus(), siblings_cpus
         self.last, self.at = sample(self.cpus), clock()
 
     def measure(self) -> float | None:
@@ -148,7 +150,7 @@ class ThreadChooser:
         now, at = sample(self.cpus), clock()
         if now is None or self.last is None:
             return None
-        others = busy_elsewhere(self.last, now, at - self.at)
+        others = max(0.0, busy_elsewhere(self.last, now, at - self.at) - self.siblings_cpus)
         self.last, self.at = now, at
         return others
 
@@ -176,7 +178,11 @@ def configure_threads(cfg, processes: int = 1, announce=print) -> ThreadChooser 
 
     value = cfg.get("threads", "auto")
     if value != "auto":
-        torch.set_num_threads(int(value))
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            from segloss.errors import ConfigError
+
+            raise ConfigError(f"threads={value!r} must be auto or a number of threads ≥ 1 (e.g. threads=2)")
+        torch.set_num_threads(value)
         return None
     if os.environ.get("OMP_NUM_THREADS"):
         announce(f"threads=auto: OMP_NUM_THREADS={os.environ['OMP_NUM_THREADS']} in the environment fixes the count "
@@ -184,7 +190,7 @@ def configure_threads(cfg, processes: int = 1, announce=print) -> ThreadChooser 
         return None
     workers = int(_select(cfg, "data.num_workers") or 0)
     usable, why = usable_cpus(processes, workers)
-    chooser = ThreadChooser(usable, why)
+    chooser = ThreadChooser(usable, why, siblings_cpus=(max(1, processes) - 1) * (usable + workers))
     time.sleep(FIRST_LOOK_S)  # this process idle: what is busy now is busy elsewhere
     threads, others = chooser.choose()
     torch.set_num_threads(threads)
