@@ -86,3 +86,42 @@ def test_no_import_cycles():
     cycles = sorted(m for m in GRAPH if m in reach(m) and not m.endswith("__init__") and "." in m)
     packages = {m for m in GRAPH if (SRC.parent / m.replace(".", "/") / "__init__.py").exists()}
     assert [m for m in cycles if m not in packages] == []
+
+
+def lightning_private_names(tmp: Path) -> set[str]:
+    """The single-underscore names of the Lightning objects segloss works with: classes and instances."""
+    import lightning.pytorch as L
+    from lightning.pytorch.callbacks import Callback, ModelCheckpoint
+    from lightning.pytorch.loggers import CSVLogger, WandbLogger
+    from lightning.pytorch.loggers.csv_logs import ExperimentWriter
+
+    trainer = L.Trainer(logger=False, enable_checkpointing=False, enable_progress_bar=False,
+                        enable_model_summary=False, default_root_dir=tmp)  # fmt: skip
+    objects = [trainer, trainer.fit_loop, trainer.fit_loop.epoch_loop, L.LightningModule(), L.LightningDataModule(),
+               Callback(), ModelCheckpoint(dirpath=tmp), CSVLogger(tmp), ExperimentWriter(str(tmp / "w")),
+               WandbLogger]  # fmt: skip
+    names = set()
+    for obj in objects:
+        names |= {n for n in {*dir(obj), *getattr(obj, "__dict__", {})} if n.startswith("_") and not n.startswith("__")}
+    return names
+
+
+def test_no_private_lightning_name_outside_the_adapter(tmp_path):
+    """Lightning's private API is used in segloss/utils/lightning_adapter.py only (issue 25): an attribute,
+    a getattr/hasattr string or an overridden method with a private name of Lightning's objects."""
+    private = lightning_private_names(tmp_path)
+    assert {"_trainer", "_logger_connector", "_save_last_checkpoint"} <= private  # the scan sees them
+    found = []
+    for path in SRC.rglob("*.py"):
+        if path.name == "lightning_adapter.py":
+            continue
+        for node in ast.walk(ast.parse(path.read_text())):
+            names = []
+            if isinstance(node, ast.Attribute):
+                names.append(node.attr)
+            elif isinstance(node, ast.FunctionDef):
+                names.append(node.name)
+            elif isinstance(node, ast.Call) and getattr(node.func, "id", None) in ("getattr", "hasattr", "setattr"):
+                names += [a.value for a in node.args[1:2] if isinstance(a, ast.Constant) and isinstance(a.value, str)]
+            found += [f"{path.relative_to(SRC)}:{node.lineno} {name}" for name in names if name in private]
+    assert found == []

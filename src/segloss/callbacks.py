@@ -1,6 +1,7 @@
 """Every callback of the template beyond Lightning's own.
 
-* :class:`LatestCheckpoint` — Lightning's ``ModelCheckpoint`` whose ``last.ckpt`` is always the latest state.
+* :class:`LatestCheckpoint` — Lightning's ``ModelCheckpoint`` whose ``last.ckpt`` is always the latest state
+  (it lives in :mod:`segloss.utils.lightning_adapter`, the one module that uses Lightning's private API).
 * :class:`SignalCheckpoint` — checkpoint and stop on SIGTERM, SIGINT or SIGUSR1.
 * :class:`PredictionGrid` — image | ground truth | prediction PNGs after each validation.
 * :class:`PredictionWriter` — every evaluation prediction as a label file (official result formats).
@@ -18,9 +19,9 @@ import sys
 from pathlib import Path
 
 import lightning.pytorch as L
-from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.utilities import rank_zero_only
 
+from segloss.utils.lightning_adapter import LatestCheckpoint  # noqa: F401 - configs name segloss.callbacks.LatestCheckpoint
 from segloss.utils.tracking import find_wandb_logger
 from segloss.utils.visualize import (
     class_table,
@@ -33,40 +34,6 @@ from segloss.utils.visualize import (
     prediction_grid,
     save_palette_png,
 )
-
-
-class LatestCheckpoint(ModelCheckpoint):
-    """``ModelCheckpoint`` whose ``last.ckpt`` (``save_last=True``) holds the latest state after *every*
-    save point, not only after those that also saved a top-k checkpoint, and the final state when the
-    training ends.
-
-    Lightning 2.6 refreshes ``last.ckpt`` only in a step where a monitored top-k file was written, so after
-    epochs that do not improve the monitored metric ``last.ckpt`` is epochs old, and ``resume=auto`` after a
-    crash would silently repeat them. A ``fast_dev_run`` writes no checkpoint at all."""
-
-    def _refresh_last(self, trainer: L.Trainer) -> None:
-        if self.save_last and not self._should_skip_saving_checkpoint(trainer):
-            self._save_last_checkpoint(trainer, self._monitor_candidates(trainer))
-
-    def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        super().on_validation_end(trainer, pl_module)
-        if not self._should_save_on_train_epoch_end(trainer):
-            self._refresh_last(trainer)
-
-    def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        super().on_train_epoch_end(trainer, pl_module)
-        if self._should_save_on_train_epoch_end(trainer):
-            self._refresh_last(trainer)
-
-    def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        """The final state in ``last.ckpt`` whatever the validation schedule: Lightning writes it here only
-        if it never wrote one, so with validation every 2nd epoch and an odd ``max_epochs`` the last epoch's
-        training was in no checkpoint."""
-        if trainer.fast_dev_run:  # Lightning's own would write last.ckpt even in a fast_dev_run
-            return
-        if self.save_last and self._last_global_step_saved != trainer.global_step:
-            self._save_last_checkpoint(trainer, self._monitor_candidates(trainer))
-        super().on_train_end(trainer, pl_module)
 
 
 class StoppedBySignal(Exception):

@@ -60,7 +60,9 @@ class NonFiniteLossError(SeglossError):
     def at_step(cls, module, batch: dict, batch_idx: int, loss, logits, terms: dict) -> NonFiniteLossError:
         """The error for this step: where it happened, which terms broke, whether inputs and logits were
         finite, and what to do."""
-        trainer = module._trainer
+        from segloss.utils.lightning_adapter import attached_trainer
+
+        trainer = attached_trainer(module)
         where = (
             f"step {trainer.global_step}, epoch {trainer.current_epoch}, batch {batch_idx}"
             if trainer

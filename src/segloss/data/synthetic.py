@@ -87,7 +87,7 @@ class SyntheticCity:
     def add_instance_ids(self, root: Path) -> None:
         """Add the ``*_gtFine_instanceIds.png`` that a format-1 folder lacks (each renamed into place, so
         several processes may do it at once), then stamp the marker with the current format."""
-        _run(self._jobs(root, instances_only=True))
+        _write_all(self._jobs(root, instances_only=True))
         tmp = root / f".{MARKER}.{os.getpid()}"
         tmp.write_text(self._marker_text())
         tmp.replace(root / MARKER)
@@ -100,7 +100,7 @@ class SyntheticCity:
             for city in CITIES[split][:count]:
                 (tmp / "leftImg8bit" / split / city).mkdir(parents=True, exist_ok=True)
                 (tmp / "gtFine" / split / city).mkdir(parents=True, exist_ok=True)
-        _run(self._jobs(tmp))
+        _write_all(self._jobs(tmp))
         (tmp / MARKER).write_text(self._marker_text())
         root.parent.mkdir(parents=True, exist_ok=True)
         if (root / MARKER).is_file():  # another process finished first: same parameters, same files
@@ -125,7 +125,7 @@ def generation_workers(images: int) -> int:
     return max(1, min(cores, 8))
 
 
-def _run(jobs: list[tuple]) -> None:
+def _write_all(jobs: list[tuple]) -> None:
     workers = generation_workers(len(jobs))
     if workers > 1:  # each image has its own seed: the files are the same for any number of workers
         context = multiprocessing.get_context("fork")

@@ -18,6 +18,7 @@ from segloss.models.evaluation import EvaluationMetrics
 from segloss.models.inference import Inference, to_classes
 from segloss.models.nets.aux_heads import AuxiliaryHeads
 from segloss.models.nonfinite import NonFinitePolicy, non_finite_tensors
+from segloss.utils.lightning_adapter import attached_trainer, batches_started, logs_this_step
 from segloss.utils.seeding import reseed_step
 
 
@@ -198,13 +199,13 @@ class SegmentationModule(L.LightningModule):
         loss, logits, terms = self.model_step(batch)
         if self.nonfinite.defers(loss):
             self._record_loss(loss, terms, batch, batch_idx)
-        elif self.nonfinite.broke(loss, self._trainer):
+        elif self.nonfinite.broke(loss, attached_trainer(self)):
             if self.nonfinite.mode == "raise":
                 raise NonFiniteLossError.at_step(self, batch, batch_idx, loss, logits, terms)
             self.nonfinite.skip()
             self.log("train/skipped_batches", float(self.nonfinite.skipped))
             if self.nonfinite.in_a_row >= self.nonfinite.max_skips:
-                raise NonFiniteLossError.skipped_in_a_row(self.nonfinite, self._trainer)
+                raise NonFiniteLossError.skipped_in_a_row(self.nonfinite, attached_trainer(self))
             return None  # Lightning skips backward and the optimizer step
         self.nonfinite.in_a_row = 0
         self._log_train_losses({"train/loss": loss, **{f"train/loss/{k}": v for k, v in terms.items()}}, len(logits))
@@ -217,17 +218,18 @@ class SegmentationModule(L.LightningModule):
 
     def _record_loss(self, loss: Tensor, terms: dict[str, Tensor], batch: dict, batch_idx: int) -> None:
         """Deferred ``nonfinite=raise``: keep the values, read them on the steps the loggers write."""
-        trainer = self._trainer
+        trainer = attached_trainer(self)
         where = f"step {trainer.global_step}, epoch {trainer.current_epoch}, batch {batch_idx}" if trainer else ""
         self.nonfinite.record(loss, terms, {"where": where or f"batch {batch_idx}", "names": batch.get("name", [])[:8]})
-        if getattr(getattr(trainer, "_logger_connector", None), "should_update_logs", False):
+        if logs_this_step(trainer, default=False):
             self.check_finite("a logging step")
 
     def check_finite(self, now: str) -> None:
         """Raise :class:`NonFiniteLossError` if a recorded (deferred) training loss was not finite."""
-        found = self.nonfinite.first_broken(self._trainer)
+        found = self.nonfinite.first_broken(attached_trainer(self))
         if found is not None:
-            step = f"step {self._trainer.global_step}" if self._trainer else "the end"
+            trainer = attached_trainer(self)
+            step = f"step {trainer.global_step}" if trainer else "the end"
             raise NonFiniteLossError.found_later(found, f"{now}, {step}")
 
     def _eval_step(self, stage: str, batch: dict) -> dict[str, Tensor]:
@@ -237,7 +239,8 @@ class SegmentationModule(L.LightningModule):
         for name, value in terms.items():
             self.log(f"{stage}/loss/{name}", value, **opts)
         preds = self.to_classes(logits)
-        world, rank = (self._trainer.world_size, self.global_rank) if self._trainer else (1, 0)
+        trainer = attached_trainer(self)
+        world, rank = (trainer.world_size, self.global_rank) if trainer else (1, 0)
         getattr(self, f"{stage}_eval").update(preds, logits, batch, rank, world)
         return {"preds": preds}
 
@@ -255,8 +258,7 @@ class SegmentationModule(L.LightningModule):
         for name, value in values.items():
             self._train_loss_sums[name] = self._train_loss_sums.get(name, 0) + value.detach().float() * batch_size
         self._train_loss_count += batch_size
-        connector = getattr(self._trainer, "_logger_connector", None)  # None outside a Trainer
-        if getattr(connector, "should_update_logs", True):
+        if logs_this_step(attached_trainer(self)):
             for name, value in values.items():
                 self.log(f"{name}_step", value.detach(), on_step=True, on_epoch=False, prog_bar=name == "train/loss")
             for name in getattr(self.loss, "scheduled", []):  # CompoundLoss weights that follow a schedule
@@ -291,7 +293,7 @@ class SegmentationModule(L.LightningModule):
         self.check_finite("a checkpoint save")  # never write the weights of a broken step
         broken = non_finite_tensors(self)  # nor weights a finite loss broke (BatchNorm statistics, overflow)
         if broken:
-            raise NonFiniteLossError.in_weights(broken, self._trainer)
+            raise NonFiniteLossError.in_weights(broken, attached_trainer(self))
         state = self.best.state()  # the same on every rank: the results are synced
         if state is not None:
             checkpoint["val_best"] = state
@@ -301,13 +303,13 @@ class SegmentationModule(L.LightningModule):
 
     def on_train_batch_start(self, batch: dict, batch_idx: int) -> None:
         # Seeded runs: step k's randomness (dropout, …) depends on (seed, k, rank) only (exact resume).
-        reseed_step(self.trainer.fit_loop.epoch_loop.batch_progress.total.ready, self.global_rank)
+        reseed_step(batches_started(self.trainer), self.global_rank)
         if isinstance(self.loss, CompoundLoss):  # scheduled term weights follow (step, epoch)
             self.loss.set_progress(self.trainer.global_step, self.current_epoch)
 
     def on_train_epoch_start(self) -> None:
         self._train_loss_sums, self._train_loss_count = {}, 0
-        first = self.current_epoch == 0 and not self.trainer.fit_loop.epoch_loop.batch_progress.total.ready
+        first = self.current_epoch == 0 and not batches_started(self.trainer)
         self._labelled_pixels = torch.zeros((), dtype=torch.int64, device=self.device) if first else None
 
     def on_train_epoch_end(self) -> None:

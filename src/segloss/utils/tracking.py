@@ -24,13 +24,13 @@ import warnings
 from collections.abc import Sequence
 from pathlib import Path
 
-from lightning.pytorch.loggers import CSVLogger, Logger, WandbLogger
-from lightning.pytorch.loggers.csv_logs import ExperimentWriter
-from lightning.pytorch.loggers.logger import DummyLogger, rank_zero_experiment
+from lightning.pytorch.loggers import Logger, WandbLogger
+from lightning.pytorch.loggers.logger import DummyLogger
 from lightning.pytorch.utilities import rank_zero_only
 from omegaconf import DictConfig, OmegaConf
 
 from segloss.utils.config import instantiate_group
+from segloss.utils.lightning_adapter import KeepingCSVLogger
 from segloss.utils.secrets import redact
 
 RUN_ID_FILE = "wandb_run_id.txt"
@@ -126,23 +126,8 @@ def finish_wandb() -> None:
         wandb.finish()
 
 
-class _KeepingWriter(ExperimentWriter):
-    def _check_log_dir_exists(self) -> None:
-        if os.path.isfile(self.metrics_file_path):
-            with open(self.metrics_file_path, newline="") as file:
-                self.metrics_keys = list(csv.DictReader(file).fieldnames or [])
-
-
-class ResumableCSVLogger(CSVLogger):
+class ResumableCSVLogger(KeepingCSVLogger):
     """``CSVLogger`` that keeps an existing ``metrics.csv`` (see the module docstring)."""
-
-    @property
-    @rank_zero_experiment
-    def experiment(self) -> ExperimentWriter:
-        if self._experiment is None:
-            self._fs.makedirs(self.root_dir, exist_ok=True)
-            self._experiment = _KeepingWriter(log_dir=self.log_dir)
-        return self._experiment
 
     @rank_zero_only
     def resume_at(self, global_step: int) -> None:
