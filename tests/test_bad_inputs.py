@@ -26,6 +26,7 @@ from segloss.utils.checkpoints import load_weights, read_checkpoint
 from segloss.utils.config import CONFIG_DIR
 from segloss.utils.precision import check_precision
 from tests.conftest import TINY_SYNTHETIC, fit, run_cli
+from tests.helpers.modules import plain_module
 from tests.trees.folders import write_folder_tree
 from tests.trees.voc import write_voc_tree
 
@@ -188,22 +189,16 @@ def test_a_palette_mask_saved_as_rgb(tmp_path):
 # ---------------------------------------------------------------- tensors
 
 
-def _module() -> SegmentationModule:
-    torch.manual_seed(0)
-    return SegmentationModule(net=UNet(num_classes=3, base_channels=4, depth=2), loss=CrossEntropyLoss(),
-                              optimizer=None, num_classes=3)  # fmt: skip
-
-
 def test_nan_in_the_inputs_stops_with_the_images_named():
     image = torch.randn(2, 3, 8, 8)
     image[1, 0, 0, 0] = float("nan")
     batch = {"image": image, "mask": torch.zeros(2, 8, 8, dtype=torch.long), "name": ["x_01", "x_02"]}
     with pytest.raises(NonFiniteLossError, match=r"loss is nan .*images \['x_01', 'x_02'\].*inputs finite: False"):
-        _module().training_step(batch, 0)
+        plain_module().training_step(batch, 0)
 
 
 def test_infinite_logits_are_reported():
-    module = _module()
+    module = plain_module()
     module.net.register_forward_hook(lambda mod, inp, out: out * float("inf"))
     batch = {"image": torch.randn(1, 3, 8, 8), "mask": torch.zeros(1, 8, 8, dtype=torch.long), "name": ["y"]}
     with pytest.raises(NonFiniteLossError, match=r"inputs finite: True, logits finite: False"):
@@ -228,14 +223,14 @@ def test_a_checkpoint_with_another_class_count_names_the_shapes(tmp_path):
     other = SegmentationModule(net=UNet(num_classes=5, base_channels=4, depth=2), loss=CrossEntropyLoss(),
                                optimizer=None, num_classes=5)  # fmt: skip
     with pytest.raises(ConfigError, match=r"shape mismatches \['net.head.weight: \(5, 4, 1, 1\) in checkpoint vs \(3"):
-        load_weights(_module(), _save(tmp_path, other))
+        load_weights(plain_module(), _save(tmp_path, other))
 
 
 def test_a_checkpoint_of_another_architecture_names_the_keys(tmp_path):
     other = SegmentationModule(net=UNet(num_classes=3, base_channels=4, depth=3), loss=CrossEntropyLoss(),
                                optimizer=None, num_classes=3)  # fmt: skip
     with pytest.raises(ConfigError, match=r"unexpected keys \['net.down.2"):
-        load_weights(_module(), _save(tmp_path, other))
+        load_weights(plain_module(), _save(tmp_path, other))
 
 
 @pytest.mark.parametrize("content,message", [(None, "does not exist"), (b"\x80\x02garbage", "cannot read checkpoint")])
@@ -248,7 +243,7 @@ def test_a_missing_or_truncated_checkpoint(tmp_path, content, message):
 
 
 def test_resuming_from_a_checkpoint_of_another_model_stops_before_training(tmp_path):
-    other = _save(tmp_path, _module())
+    other = _save(tmp_path, plain_module())
     with pytest.raises(ConfigError, match=r"does not fit the configured model"):
         fit([*TINY_SYNTHETIC, f"paths.data_dir={tmp_path / 'data'}", f"ckpt_path={other}"], tmp_path / "run")
     assert not (tmp_path / "run" / "checkpoints").exists()

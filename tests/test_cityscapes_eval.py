@@ -25,7 +25,7 @@ from segloss.errors import ConfigError
 from segloss.eval import evaluate
 from segloss.utils.config import PROJECT_ROOT
 from tests.conftest import compose_config
-from tests.test_cityscapes_official import OFFSET, STEP, eval_overrides, write_encoded_tree
+from tests.helpers.cityscapes import OFFSET, STEP, eval_overrides, write_encoded_tree
 
 pytest.importorskip("cityscapesscripts")
 

@@ -12,7 +12,7 @@ from segloss.build import build_module, build_trainer, resolve_class_weights
 from segloss.checks import check_config
 from segloss.errors import DatasetNotFoundError
 from segloss.utils.config import CONFIG_DIR
-from tests.test_losses_no_sync import example_inputs
+from tests.helpers.losses import example_inputs
 
 EXPERIMENTS = sorted(p.stem for p in (CONFIG_DIR / "experiment").glob("*.yaml"))
 MODELS = sorted(p.stem for p in (CONFIG_DIR / "model").glob("*.yaml"))

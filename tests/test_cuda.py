@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from tests.conftest import TINY_SYNTHETIC
-from tests.test_losses_no_sync import PRESETS, _preset, example_inputs
+from tests.helpers.losses import PRESETS, example_inputs, preset_loss
 
 pytestmark = [
     pytest.mark.gpu,
@@ -23,7 +23,7 @@ def test_every_loss_preset_gives_the_cpu_values_and_gradients_on_cuda(name):
     results = []
     for device in ("cpu", "cuda"):
         x = logits.to(device).requires_grad_()
-        value = _preset(name).to(device)(x, target.to(device))
+        value = preset_loss(name).to(device)(x, target.to(device))
         value.backward()
         results.append((value.detach().cpu(), x.grad.cpu()))
     (cpu_value, cpu_grad), (cuda_value, cuda_grad) = results
@@ -51,9 +51,9 @@ def test_the_device_augmentation_gives_the_cpu_pipelines_crops_on_cuda():
     from segloss.data.datamodule import PadCollate
     from segloss.data.device_augment import augment_batch
     from segloss.data.transforms import train_transform
-    from tests.test_device_augment import ARGS, _both_paths, _items
+    from tests.helpers.device_augment import ARGS, augment_items, both_paths
 
-    expected, _, regions = _both_paths(_items(8, "channels_last"), ARGS)
+    expected, _, regions = both_paths(augment_items(8, "channels_last"), ARGS)
     batch = move_data_to_device(PadCollate(255)(regions), torch.device("cuda"))  # as Lightning moves it
     got = augment_batch(batch, train_transform(**ARGS, augment_on_device=True))
     assert got["image"].is_cuda and got["mask"].is_cuda

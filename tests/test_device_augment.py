@@ -6,55 +6,19 @@ from __future__ import annotations
 import pytest
 import torch
 
-from segloss.data.datamodule import PadCollate, SegmentationDataModule
-from segloss.data.device_augment import DeviceAugmentation, augment_batch
+from segloss.data.datamodule import SegmentationDataModule
+from segloss.data.device_augment import DeviceAugmentation
 from segloss.data.transforms import train_transform
 from segloss.errors import ConfigError
 from segloss.utils.seeding import seeded_rngs
 from tests.conftest import TINY_SYNTHETIC, fit
-
-ARGS = {
-    "crop_size": (40, 50),
-    "base_size": (60, 90),
-    "scale_range": (0.3, 2.0),  # small scales pad the crop, large ones cut a small region
-    "hflip": 0.5,
-    "ignore_index": 255,
-    "color_jitter": (0.3, 0.4, 0.5, 0.2),
-}
-
-
-def _items(count: int, layout: str, size=(60, 90)) -> list[dict]:
-    g = torch.Generator().manual_seed(0)
-    items = []
-    for i in range(count):
-        image = torch.randint(0, 256, (3, *size), dtype=torch.uint8, generator=g)
-        if layout == "channels_last":  # what image decoders return: H×W×C storage
-            image = image.permute(1, 2, 0).contiguous().permute(2, 0, 1)
-        elif layout == "float":  # 0–1 floats
-            image = image.float() / 255
-        mask = torch.randint(0, 5, size, generator=g)
-        mask[: 3 + i] = 255
-        items.append({"image": image, "mask": mask, "name": f"frame{i}"})
-    return items
-
-
-def _both_paths(items: list[dict], args: dict) -> tuple[dict, dict, list[dict]]:
-    """The CPU pipeline's batch and the device path's batch (run here on the CPU) for the same item seeds."""
-    cpu, deferred = train_transform(**args), train_transform(**args, augment_on_device=True)
-    reference, regions = [], []
-    for i, item in enumerate(items):
-        with seeded_rngs(1000 + i):
-            reference.append(cpu(dict(item)))
-        with seeded_rngs(1000 + i):
-            regions.append(deferred(dict(item)))
-    expected = PadCollate(255)(reference)
-    return expected, augment_batch(PadCollate(255)(regions), deferred), regions
+from tests.helpers.device_augment import ARGS, augment_items, both_paths
 
 
 @pytest.mark.parametrize("layout", ["planar", "channels_last", "float"])
 def test_the_device_path_gives_the_cpu_pipelines_crops(layout):
-    items = _items(12, layout)
-    expected, got, regions = _both_paths(items, ARGS)
+    items = augment_items(12, layout)
+    expected, got, regions = both_paths(items, ARGS)
     assert got["image"].shape == expected["image"].shape == (12, 3, 40, 50)
     assert got["image"].dtype == torch.float32 and got["mask"].dtype == torch.int64
     # Same arithmetic; only the contrast mean is reduced in another order (normalised units: 1e-4 ≈ 0.006 grey).
@@ -69,7 +33,7 @@ def test_the_device_path_gives_the_cpu_pipelines_crops(layout):
 
 
 def test_the_loader_sends_uint8_regions_no_larger_than_what_the_crop_reads():
-    items = _items(8, "planar", size=(120, 180))
+    items = augment_items(8, "planar", size=(120, 180))
     deferred = train_transform(**{**ARGS, "base_size": (120, 180), "scale_range": (1.5, 2.0)}, augment_on_device=True)
     for i, item in enumerate(items):
         with seeded_rngs(i):
@@ -85,7 +49,7 @@ def test_the_loader_sends_uint8_regions_no_larger_than_what_the_crop_reads():
 
 def test_no_jitter_and_no_flip_configurations():
     args = {**ARGS, "color_jitter": None, "hflip": 0.0}
-    expected, got, _ = _both_paths(_items(4, "planar"), args)
+    expected, got, _ = both_paths(augment_items(4, "planar"), args)
     assert (got["image"] - expected["image"]).abs().max() < 1e-5
     assert torch.equal(got["mask"], expected["mask"])
 

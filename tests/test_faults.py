@@ -252,7 +252,7 @@ def test_a_checkpoint_folder_or_a_plain_state_dict_is_named_not_a_traceback(base
     from segloss.errors import ConfigError
     from segloss.utils.checkpoints import read_checkpoint
     from segloss.utils.run_dir import RunDirectory
-    from tests.test_bad_inputs import _module
+    from tests.helpers.modules import plain_module
 
     folder = tmp_path / "run" / "checkpoints"
     folder.mkdir(parents=True)
@@ -263,11 +263,11 @@ def test_a_checkpoint_folder_or_a_plain_state_dict_is_named_not_a_traceback(base
         read_checkpoint(folder)
     cfg = make_cfg([f"ckpt_path={folder / 'last.ckpt'}"])
     with pytest.raises(ConfigError, match=r"does not fit the configured model"):  # the fit is checked first
-        RunDirectory.open(cfg).check_fits(_module())
-    torch.save(_module().state_dict(), folder / "weights.pt")  # torch.save(model.state_dict()): it fits
+        RunDirectory.open(cfg).check_fits(plain_module())
+    torch.save(plain_module().state_dict(), folder / "weights.pt")  # torch.save(model.state_dict()): it fits
     run = RunDirectory.open(make_cfg([f"ckpt_path={folder / 'weights.pt'}"]))
     with pytest.raises(ConfigError, match=r"holds weights only \(a state_dict\), not a Lightning training checkpoint"):
-        run.check_fits(_module())  # used to fail inside Lightning with KeyError 'pytorch-lightning_version'
+        run.check_fits(plain_module())  # used to fail inside Lightning with KeyError 'pytorch-lightning_version'
     run.release()
 
 

@@ -125,3 +125,15 @@ def test_no_private_lightning_name_outside_the_adapter(tmp_path):
                 names += [a.value for a in node.args[1:2] if isinstance(a, ast.Constant) and isinstance(a.value, str)]
             found += [f"{path.relative_to(SRC)}:{node.lineno} {name}" for name in names if name in private]
     assert found == []
+
+
+def test_no_test_module_imports_another():
+    """Shared inputs live in tests/helpers/ (and conftest.py); a test module imports no other test module."""
+    tests = SRC.parents[1] / "tests"
+    found = []
+    for path in tests.rglob("test_*.py"):
+        for node in ast.walk(ast.parse(path.read_text())):
+            modules = [node.module or ""] if isinstance(node, ast.ImportFrom) else []
+            modules += [alias.name for alias in node.names] if isinstance(node, ast.Import) else []
+            found += [f"{path.name}: {m}" for m in modules if m.split(".")[-1].startswith("test_")]
+    assert found == []

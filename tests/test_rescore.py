@@ -56,7 +56,7 @@ def test_rescore_names_a_missing_folder(tmp_path, capsys):
 
 def _old_run(sweep, num: int, overrides: list[str]):
     """A finished run folder from before the quality counts (TP/FP/FN only), with its Hydra files."""
-    from tests.test_compare import write_counts, write_run
+    from tests.helpers.runs import write_counts, write_run
 
     run = write_run(sweep, num, "ce", num, [0.5], {"road": 0.9, "car": 0.1})
     tp = np.arange(8).reshape(4, 2)

@@ -5,8 +5,6 @@ from __future__ import annotations
 
 import json
 import math
-import subprocess
-import sys
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -21,25 +19,12 @@ from segloss.train import train
 from segloss.utils.config import CONFIG_DIR
 from segloss.utils.tracking import RUN_ID_FILE, loss_family
 from tests.conftest import TINY_SYNTHETIC, compose_config
-
-WANDB = Path(sys.executable).with_name("wandb")
-
-
-def inspect(offline_dir: Path, summary: bool) -> dict | list[dict]:
-    """`wandb leet inspect --json [--summary]` of an offline run: the summary object or every record."""
-    args = [str(WANDB), "leet", "inspect", "--json", *(["--summary"] if summary else []), str(offline_dir)]
-    proc = subprocess.run(args, capture_output=True, text=True, timeout=60, check=True)
-    return json.loads(proc.stdout) if summary else [json.loads(line) for line in proc.stdout.splitlines()]
+from tests.helpers.wandb_reader import inspect, media_rows
 
 
 def offline_run(run_dir: Path) -> Path:
     (found,) = (Path(run_dir) / "wandb").glob("offline-run-*")
     return found
-
-
-def media_rows(records: list[dict], key: str) -> list[dict]:
-    """The history rows that logged ``key`` (a W&B media object, flattened to ``key.<field>``)."""
-    return [r["history"]["item"] for r in records if r["type"] == "history" and f"{key}._type" in r["history"]["item"]]
 
 
 def same(logged, value: float) -> bool:
