@@ -62,7 +62,16 @@ def test_loss_configs_give_finite_scalars(name, make_cfg, tmp_path):
     loss = hydra.utils.instantiate(resolve_class_weights(cfg, datamodule))
     logits, target = example_inputs(name, size=(8, 8))
     value = loss(logits, target)
-    assert value.dim() == 0 and torch.isfinite(value) and value > 0
+    assert value.dim() == 0 and value.dtype == torch.float32 and torch.isfinite(value)
+    # Logits moved towards the target (ignored pixels untouched) must give a smaller loss: a config that
+    # built the loss wrongly (sign, reduction over the wrong axis, the target ignored) fails here.
+    labelled = target != 255
+    towards = torch.zeros_like(logits)
+    if logits.shape[1] == 1:
+        towards[:, 0] = torch.where(labelled, 4.0 * (2 * target.clamp(max=1) - 1), 0.0)
+    else:
+        towards.scatter_(1, torch.where(labelled, target, 0)[:, None], 4.0 * labelled[:, None].float())
+    assert loss(logits + towards, target) < value
 
 
 def test_unknown_experiment_lists_the_valid_ones(make_cfg):

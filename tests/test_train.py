@@ -88,6 +88,18 @@ def test_run_directory_holds_every_artefact(trained):
 
 
 @pytest.mark.slow
+def test_eval_returns_the_optimized_metric_of_the_experiment(trained, tmp_path):
+    """`segloss.eval`'s return value (what a sweeper reads) is the run's optimized_metric, not always mIoU."""
+    from segloss.eval import main
+
+    _, out, overrides = trained
+    cfg = compose_config("eval", [*overrides, f"ckpt_path={out['best_ckpt']}", "+optimized_metric=val/IoU/road"],
+                         tmp_path)  # fmt: skip
+    results = evaluate(cfg)
+    assert main(cfg) == pytest.approx(float(results["IoU"][0])) and float(results["IoU"][0]) != float(results["mIoU"])
+
+
+@pytest.mark.slow
 def test_eval_reproduces_the_logged_best_miou(trained, tmp_path):
     _, out, overrides = trained
     rows = [r for r in _csv_rows(Path(out["output_dir"])) if r.get("val/mIoU")]

@@ -29,6 +29,7 @@ from segloss.callbacks import PredictionWriter
 from segloss.checks import check_config
 from segloss.errors import ConfigError
 from segloss.metrics.per_image import save_per_image
+from segloss.models.best import metric_value
 from segloss.utils.checkpoints import load_weights
 from segloss.utils.cluster import launch_rank
 from segloss.utils.config import CONFIG_DIR, instantiate, instantiate_group, report_user_errors, set_environment
@@ -104,8 +105,13 @@ def save_results(results: dict, class_names: list[str], path: Path) -> None:
 
 @hydra.main(version_base="1.3", config_path=str(CONFIG_DIR), config_name="eval")
 def main(cfg: DictConfig) -> float:
+    """Evaluate, and return the value of the run's ``optimized_metric`` (``val/mIoU`` unless the experiment
+    names another, e.g. ``val/case_mDice``) on the evaluated split, as a sweeper reads it; NaN where the
+    split has no labels."""
     with report_user_errors():
-        return float(evaluate(cfg)["mIoU"])
+        results = evaluate(cfg)
+        value = metric_value(results, cfg.get("optimized_metric") or "val/mIoU", list(cfg.data.class_names))
+        return float("nan") if value is None else float(value)
 
 
 if __name__ == "__main__":

@@ -30,10 +30,8 @@ class WeightSchedule:
             raise ValueError(
                 f"weight schedule kind={kind!r}, unit={unit!r}: choose a kind in {KINDS}, a unit in {UNITS}"
             )
-        needed = {"constant": {"value"}, "linear": {"start", "end", "length"}, "step": {"start", "factor", "every"}}[
-            kind
-        ]
-        allowed = needed | {"linear": {"begin"}, "step": {"low", "high"}, "constant": set()}[kind]
+        needed = NEEDED[kind]
+        allowed = needed | OPTIONAL[kind]
         missing, unknown = sorted(needed - set(params)), sorted(set(params) - allowed)
         if missing or unknown:
             raise ValueError(
