@@ -16,7 +16,8 @@ from pathlib import Path
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
 from segloss.errors import ConfigError
-from segloss.models.best import optimizable_metrics
+from segloss.utils.metric_registry import logged_metrics as registry_logged_metrics
+from segloss.utils.metric_registry import optimizable_metrics
 from segloss.utils.precision import MATMUL_PRECISIONS, check_precision
 
 _MISSING = object()
@@ -200,7 +201,7 @@ def logged_metrics(cfg: DictConfig, per_case: bool) -> set[str]:
     terms = list((_value(cfg, "loss.terms") or {}).keys()) if _value(cfg, "loss.terms") is not _MISSING else []
     logged = {"val/loss", "train/loss_step", "train/loss_epoch"}
     logged |= {f"val/loss/{t}" for t in terms} | {f"train/loss/{t}_{s}" for t in terms for s in ("step", "epoch")}
-    logged |= set(optimizable_metrics(names, per_case))
+    logged |= registry_logged_metrics(names, per_case)  # every val/ metric of segloss.utils.metric_registry
     logged |= {f"{m}_best" for m in optimizable_metrics(names, per_case)}
     logged |= {"train/mIoU", "train/mDice", "train/acc", "train/skipped_batches"}
     return logged

@@ -27,12 +27,12 @@ import yaml
 
 from segloss.errors import ConfigError
 from segloss.utils.markers import COMPLETED, FAILED
+from segloss.utils.metric_registry import COMPARED
 
 PER_IMAGE = "per_image_val.npz"  # written by segloss.train for the best epoch
 # Scalar validation scores read at the best epoch besides mIoU (segloss.metrics.quality; lower is better for
 # the calibration errors).
-SCORES = ("mBIoU", "mRecall", "mSmallRecall", "ECE", "NLL")
-LOWER_IS_BETTER = ("ECE", "NLL")
+SCORES = COMPARED  # the columns beside mIoU, from the one metric registry
 
 
 @dataclass

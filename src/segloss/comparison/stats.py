@@ -36,6 +36,7 @@ import numpy as np
 
 from segloss.comparison import variance
 from segloss.comparison.variance import Estimate
+from segloss.utils.metric_registry import BY_NAME, COMPARED, iou, nanmean
 
 LEVEL, ALPHA, POWER = 0.95, 0.05, 0.8
 # Fewest runs per loss for a test of a difference: with two, the seed variance has one degree of freedom and
@@ -63,41 +64,18 @@ class Counts:
         return Counts(list(seeds), self.tp[rows], self.union[rows], {k: v[rows] for k, v in self.parts.items()})
 
 
-def iou(tp: np.ndarray, union: np.ndarray) -> np.ndarray:
-    """TP / union with nan where the union is 0 (a class absent from truth and prediction)."""
-    tp, union = np.asarray(tp, dtype=np.float64), np.asarray(union, dtype=np.float64)
-    return np.divide(tp, union, out=np.full(np.broadcast(tp, union).shape, np.nan), where=union > 0)
-
-
-def nanmean(values: np.ndarray, axis: int) -> np.ndarray:
-    """Mean over ``axis`` ignoring nan; nan where every value is nan (no warning)."""
-    counted = (~np.isnan(values)).sum(axis)
-    total = np.nansum(values, axis)
-    return np.divide(total, counted, out=np.full(total.shape, np.nan), where=counted > 0)
-
-
 def run_scores(counts: Counts) -> tuple[np.ndarray, np.ndarray]:
     """Per seed: the IoU of each class (S × C) and the mIoU (S) over all images."""
     per_class = iou(counts.tp.sum(1), counts.union.sum(1))
     return per_class, nanmean(per_class, axis=1)
 
 
-def _class_mean(hits: np.ndarray, total: np.ndarray) -> np.ndarray:
-    return nanmean(iou(hits, total), axis=-1)
-
-
-# score → (the per-image arrays it needs, its value from their sums over images: … × K arrays → …)
+# score → (the per-image arrays it needs, its value from their sums over images: … × K arrays → …); the
+# scores and how each is recomputed are decided in segloss.utils.metric_registry.
 SCORES: dict[str, tuple[tuple[str, ...], Callable[[dict], np.ndarray]]] = {
-    "mIoU": (("iou_tp", "iou_union"), lambda s: _class_mean(s["iou_tp"], s["iou_union"])),
+    "mIoU": (BY_NAME["mIoU"].per_image, BY_NAME["mIoU"].recompute),
     "IoU": (("iou_tp", "iou_union"), lambda s: iou(s["iou_tp"], s["iou_union"])),  # per compared class: … × C
-    "mBIoU": (("band_inter", "band_union"), lambda s: _class_mean(s["band_inter"], s["band_union"])),
-    "mRecall": (("tp", "fn"), lambda s: _class_mean(s["tp"], s["tp"] + s["fn"])),
-    "mSmallRecall": (("small_found", "small_objects"), lambda s: _class_mean(s["small_found"], s["small_objects"])),
-    "ECE": (
-        ("calib_count", "calib_correct", "calib_confidence"),
-        lambda s: np.abs(s["calib_correct"] - s["calib_confidence"]).sum(-1) / s["calib_count"].sum(-1),
-    ),
-    "NLL": (("nll_sum", "calib_count"), lambda s: s["nll_sum"][..., 0] / s["calib_count"].sum(-1)),
+    **{name: (BY_NAME[name].per_image, BY_NAME[name].recompute) for name in COMPARED},
 }
 
 

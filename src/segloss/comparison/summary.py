@@ -12,8 +12,9 @@ from pathlib import Path
 import numpy as np
 
 from segloss.comparison import stats
-from segloss.comparison.runs import LOWER_IS_BETTER, SCORES, Run
+from segloss.comparison.runs import SCORES, Run
 from segloss.errors import ConfigError
+from segloss.utils.metric_registry import LOWER_IS_BETTER
 
 
 def _mean_std(values: list[float]) -> tuple[float, float]:

@@ -16,17 +16,9 @@ import torch
 from torch import Tensor
 
 from segloss.errors import ConfigError
+from segloss.utils.metric_registry import optimizable_metrics
 
-SCORES = ("mIoU", "mDice", "acc", "mRecall", "mBIoU", "case_mDice")  # val/<score> (mBIoU: with metrics.boundary_iou)
-PER_CLASS = ("IoU", "Dice", "recall", "BIoU", "case_Dice")  # val/<name>/<class>
-PER_CASE = ("case_mDice", "case_Dice")  # only for datasets whose items carry a "case"
-
-
-def optimizable_metrics(class_names: Sequence[str], per_case: bool) -> list[str]:
-    """Every name ``optimized_metric`` may take for this label space (and data with cases or not)."""
-    scores = [s for s in SCORES if per_case or s not in PER_CASE]
-    per_class = [k for k in PER_CLASS if per_case or k not in PER_CASE]
-    return [f"val/{s}" for s in scores] + [f"val/{k}/{name}" for k in per_class for name in class_names]
+__all__ = ["BestScore", "metric_value", "optimizable_metrics"]  # the names optimized_metric may take: the registry
 
 
 def metric_value(results: dict, metric: str, class_names: Sequence[str]) -> Tensor | None:

@@ -1,0 +1,94 @@
+"""Every validation metric segloss logs, decided once: its name, direction, per-class companion, what turns
+it on, whether it may be the ``optimized_metric``, and how ``make compare`` recomputes it from the per-image
+counts a training stores.
+
+Read by the optimised-metric check and the callbacks' ``monitor`` check (``segloss.checks``), by the best
+epoch (``segloss.models.best``) and by ``make compare`` (``segloss.comparison``). The module that computes a
+metric (``segloss.metrics``) logs it as ``val/<name>`` and its per-class values as ``val/<per_class>/<class>``.
+Only numpy here: the comparison, which never imports torch, reads it too.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+
+# What turns a metric on: always, a switch of the `metrics` config node, or data whose items are 3D cases.
+ALWAYS, CASES = "always", "cases"
+
+
+def iou(tp: np.ndarray, union: np.ndarray) -> np.ndarray:
+    """TP / union with nan where the union is 0 (a class absent from truth and prediction)."""
+    tp, union = np.asarray(tp, dtype=np.float64), np.asarray(union, dtype=np.float64)
+    return np.divide(tp, union, out=np.full(np.broadcast(tp, union).shape, np.nan), where=union > 0)
+
+
+def nanmean(values: np.ndarray, axis: int) -> np.ndarray:
+    """Mean over ``axis`` ignoring nan; nan where every value is nan (no warning)."""
+    counted = (~np.isnan(values)).sum(axis)
+    total = np.nansum(values, axis)
+    return np.divide(total, counted, out=np.full(total.shape, np.nan), where=counted > 0)
+
+
+def class_mean(hits: np.ndarray, total: np.ndarray) -> np.ndarray:
+    return nanmean(iou(hits, total), axis=-1)
+
+
+@dataclass(frozen=True)
+class Metric:
+    """One logged metric, ``val/<name>``.
+
+    ``recompute`` takes the per-image arrays of ``per_image`` summed over images (… × K each) and returns the
+    score (…); ``None`` where ``make compare`` has no per-image counts for it."""
+
+    name: str
+    higher_is_better: bool
+    per_class: str | None = None  # also logged per class: val/<per_class>/<class>
+    enabled_by: str = ALWAYS  # ALWAYS, CASES or a switch of the `metrics` node (metrics.boundary_iou …)
+    optimizable: bool = False  # may be optimized_metric (then its per-class values may be too)
+    compared: bool = False  # a column of `make compare` beside mIoU
+    per_image: tuple[str, ...] = ()
+    recompute: Callable[[dict], np.ndarray] | None = None
+    first_class: int = 0  # 1: no per-class value for the background (surface distances)
+
+
+METRICS = (
+    Metric("mIoU", True, "IoU", optimizable=True, per_image=("iou_tp", "iou_union"),
+           recompute=lambda s: class_mean(s["iou_tp"], s["iou_union"])),
+    Metric("mDice", True, "Dice", optimizable=True),
+    Metric("acc", True, optimizable=True),
+    Metric("mBIoU", True, "BIoU", "metrics.boundary_iou", optimizable=True, compared=True,
+           per_image=("band_inter", "band_union"), recompute=lambda s: class_mean(s["band_inter"], s["band_union"])),
+    Metric("mRecall", True, "recall", optimizable=True, compared=True, per_image=("tp", "fn"),
+           recompute=lambda s: class_mean(s["tp"], s["tp"] + s["fn"])),
+    Metric("mSmallRecall", True, "small_recall", "metrics.small_objects", compared=True,
+           per_image=("small_found", "small_objects"),
+           recompute=lambda s: class_mean(s["small_found"], s["small_objects"])),
+    Metric("ECE", False, None, "metrics.calibration", compared=True,
+           per_image=("calib_count", "calib_correct", "calib_confidence"),
+           recompute=lambda s: np.abs(s["calib_correct"] - s["calib_confidence"]).sum(-1) / s["calib_count"].sum(-1)),
+    Metric("NLL", False, None, "metrics.calibration", compared=True, per_image=("nll_sum", "calib_count"),
+           recompute=lambda s: s["nll_sum"][..., 0] / s["calib_count"].sum(-1)),
+    Metric("case_mDice", True, "case_Dice", CASES, optimizable=True),
+    Metric("case_mHD95", False, "case_HD95", CASES, first_class=1),
+    Metric("case_mASSD", False, "case_ASSD", CASES, first_class=1),
+)  # fmt: skip
+BY_NAME = {metric.name: metric for metric in METRICS}
+COMPARED = tuple(m.name for m in METRICS if m.compared)  # make compare's columns beyond mIoU, in this order
+LOWER_IS_BETTER = tuple(m.name for m in METRICS if not m.higher_is_better)
+
+
+def optimizable_metrics(class_names: list[str], per_case: bool) -> list[str]:
+    """Every name ``optimized_metric`` may take for this label space (and data with cases or not)."""
+    chosen = [m for m in METRICS if m.optimizable and (per_case or m.enabled_by != CASES)]
+    return [f"val/{m.name}" for m in chosen] + [f"val/{m.per_class}/{c}" for m in chosen if m.per_class
+                                                 for c in class_names]  # fmt: skip
+
+
+def logged_metrics(class_names: list[str], per_case: bool) -> set[str]:
+    """Every ``val/…`` metric name a validation may log for this label space, whatever the switches."""
+    chosen = [m for m in METRICS if per_case or m.enabled_by != CASES]
+    names = {f"val/{m.name}" for m in chosen}
+    return names | {f"val/{m.per_class}/{c}" for m in chosen if m.per_class for c in class_names[m.first_class :]}
