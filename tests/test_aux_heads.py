@@ -44,7 +44,8 @@ def test_aux_outputs_exist_in_training_only_and_leave_the_main_logits_alone(kind
 def test_the_loss_adds_each_auxiliary_loss_at_its_weight():
     torch.manual_seed(0)
     net = AuxiliaryHeads(UNet(num_classes=4, base_channels=4, depth=3), 4, weights=[0.5, 0.25])
-    module = SegmentationModule(net=net, loss=DiceLoss(), optimizer=None, num_classes=4).train()
+    module = SegmentationModule(net=net, loss=DiceLoss(), optimizer=None, num_classes=4,
+                                deep_supervision=net.weights).train()  # fmt: skip
     batch = _batch()
     loss, logits, terms = module.model_step(batch)
     torch.manual_seed(0)
@@ -54,6 +55,25 @@ def test_the_loss_adds_each_auxiliary_loss_at_its_weight():
     assert set(terms) == {"aux0", "aux1"} and loss.item() == pytest.approx(expected.item(), rel=1e-6)
     loss.backward()
     assert all(h.weight.grad is not None and h.weight.grad.abs().sum() > 0 for h in net.heads)
+
+
+def test_the_module_logs_the_terms_any_loss_names_without_knowing_its_class():
+    """The loss side owns its structure (segloss.losses.structure): a loss of its own with ``with_terms``."""
+
+    class Halves(torch.nn.Module):
+        def with_terms(self, logits, target):
+            terms = {"dice": DiceLoss()(logits, target), "half": logits.mean() * 0}
+            return 0.5 * terms["dice"] + terms["half"], terms
+
+        def forward(self, logits, target):
+            return self.with_terms(logits, target)[0]
+
+    torch.manual_seed(0)
+    net = AuxiliaryHeads(UNet(num_classes=4, base_channels=4, depth=3), 4, weights=[0.5])
+    module = SegmentationModule(net=net, loss=Halves(), optimizer=None, num_classes=4, deep_supervision=[0.5]).train()
+    loss, _, terms = module.model_step(_batch())
+    assert set(terms) == {"dice", "half", "aux0"}
+    assert loss.item() == pytest.approx(0.5 * terms["dice"].item() + 0.5 * terms["aux0"].item(), rel=1e-6)
 
 
 def test_bad_aux_settings_are_clear_errors():

@@ -24,7 +24,7 @@ from segloss.callbacks import SignalCheckpoint, ThreadsFollowLoad, stop_signals
 from segloss.errors import ConfigError
 from segloss.losses.class_weights import METHODS, class_weights
 from segloss.models.module import SegmentationModule
-from segloss.models.nets.aux_heads import with_aux_heads
+from segloss.models.nets.aux_heads import AuxiliaryHeads, with_aux_heads
 from segloss.utils.checkpoints import AtomicCheckpointIO
 from segloss.utils.cluster import check_launch, cluster_plugins
 from segloss.utils.config import instantiate, instantiate_group
@@ -44,13 +44,15 @@ def build_module(cfg: DictConfig, with_optimizer: bool = True, datamodule=None) 
         optimizer = instantiate(cfg.optimizer, "optimizer")
         scheduler = instantiate(cfg.scheduler, "scheduler") if cfg.get("scheduler") else None
         try_factories(optimizer, scheduler)
+    net = with_aux_heads(
+        instantiate(cfg.model.net, "model.net"),
+        int(cfg.model.net.get("num_classes", cfg.data.num_classes)),
+        OmegaConf.to_container(cfg.model.aux) if cfg.model.get("aux") else None,
+    )
     return SegmentationModule(
-        net=with_aux_heads(
-            instantiate(cfg.model.net, "model.net"),
-            int(cfg.model.net.get("num_classes", cfg.data.num_classes)),
-            OmegaConf.to_container(cfg.model.aux) if cfg.model.get("aux") else None,
-        ),
+        net=net,
         loss=loss,
+        deep_supervision=net.weights if isinstance(net, AuxiliaryHeads) else None,
         optimizer=optimizer,
         scheduler=scheduler,
         num_classes=cfg.data.num_classes,

@@ -17,6 +17,7 @@ from segloss.losses.kl import KLDivLoss
 from segloss.losses.lovasz import LovaszHingeLoss, LovaszSoftmaxLoss
 from segloss.losses.mse import MSELoss
 from segloss.losses.region import DiceLoss, FocalTverskyLoss, GeneralizedDiceLoss, JaccardLoss, TverskyLoss
+from segloss.losses.structure import DeepSupervision, scheduled_weights, set_progress, total_and_terms
 from segloss.losses.unified_focal import UnifiedFocalLoss
 
 __all__ = [
@@ -25,6 +26,7 @@ __all__ = [
     "ClDiceLoss",
     "CompoundLoss",
     "CrossEntropyLoss",
+    "DeepSupervision",
     "DiceLoss",
     "FocalLoss",
     "FocalTverskyLoss",
@@ -42,4 +44,7 @@ __all__ = [
     "class_weights",
     "cross_entropy",
     "focal_loss",
+    "scheduled_weights",
+    "set_progress",
+    "total_and_terms",
 ]

@@ -19,8 +19,8 @@ class CompoundLoss(nn.Module):
             progress (:mod:`segloss.losses.schedules`): the module calls :meth:`set_progress` at every
             training batch, and logs the scheduled weights as ``train/loss_weight/<name>``.
 
-    ``forward(logits, target, return_terms=True)`` also returns the unweighted term values, which
-    the LightningModule logs as ``<stage>/loss/<name>``.
+    ``with_terms(logits, target)`` (or ``forward(…, return_terms=True)``) also returns the unweighted term
+    values, which the LightningModule logs as ``<stage>/loss/<name>`` (:mod:`segloss.losses.structure`).
     """
 
     def __init__(self, terms: dict[str, nn.Module], weights: Mapping[str, float | Mapping] | None = None) -> None:
@@ -44,7 +44,12 @@ class CompoundLoss(nn.Module):
         """The terms whose weight changes during training."""
         return [name for name, schedule in self.schedules.items() if not schedule.constant]
 
-    def forward(self, logits: Tensor, target: Tensor, return_terms: bool = False):
+    def with_terms(self, logits: Tensor, target: Tensor) -> tuple[Tensor, dict[str, Tensor]]:
+        """``(total, {name: unweighted term value})`` (:mod:`segloss.losses.structure`)."""
         values = {name: term(logits, target) for name, term in self.terms.items()}
         total = torch.stack([self.weights[name] * value for name, value in values.items()]).sum()
+        return total, values
+
+    def forward(self, logits: Tensor, target: Tensor, return_terms: bool = False):
+        total, values = self.with_terms(logits, target)
         return (total, values) if return_terms else total

@@ -11,12 +11,11 @@ import torch
 from torch import Tensor, nn
 
 from segloss.errors import ConfigError, DatasetFormatError, NonFiniteLossError
-from segloss.losses import CompoundLoss
+from segloss.losses import DeepSupervision, scheduled_weights, set_progress
 from segloss.metrics import SegmentationMetrics
 from segloss.models.best import BestScore
 from segloss.models.evaluation import EvaluationMetrics
 from segloss.models.inference import Inference, to_classes
-from segloss.models.nets.aux_heads import AuxiliaryHeads
 from segloss.models.nonfinite import NonFinitePolicy, non_finite_tensors
 from segloss.utils.lightning_adapter import attached_trainer, batches_started, logs_this_step
 from segloss.utils.seeding import reseed_step
@@ -25,9 +24,9 @@ from segloss.utils.seeding import reseed_step
 class SegmentationModule(L.LightningModule):
     """Train/evaluate ``net`` (images → logits N×C×H×W) with ``loss`` (logits, mask → scalar).
 
-    Logs ``train/loss_step``/``train/loss_epoch`` (and ``train/loss/<term>_step|_epoch`` for a
-    :class:`CompoundLoss` or auxiliary heads), ``val/loss``, ``val/mIoU``, ``val/mDice``, ``val/acc``,
-    ``val/mRecall``, ``val/IoU|Dice|recall/<class>``, the quality metrics of ``quality`` and
+    Logs ``train/loss_step``/``train/loss_epoch`` (and ``train/loss/<term>_step|_epoch`` for every term the loss
+    names and each auxiliary head: :mod:`segloss.losses.structure`), ``val/loss``, ``val/mIoU``, ``val/mDice``,
+    ``val/acc``, ``val/mRecall``, ``val/IoU|Dice|recall/<class>``, the quality metrics of ``quality`` and
     ``<optimized_metric>_best`` (``test/…`` likewise; :mod:`segloss.models.evaluation`). mIoU is the nan-mean of the
     per-class IoU accumulated over the whole split, over the classes that occur in its ground truth or
     predictions (the official Cityscapes convention; see :mod:`segloss.metrics`). Each stage has its own
@@ -82,6 +81,8 @@ class SegmentationModule(L.LightningModule):
             ``<stage>/mSmallRecall``, ``<stage>/small_recall/<class>`` when on; ``surface_distance`` adds per-case
             HD95 and ASSD of volume data (``<stage>/case_mHD95``, ``<stage>/case_mASSD``, per class;
             :mod:`segloss.metrics.surface`).
+        deep_supervision: the weights w_k of a net's auxiliary outputs, ``L(main) + Σ w_k·L(aux_k)``
+            (:class:`segloss.losses.DeepSupervision`; ``model.aux.weights``); None: a net without them.
     """
 
     def __init__(
@@ -105,6 +106,7 @@ class SegmentationModule(L.LightningModule):
         optimized_metric: str = "val/mIoU",
         quality: dict | None = None,
         binary_threshold: float = 0.5,
+        deep_supervision: Sequence[float] | None = None,
     ) -> None:
         super().__init__()
         class_names = list(class_names) if class_names is not None else [str(c) for c in range(num_classes)]
@@ -127,6 +129,7 @@ class SegmentationModule(L.LightningModule):
         self.register_buffer("input_scale", (1 / (255 * std)).float().view(1, -1, 1, 1), persistent=False)
         self.register_buffer("input_shift", (-mean / std).float().view(1, -1, 1, 1), persistent=False)
         self.loss = loss
+        self.supervision = DeepSupervision(deep_supervision or ())
         self.optimizer_factory, self.scheduler_factory = optimizer, scheduler
         self.class_names, self.num_classes, self.ignore_index = class_names, num_classes, ignore_index
         self.track_train_metrics = train_metrics
@@ -164,21 +167,12 @@ class SegmentationModule(L.LightningModule):
             ) from err
 
     def model_step(self, batch: dict, logits: Tensor | None = None) -> tuple[Tensor, Tensor, dict[str, Tensor]]:
-        """Forward (unless ``logits`` are given) and loss: ``(loss, logits, terms)``; ``terms`` holds a
-        compound loss's parts and, for a net with auxiliary heads in training, each auxiliary output's loss
-        (``aux<k>``, unweighted; the total adds Σ w_k·L(aux_k), :mod:`segloss.models.nets.aux_heads`)."""
+        """Forward (unless ``logits`` are given) and loss: ``(loss, logits, terms)``; ``terms`` are whatever
+        the loss names (:func:`segloss.losses.total_and_terms`) and, for a net with auxiliary heads in
+        training, each auxiliary output's loss (``aux<k>``: :class:`segloss.losses.DeepSupervision`)."""
         out = self(batch["image"]) if logits is None else logits
-        logits, aux = out if isinstance(out, tuple) else (out, [])
-        logits = self._check_channels(logits)
-        if isinstance(self.loss, CompoundLoss):
-            loss, terms = self.loss(logits, batch["mask"], return_terms=True)
-        else:
-            loss, terms = self.loss(logits, batch["mask"]), {}
-        weights = self.net.weights if isinstance(self.net, AuxiliaryHeads) else []
-        for k, (weight, extra) in enumerate(zip(weights, aux, strict=False)):
-            terms[f"aux{k}"] = self.loss(extra, batch["mask"])
-            loss = loss + weight * terms[f"aux{k}"]
-        return loss, logits, terms
+        self._check_channels(out[0] if isinstance(out, tuple) else out)
+        return self.supervision(self.loss, out, batch["mask"])
 
     def _check_channels(self, logits: Tensor) -> Tensor:
         binary = logits.shape[1] == 1 and self.num_classes == 2  # one sigmoid channel: background/foreground
@@ -261,8 +255,8 @@ class SegmentationModule(L.LightningModule):
         if logs_this_step(attached_trainer(self)):
             for name, value in values.items():
                 self.log(f"{name}_step", value.detach(), on_step=True, on_epoch=False, prog_bar=name == "train/loss")
-            for name in getattr(self.loss, "scheduled", []):  # CompoundLoss weights that follow a schedule
-                self.log(f"train/loss_weight/{name}", self.loss.weights[name], on_step=True, on_epoch=False)
+            for name, weight in scheduled_weights(self.loss).items():  # term weights that follow a schedule
+                self.log(f"train/loss_weight/{name}", weight, on_step=True, on_epoch=False)
 
     # ------------------------------------------------------------------ epochs
 
@@ -304,8 +298,7 @@ class SegmentationModule(L.LightningModule):
     def on_train_batch_start(self, batch: dict, batch_idx: int) -> None:
         # Seeded runs: step k's randomness (dropout, …) depends on (seed, k, rank) only (exact resume).
         reseed_step(batches_started(self.trainer), self.global_rank)
-        if isinstance(self.loss, CompoundLoss):  # scheduled term weights follow (step, epoch)
-            self.loss.set_progress(self.trainer.global_step, self.current_epoch)
+        set_progress(self.loss, self.trainer.global_step, self.current_epoch)  # scheduled term weights
 
     def on_train_epoch_start(self) -> None:
         self._train_loss_sums, self._train_loss_count = {}, 0
