@@ -83,3 +83,19 @@ def test_unknown_experiment_lists_the_valid_ones(make_cfg):
 def test_debug_configs_compose(make_cfg):
     assert make_cfg(["debug=fdr"]).trainer.fast_dev_run is True
     assert make_cfg(["debug=overfit"]).trainer.overfit_batches == 2
+
+
+@pytest.mark.parametrize("data", ["synthetic_city", "cityscapes", "voc", "voc_aug", "kvasir", "msd"])
+def test_the_normalisation_is_decided_once_by_data_normalize(data, make_cfg):
+    """data.normalize is read by both transforms (CPU and device paths) and by the module (uint8 batches,
+    pictures): one override changes all of them (issue 25)."""
+    from segloss.build import input_normalisation
+
+    cfg = make_cfg([f"data={data}", "data.normalize.mean=[0.1,0.2,0.3]", "data.normalize.std=[0.4,0.5,0.6]"])
+    for node in (cfg.data.train_transform, cfg.data.eval_transform):
+        assert list(node.mean) == [0.1, 0.2, 0.3] and list(node.std) == [0.4, 0.5, 0.6]
+    assert input_normalisation(cfg) == {"input_mean": [0.1, 0.2, 0.3], "input_std": [0.4, 0.5, 0.6]}
+    evaluate = hydra.utils.instantiate(cfg.data.eval_transform, normalize_on_device=False)
+    white = {"image": torch.full((3, 4, 4), 255, dtype=torch.uint8), "mask": torch.zeros(4, 4, dtype=torch.int64)}
+    pixel = evaluate(white)["image"][:, 0, 0]
+    assert pixel.tolist() == pytest.approx([(1 - 0.1) / 0.4, (1 - 0.2) / 0.5, (1 - 0.3) / 0.6], rel=1e-6)

@@ -88,13 +88,11 @@ def try_factories(optimizer, scheduler) -> None:
 
 
 def input_normalisation(cfg: DictConfig) -> dict:
-    """Mean/std of the data's evaluation transform (ImageNet's by default), for uint8 batches and pictures."""
-    transform = cfg.data.get("eval_transform") or {}
-    return {
-        k: list(transform[k.removeprefix("input_")])
-        for k in ("input_mean", "input_std")
-        if k.removeprefix("input_") in transform
-    }
+    """Mean/std of the data's ``normalize`` node (the transforms read the same node), for uint8 batches on the
+    device and for pictures; a data config without one normalises as its evaluation transform says (ImageNet's
+    statistics by default)."""
+    node = cfg.data.get("normalize") or cfg.data.get("eval_transform") or {}
+    return {f"input_{k}": list(node[k]) for k in ("mean", "std") if k in node}
 
 
 def check_class_vectors(loss: nn.Module, num_classes: int) -> None:

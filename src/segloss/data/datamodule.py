@@ -64,6 +64,8 @@ class SegmentationDataModule(L.LightningDataModule):
         augment_on_device: read by the training transform's config (``${data.augment_on_device}``): the
             loader cuts uint8 source regions and :meth:`on_after_batch_transfer` scales, crops, flips,
             jitters and normalises them on the model's device (:mod:`segloss.data.device_augment`).
+        normalize: ``{mean, std}``, the one normalisation of the data (``data.normalize``): read by the
+            transforms' configs (``${data.normalize.mean}``) and by the module (``segloss.build``), not here.
     """
 
     def __init__(
@@ -85,6 +87,7 @@ class SegmentationDataModule(L.LightningDataModule):
         seed: int | None = None,
         normalize_on_device: bool = False,
         augment_on_device: bool = False,
+        normalize: dict | None = None,
     ) -> None:
         super().__init__()
         if len(class_names) != num_classes:

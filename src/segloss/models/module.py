@@ -18,6 +18,7 @@ from segloss.models.evaluation import EvaluationMetrics
 from segloss.models.inference import Inference, to_classes
 from segloss.models.nonfinite import NonFinitePolicy, non_finite_tensors
 from segloss.utils.lightning_adapter import attached_trainer, batches_started, logs_this_step
+from segloss.utils.normalisation import IMAGENET_MEAN, IMAGENET_STD
 from segloss.utils.seeding import reseed_step
 
 
@@ -96,8 +97,8 @@ class SegmentationModule(L.LightningModule):
         class_names: Sequence[str] | None = None,
         channels_last: bool = False,
         inference: Inference | dict | None = None,
-        input_mean: Sequence[float] = (0.485, 0.456, 0.406),
-        input_std: Sequence[float] = (0.229, 0.224, 0.225),
+        input_mean: Sequence[float] = IMAGENET_MEAN,
+        input_std: Sequence[float] = IMAGENET_STD,
         compile: bool = False,
         train_metrics: bool = True,
         nonfinite: str = "raise",
