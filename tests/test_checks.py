@@ -159,3 +159,29 @@ def test_a_data_root_or_run_folder_that_is_a_file_is_named(make_cfg, tmp_path, m
     proc = run_cli("train", [f"hydra.run.dir={afile}/run", "print_config=false"], check=False)
     assert proc.returncode == 2 and f"hydra.run.dir={afile}/run is not a folder: {afile} is a file" in proc.stderr
     assert "Traceback" not in proc.stderr and "NotADirectoryError" not in proc.stderr
+
+
+def test_a_value_has_one_rule_whoever_checks_it(make_cfg):
+    """The config check and the constructor that consumes a value give the same words (issue 25: each value
+    validated by one rule): the binary threshold, the class names, a class-vector length."""
+    from segloss.build import check_class_vectors
+    from segloss.losses import CrossEntropyLoss
+    from segloss.models.module import SegmentationModule
+    from segloss.models.nets.unet import UNet
+
+    with pytest.raises(ConfigError) as early:
+        check_config(make_cfg(["model.binary_threshold=1.5"]))
+    net = UNet(num_classes=3, base_channels=4, depth=2)
+    with pytest.raises(ConfigError) as late:
+        SegmentationModule(net=net, loss=CrossEntropyLoss(), optimizer=None, num_classes=3, binary_threshold=1.5)
+    assert (
+        str(early.value)
+        == str(late.value)
+        == ("model.binary_threshold=1.5 must be a probability in (0, 1) (e.g. model.binary_threshold=0.5)")
+    )
+    with pytest.raises(ConfigError, match=r"^data.class_names has 2 names but data.num_classes=3; give one name"):
+        SegmentationModule(net=net, loss=CrossEntropyLoss(), optimizer=None, num_classes=3, class_names=["a", "b"])
+    with pytest.raises(ConfigError, match=r"^loss.weight has 2 entries but data.num_classes=3; give one value per"):
+        check_class_vectors(CrossEntropyLoss(weight=[1.0, 2.0]), 3)
+    with pytest.raises(ValueError, match=r"^weight has 2 entries but the logits have C=3 classes; give one value"):
+        CrossEntropyLoss(weight=[1.0, 2.0])(torch.zeros(1, 3, 2, 2), torch.zeros(1, 2, 2, dtype=torch.int64))

@@ -22,6 +22,7 @@ from torch import nn
 
 from segloss.callbacks import SignalCheckpoint, ThreadsFollowLoad, stop_signals
 from segloss.errors import ConfigError
+from segloss.losses._checks import check_class_vector
 from segloss.losses.class_weights import METHODS, class_weights
 from segloss.models.module import SegmentationModule
 from segloss.models.nets.aux_heads import AuxiliaryHeads, with_aux_heads
@@ -100,12 +101,12 @@ def check_class_vectors(loss: nn.Module, num_classes: int) -> None:
     for name, module in loss.named_modules():
         for attr in ("weight", "alpha", "class_weight"):
             value = getattr(module, attr, None)
-            if isinstance(value, torch.Tensor) and value.dim() == 1 and value.numel() not in (1, num_classes):
-                where = f"loss.{name + '.' if name else ''}{attr}"
-                raise ConfigError(
-                    f"{where} has {value.numel()} entries but data.num_classes={num_classes}; give one value per "
-                    "class, or a method name such as weight=median_frequency"
-                )
+            if isinstance(value, torch.Tensor) and value.dim() == 1 and value.numel() != 1:
+                try:  # the losses' own rule (segloss.losses._checks), named by the config key
+                    check_class_vector(f"loss.{name + '.' if name else ''}{attr}", value, num_classes,
+                                       against=f"data.num_classes={num_classes}")  # fmt: skip
+                except ValueError as err:
+                    raise ConfigError(f"{err}, or a method name such as weight=median_frequency") from err
 
 
 def _named_weight_nodes(loss_cfg: DictConfig):

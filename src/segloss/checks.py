@@ -16,6 +16,7 @@ from pathlib import Path
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
 from segloss.errors import ConfigError
+from segloss.models.inference import BINARY_THRESHOLD_RULE
 from segloss.utils.metric_registry import logged_metrics as registry_logged_metrics
 from segloss.utils.metric_registry import optimizable_metrics
 from segloss.utils.precision import MATMUL_PRECISIONS, check_precision
@@ -94,8 +95,7 @@ RULES: list[tuple[str, Callable, str, str]] = [
     ("model.nonfinite_defer", lambda v: v is None or is_bool(v), "true, false or null", "model.nonfinite_defer=null"),
     ("model.nonfinite_max_skips", lambda v: isinstance(v, int) and not isinstance(v, bool) and v >= 1,
      "a whole number ≥ 1", "model.nonfinite_max_skips=20"),
-    ("model.binary_threshold", lambda v: isinstance(v, int | float) and not isinstance(v, bool) and 0 < v < 1,
-     "a probability in (0, 1)", "model.binary_threshold=0.5"),
+    BINARY_THRESHOLD_RULE,  # the module's own rule (segloss.models.inference)
     ("metrics.boundary_iou", is_bool, "true or false", "metrics.boundary_iou=true"),
     ("metrics.boundary_dilation", lambda v: isinstance(v, int | float) and not isinstance(v, bool) and 0 < v < 1,
      "a fraction of the image diagonal in (0, 1)", "metrics.boundary_dilation=0.02"),
@@ -129,7 +129,7 @@ def check_values(cfg: DictConfig) -> list[str]:
         if value is _MISSING or check(value):
             continue
         shown = OmegaConf.to_container(value) if isinstance(value, DictConfig | ListConfig) else value
-        problems.append(f"{key}={shown!r} must be {expected} (e.g. {example})")
+        problems.append(str(ConfigError.value(key, shown, expected, example)))
     max_epochs, max_steps = _value(cfg, "trainer.max_epochs"), _value(cfg, "trainer.max_steps")
     if max_epochs == -1 and max_steps == -1:
         problems.append("trainer.max_epochs=-1 and trainer.max_steps=-1 would train forever; set one of them")

@@ -16,6 +16,12 @@ class SeglossError(Exception):
 class ConfigError(SeglossError, ValueError):
     """A config value is wrong or inconsistent."""
 
+    @classmethod
+    def value(cls, key: str, value, expected: str, example: str) -> ConfigError:
+        """The one wording of a wrong value, whoever finds it (``segloss.checks`` before anything is built, or
+        the constructor that consumes the value)."""
+        return cls(f"{key}={value!r} must be {expected} (e.g. {example})")
+
 
 class DatasetNotFoundError(SeglossError, FileNotFoundError):
     """The dataset root is missing or does not hold the expected layout."""

@@ -13,6 +13,7 @@ from torch.utils.data import DataLoader, Dataset, default_collate
 from segloss.data import device_augment
 from segloss.data.sampling import ResumableLoader, SeededItems, ShardSampler
 from segloss.errors import ConfigError
+from segloss.utils.label_space import check_class_names
 
 
 class PadCollate:
@@ -90,11 +91,7 @@ class SegmentationDataModule(L.LightningDataModule):
         normalize: dict | None = None,
     ) -> None:
         super().__init__()
-        if len(class_names) != num_classes:
-            raise ConfigError(
-                f"data.class_names has {len(class_names)} names but data.num_classes={num_classes}; "
-                "give one name per class"
-            )
+        check_class_names(class_names, num_classes)
         if 0 <= ignore_index < num_classes:
             raise ConfigError(
                 f"ignore_index={ignore_index} is a valid class id for num_classes={num_classes}; "

@@ -79,12 +79,13 @@ def check_hard_target(
     return valid, safe
 
 
-def check_class_vector(name: str, vector: Tensor | None, num_classes: int) -> None:
-    """A per-class vector (class weights, focal α) must have one entry per class."""
+def check_class_vector(name: str, vector: Tensor | None, num_classes: int, against: str = "") -> None:
+    """A per-class vector (class weights, focal α) must have one entry per class: checked by the loss on its
+    logits (C = ``num_classes``) and, earlier, by ``segloss.build`` against the config (``against`` then names
+    ``data.num_classes``)."""
     if vector is not None and vector.numel() != num_classes:
-        raise ValueError(
-            f"{name} has {vector.numel()} entries but the logits have C={num_classes} classes; give one value per class"
-        )
+        against = against or f"the logits have C={num_classes} classes"
+        raise ValueError(f"{name} has {vector.numel()} entries but {against}; give one value per class")
 
 
 def as_class_tensor(values) -> Tensor | None:

@@ -15,8 +15,9 @@ from segloss.losses import DeepSupervision, scheduled_weights, set_progress
 from segloss.metrics import SegmentationMetrics
 from segloss.models.best import BestScore
 from segloss.models.evaluation import EvaluationMetrics
-from segloss.models.inference import Inference, to_classes
+from segloss.models.inference import BINARY_THRESHOLD_RULE, Inference, to_classes
 from segloss.models.nonfinite import NonFinitePolicy, non_finite_tensors
+from segloss.utils.label_space import check_class_names
 from segloss.utils.lightning_adapter import attached_trainer, batches_started, logs_this_step
 from segloss.utils.normalisation import IMAGENET_MEAN, IMAGENET_STD
 from segloss.utils.seeding import reseed_step
@@ -111,8 +112,7 @@ class SegmentationModule(L.LightningModule):
     ) -> None:
         super().__init__()
         class_names = list(class_names) if class_names is not None else [str(c) for c in range(num_classes)]
-        if len(class_names) != num_classes:
-            raise ValueError(f"{len(class_names)} class_names given for num_classes={num_classes}")
+        check_class_names(class_names, num_classes)
         # Only plain values go into the checkpoint, so it loads with torch.load(weights_only=True).
         self.save_hyperparameters(
             {"num_classes": num_classes, "ignore_index": ignore_index, "class_names": class_names}
@@ -134,8 +134,9 @@ class SegmentationModule(L.LightningModule):
         self.optimizer_factory, self.scheduler_factory = optimizer, scheduler
         self.class_names, self.num_classes, self.ignore_index = class_names, num_classes, ignore_index
         self.track_train_metrics = train_metrics
-        if not 0 < binary_threshold < 1:
-            raise ConfigError(f"model.binary_threshold={binary_threshold} must be a probability in (0, 1), e.g. 0.5")
+        key, valid, expected, example = BINARY_THRESHOLD_RULE
+        if not valid(binary_threshold):
+            raise ConfigError.value(key, binary_threshold, expected, example)
         self.binary_threshold = binary_threshold
         self.nonfinite = NonFinitePolicy(nonfinite, nonfinite_defer, nonfinite_max_skips)
         self.train_metrics = SegmentationMetrics(num_classes, ignore_index)
