@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from segloss.checks import check_config
-from segloss.comparison.stats import SCORES
+from segloss.comparison.significance import SCORES
 from segloss.errors import ConfigError
 from segloss.models.evaluation import EvaluationMetrics
 from segloss.utils import metric_registry as R

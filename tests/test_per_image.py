@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from segloss.comparison.stats import SCORES
+from segloss.comparison.significance import SCORES
 from segloss.metrics import SegmentationMetrics
 from segloss.metrics.per_image import PerImageCounts
 from segloss.metrics.quality import Calibration, QualityMetrics

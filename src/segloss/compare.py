@@ -8,7 +8,7 @@ seeds of the best mIoU and of each class's IoU at the best epoch (best mean in b
 their per-image counts (``per_image_val.npz``, written by every training): each mean's 95 % interval over
 seeds × images, the difference in mIoU to the baseline (``--baseline``, default the first loss) with its
 simultaneous interval, Holm-adjusted p and ``*`` when real, the minimum detectable difference, and whether
-each loss is shown worse than another (:mod:`segloss.comparison.stats`). The training run is the unit: a
+each loss is shown worse than another (:mod:`segloss.comparison.significance`). The training run is the unit: a
 test needs at least three seeds of each loss. Boundary IoU, recall, small-object recall, ECE and NLL get the
 same intervals from the per-image quality counts (older runs: ``make rescore``).
 
@@ -34,7 +34,7 @@ from collections import Counter
 from dataclasses import asdict
 from pathlib import Path
 
-from segloss.comparison import stats
+from segloss.comparison import significance
 from segloss.comparison.groups import group_runs, kept_setting
 from segloss.comparison.runs import LeftOut, Run, latest_sweep, load_runs
 from segloss.comparison.summary import add_statistics, summarise
@@ -86,7 +86,7 @@ def plan_table(summary: dict, points: float) -> str:
              "| loss | Δ now | seeds now | MDD now | seeds needed | MDD with unlimited seeds |",
              "|---|---:|---:|---:|---:|---:|"]  # fmt: skip
     for loss, result in family.items():
-        found = stats.plan(result, points / 100, level)
+        found = significance.plan(result, points / 100, level)
         seeds_now = result["seeds"] if isinstance(result["seeds"], int) else "/".join(map(str, result["seeds"]))
         needed = str(found["seeds"]) if found["seeds"] is not None else "not reachable with these images"
         lines.append(f"| {loss} | {100 * result['delta']:+.1f} | {seeds_now} | {100 * found['mdd_now']:.1f} | "
@@ -151,7 +151,9 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("dir", nargs="?", help="sweep directory (default: the newest under logs/train/multiruns)")
     parser.add_argument("--out", help="output folder (default: DIR/compare)")
     parser.add_argument("--baseline", help="the loss the others are tested against (default: the first)")
-    parser.add_argument("--alpha", type=_fraction, default=stats.ALPHA, help="family-wise error rate (default 0.05)")
+    parser.add_argument(
+        "--alpha", type=_fraction, default=significance.ALPHA, help="family-wise error rate (default 0.05)"
+    )
     parser.add_argument("--plan", type=_points, metavar="POINTS", help="seeds needed to detect POINTS of mIoU")
     parser.add_argument("--ignore", action="append", default=[], metavar="KEY",
                         help="a config key whose values do not split the runs into groups (repeatable)")  # fmt: skip

@@ -116,7 +116,7 @@ def choose_device(name: str) -> torch.device:
     return torch.device(name)
 
 
-def overlay_image(image: torch.Tensor, indices: np.ndarray, lut: np.ndarray) -> Image.Image:
+def blend_classes(image: torch.Tensor, indices: np.ndarray, lut: np.ndarray) -> Image.Image:
     """``round((image + colour) / 2)`` per channel (halves rounded up): the image blended 50 % with the classes."""
     import numpy as np
     from PIL import Image
@@ -232,7 +232,7 @@ def label_images(cfg: DictConfig, plan: dict, output_dir: Path, unusable: dict |
         save_palette_png(indices, palette, mask_path)
         written.append(mask_path)
         if overlay_path is not None:
-            overlay_image(image, indices, lut).save(overlay_path)
+            blend_classes(image, indices, lut).save(overlay_path)
             overlays.append(overlay_path)
 
     seconds = time.perf_counter() - start  # reading, inference and writing

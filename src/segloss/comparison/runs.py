@@ -4,7 +4,7 @@ A job directory holds ``config.yaml``, ``.hydra/hydra.yaml``, the CSV logger's `
 the training ran to its end, ``COMPLETED`` (written last by ``segloss.train``). Per run the best validation
 epoch (by the run's ``optimized_metric``, ``val/mIoU`` by default — the epoch of its checkpoint) and that
 epoch's mIoU and per-class IoU are taken, plus the ``val/mIoU`` curve and the path of ``per_image_val.npz``
-(that epoch's per-image counts, for :mod:`segloss.comparison.stats`).
+(that epoch's per-image counts, for :mod:`segloss.comparison.significance`).
 
 **What counts** (:func:`read_run`): a run that says it finished — its ``COMPLETED`` marker, or, for runs
 older than the marker, a finished last epoch (a ``train/loss_epoch`` row) equal to the planned

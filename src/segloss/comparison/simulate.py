@@ -1,8 +1,8 @@
 """Simulated loss studies in the per-image format of ``make compare``, to check its statistics.
 
 ``python -m segloss.comparison.simulate [--studies N]`` prints the size (how often a true null is called
-real), family-wise error over a table, interval coverage and power of :mod:`segloss.comparison.stats` in
-three regimes; ``tests/test_comparison_stats.py`` runs a smaller, seeded version of the same checks.
+real), family-wise error over a table, interval coverage and power of :mod:`segloss.comparison.significance` in
+three regimes; ``tests/test_comparison_significance.py`` runs a smaller, seeded version of the same checks.
 
 The generator (all effects on the logit of a pixel's chance to be found, one study = S seeds × M images
 × C classes per loss):
@@ -28,8 +28,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from segloss.comparison import stats
-from segloss.comparison.stats import Counts
+from segloss.comparison import significance
+from segloss.comparison.significance import Counts
 
 
 @dataclass(frozen=True)
@@ -78,8 +78,8 @@ def size_and_coverage(regime: Regime, studies: int, seeds: int = 5, images: int 
     rejected = covered = 0
     for _ in range(studies):
         counts = simulate(rng, {"a": 0.0, "b": 0.0}, regime, seeds, images)
-        r = stats.difference(counts["a"], counts["b"])
-        rejected += r["p"] < stats.ALPHA
+        r = significance.difference(counts["a"], counts["b"])
+        rejected += r["p"] < significance.ALPHA
         low, high = r["interval"]
         covered += low <= 0 <= high
     return {"size": rejected / studies, "coverage": covered / studies}
@@ -94,9 +94,9 @@ def family_error(
     any_real = any_worse = 0
     for _ in range(studies):
         counts = simulate(rng, {f"l{k}": 0.0 for k in range(losses)}, regime, seeds, images)
-        family = {k: stats.difference(counts[k], counts["l0"]) for k in counts if k != "l0"}
-        any_real += any(r["real"] for r in stats.adjust(family).values())
-        any_worse += best and "<" in stats.best_marks(counts).values()
+        family = {k: significance.difference(counts[k], counts["l0"]) for k in counts if k != "l0"}
+        any_real += any(r["real"] for r in significance.adjust(family).values())
+        any_worse += best and "<" in significance.best_marks(counts).values()
     return {"baseline_fwer": any_real / studies, "best_fwer": any_worse / studies if best else None}
 
 
@@ -107,8 +107,8 @@ def power(regime: Regime, effect: float, studies: int, seeds: int = 5, images: i
     found, deltas, spreads = 0, [], []
     for _ in range(studies):
         counts = simulate(rng, {"a": effect, "b": 0.0}, regime, seeds, images)
-        r = stats.difference(counts["a"], counts["b"])
-        found += r["p"] < stats.ALPHA and r["delta"] > 0
+        r = significance.difference(counts["a"], counts["b"])
+        found += r["p"] < significance.ALPHA and r["delta"] > 0
         deltas.append(r["delta"])
         spreads.append(np.std(r["per_seed"], ddof=1))
     return {"delta_points": 100 * float(np.mean(deltas)), "power": found / studies,

@@ -1,7 +1,7 @@
 """Per-loss summaries of one group of comparable runs: mean ± sample standard deviation (n − 1) over seeds of
 the best mIoU and of each class's IoU at the best epoch, the best mean of each column marked; and, where the
 runs stored their per-image counts, the intervals, tests and detectable differences of
-:mod:`segloss.comparison.stats`."""
+:mod:`segloss.comparison.significance`."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ from pathlib import Path
 
 import numpy as np
 
-from segloss.comparison import stats
+from segloss.comparison import significance
 from segloss.comparison.runs import SCORES, Run
 from segloss.errors import ConfigError
 from segloss.utils.metric_registry import LOWER_IS_BETTER
@@ -68,8 +68,8 @@ def _open_counts(run: Run) -> dict[str, np.ndarray]:
     return arrays
 
 
-def load_counts(runs: list[Run], classes: list[str]) -> tuple[dict[str, stats.Counts], list[str]]:
-    """Per loss, the per-image counts of its runs (:class:`segloss.comparison.stats.Counts`) on the images that
+def load_counts(runs: list[Run], classes: list[str]) -> tuple[dict[str, significance.Counts], list[str]]:
+    """Per loss, the per-image counts of its runs (:class:`segloss.comparison.significance.Counts`) on the images that
     every run with counts scored (matched by name) and on ``classes``; and notes on what was left out."""
     stored = [(run, _open_counts(run)) for run in runs if run.per_image and Path(run.per_image).is_file()]
     has_counts = {id(run) for run, _ in stored}
@@ -100,7 +100,7 @@ def load_counts(runs: list[Run], classes: list[str]) -> tuple[dict[str, stats.Co
         parts = {key: data[key][order] for key in part_names}  # the runs' own class order (checked equal)
         grouped.setdefault(run.loss, []).append((run.seed, tp, union, parts))
     counts = {
-        loss: stats.Counts(
+        loss: significance.Counts(
             [item[0] for item in items],
             np.stack([item[1] for item in items]),
             np.stack([item[2] for item in items]),
@@ -117,7 +117,7 @@ def _common_parts(stored: list, notes: list[str]) -> list[str]:
     if len({tuple(data["class_names"].tolist()) for _, data in stored}) > 1:
         notes.append("the runs' classes differ: no intervals for Boundary IoU, recall and calibration")
         return []
-    wanted = {part for needs, _ in stats.SCORES.values() for part in needs} - {"iou_tp", "iou_union"}
+    wanted = {part for needs, _ in significance.SCORES.values() for part in needs} - {"iou_tp", "iou_union"}
     common = set.intersection(*(set(data) for _, data in stored)) & wanted
     missing = {part for _, data in stored for part in data if part in wanted} - common
     if missing:
@@ -128,10 +128,12 @@ def _common_parts(stored: list, notes: list[str]) -> list[str]:
     return sorted(common)
 
 
-def add_statistics(summary: dict, runs: list[Run], baseline: str | None = None, alpha: float = stats.ALPHA) -> dict:
+def add_statistics(
+    summary: dict, runs: list[Run], baseline: str | None = None, alpha: float = significance.ALPHA
+) -> dict:
     """Add to ``summary``: ``"ci"`` {loss: {column: (low, high)}} (95 %, crossed seeds × images), ``"baseline"``
-    and ``"vs_baseline"`` {loss: :func:`segloss.comparison.stats.adjust` ed difference} (Holm over the losses
-    against the baseline), ``"vs_best"`` {loss: best | ≈ | < | —} (:func:`segloss.comparison.stats.best_marks`),
+    and ``"vs_baseline"`` {loss: :func:`segloss.comparison.significance.adjust` ed difference} (Holm over the losses
+    against the baseline), ``"vs_best"`` {loss: best | ≈ | < | —} (:func:`segloss.comparison.significance.best_marks`),
     ``"untested"`` {loss: why no test}, ``"alpha"`` and ``"notes"``."""
     losses, classes = summary["losses"], summary["columns"][1:]
     baseline = baseline or losses[0]
@@ -146,30 +148,30 @@ def add_statistics(summary: dict, runs: list[Run], baseline: str | None = None, 
         if loss not in counts or baseline not in counts:
             untested[loss] = "no per-image counts"
             continue
-        found = stats.difference(counts[loss], counts[baseline])
+        found = significance.difference(counts[loss], counts[baseline])
         if found is None:
-            untested[loss] = f"needs ≥ {stats.MIN_SEEDS} seeds of each loss"
+            untested[loss] = f"needs ≥ {significance.MIN_SEEDS} seeds of each loss"
         else:
             family[loss] = found
-    few = [loss for loss in losses if summary["seeds"][loss] < stats.MIN_SEEDS]
+    few = [loss for loss in losses if summary["seeds"][loss] < significance.MIN_SEEDS]
     if few:
-        notes.append(f"{', '.join(few)}: fewer than {stats.MIN_SEEDS} seeds, which no valid test of a "
+        notes.append(f"{', '.join(few)}: fewer than {significance.MIN_SEEDS} seeds, which no valid test of a "
                      "difference between trained losses can work with; train more seeds")  # fmt: skip
-    vs_baseline = stats.adjust(family, alpha)
-    vs_best = stats.best_marks(counts, alpha)
+    vs_baseline = significance.adjust(family, alpha)
+    vs_best = significance.best_marks(counts, alpha)
     return {**summary, "ci": ci, "baseline": baseline, "vs_baseline": vs_baseline, "vs_best": vs_best,
             "untested": untested, "alpha": alpha, "notes": notes}  # fmt: skip
 
 
-def _intervals(counts: stats.Counts, classes: list[str], extra: list[str]) -> dict[str, tuple[float, float]]:
+def _intervals(counts: significance.Counts, classes: list[str], extra: list[str]) -> dict[str, tuple[float, float]]:
     """The 95 % intervals of one loss's mean scores (none with one seed), clipped to the scores' range (0–1;
     NLL ≥ 0): a t-interval may reach past it, the score cannot."""
-    estimates = {"mIoU": stats.loss_estimate(counts, "mIoU")}
-    estimates |= dict(zip(classes, stats.loss_estimate(counts, "IoU") or []))
-    estimates |= {name: stats.loss_estimate(counts, name) for name in extra}
+    estimates = {"mIoU": significance.loss_estimate(counts, "mIoU")}
+    estimates |= dict(zip(classes, significance.loss_estimate(counts, "IoU") or []))
+    estimates |= {name: significance.loss_estimate(counts, name) for name in extra}
     out = {}
     for name, estimate in estimates.items():
         if estimate is not None:
-            low, high = estimate.interval(stats.LEVEL)
+            low, high = estimate.interval(significance.LEVEL)
             out[name] = (max(low, 0.0), high if name == "NLL" else min(high, 1.0))
     return out

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import math
 
-from segloss.comparison import stats
+from segloss.comparison import significance
 
 
 def cell(mean: float, std: float, interval: tuple[float, float] | None = None) -> str:
@@ -44,7 +44,7 @@ def paired_cells(summary: dict, loss: str) -> list[str]:
         delta, p, mdd = f"n/a: {summary.get('untested', {}).get(loss, 'no test')}", "—", "—"
     else:
         low, high = found["adjusted"]
-        mark = " *" if stats.is_real(found) else ""
+        mark = " *" if significance.is_real(found) else ""
         delta = f"{100 * found['delta']:+.1f} [{100 * low:+.1f}, {100 * high:+.1f}]{mark}"
         p, mdd = p_text(found["p_holm"]), f"{100 * found['mdd']:.1f}"
     return [delta, p, mdd, summary["vs_best"].get(loss, "—")]
@@ -105,7 +105,7 @@ def table_note(summary: dict) -> str:
         "Scores in %: mean over seeds [95 % interval over seeds × images: crossed random effects, t with "
         "Satterthwaite df]. Δ: difference in mean mIoU to the baseline (paired by seed where both losses have the "
         f"same seeds) [interval at the level of its Holm step over the {m} comparisons: it excludes 0 exactly when "
-        f"the difference is real], * when real: Holm-adjusted p < {summary.get('alpha', stats.ALPHA):g} (the "
+        f"the difference is real], * when real: Holm-adjusted p < {summary.get('alpha', significance.ALPHA):g} (the "
         "training run is the unit). MDD: the "
         "smallest |Δ| (points) this design detects with 80 % power at the corrected level. vs best: < when the "
         "loss is worse than some other loss (Holm over all pairs), ≈ when not shown worse than any."
@@ -133,7 +133,7 @@ def csv_rows(summary: dict) -> tuple[list[str], list[list]]:
             values += [test["delta"], *test["interval"], *test["adjusted"], test["se"], test["df"], test["p"],
                        test["p_holm"]]  # fmt: skip
             values.append(test["mdd"])
-            flags = [str(stats.is_real(test)).lower(), str(test["paired"]).lower()]
+            flags = [str(significance.is_real(test)).lower(), str(test["paired"]).lower()]
         numbers = [None if math.isnan(v) else float(v) for v in values]
         rows.append([loss, summary["seeds"][loss], *numbers[:-1], flags[0], numbers[-1], flags[1],
                      summary.get("vs_best", {}).get(loss, "—")])  # fmt: skip

@@ -11,7 +11,7 @@ Bernoulli 2000).
 **Linearisation.** Each run's score is split into per-image pseudo-values ``y_si = θ_s + ∇f(T_s)·(M t_si −
 T_s)`` (the empirical influence function of the ratio, i.e. the delta method), so that ``mean_i y_si = θ_s``
 exactly and the per-image spread of ``y`` is the image sampling variance of θ. The gradient is taken by
-central differences along each image's direction (any score of :data:`segloss.comparison.stats.SCORES`,
+central differences along each image's direction (any score of :data:`segloss.comparison.significance.SCORES`,
 nan-aware: a class with an empty union stays out of the class mean, as in the score itself).
 
 **Crossed random effects.** ``y_si = μ + a_s + b_i + e_si`` with a run effect ``a`` (variance σ²_seed), an

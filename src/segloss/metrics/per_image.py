@@ -6,7 +6,7 @@ For image i and class c (pixels whose target is ``ignore_index`` count nowhere):
 
 The split-level counts are their sums over images, so the split's IoU_c = ΣTP / Σ(TP + FP + FN) and its mIoU
 (:mod:`segloss.metrics.confusion`) follow from these rows exactly, and so do those of any resample of the
-images (:mod:`segloss.comparison.stats`). Recall, precision and Dice come from the same three counts.
+images (:mod:`segloss.comparison.significance`). Recall, precision and Dice come from the same three counts.
 
 Images are identified by their position in the split (``index``: under DDP, rank r's k-th image is
 r + k·W, the order of :class:`segloss.data.sampling.ShardSampler`) and by name. The counts are a

@@ -10,9 +10,9 @@ import numpy as np
 import pytest
 from scipy import stats as st
 
+from segloss.comparison import significance, variance
 from segloss.comparison import simulate as sm
-from segloss.comparison import stats, variance
-from segloss.comparison.stats import Counts
+from segloss.comparison.significance import Counts
 
 
 def test_pseudo_values_average_to_the_run_score_and_equal_the_ratio_linearisation():
@@ -20,7 +20,7 @@ def test_pseudo_values_average_to_the_run_score_and_equal_the_ratio_linearisatio
     tp = rng.integers(0, 50, (3, 7, 4))
     union = tp + rng.integers(1, 30, (3, 7, 4))
     tp[:, :, 3], union[:, :, 3] = 0, 0  # a class absent from every image: out of the class mean, as in mIoU
-    theta, y = variance.linearise({"iou_tp": tp, "iou_union": union}, stats.SCORES["mIoU"][1])
+    theta, y = variance.linearise({"iou_tp": tp, "iou_union": union}, significance.SCORES["mIoU"][1])
     iou = tp[..., :3].sum(1) / union[..., :3].sum(1)  # S × 3
     np.testing.assert_allclose(theta, iou.mean(1), rtol=1e-12)
     np.testing.assert_allclose(y.mean(1), theta, rtol=1e-9)
@@ -72,12 +72,12 @@ def test_unpaired_runs_share_the_images_but_not_the_seeds():
     counts = sm.simulate(rng, {"a": 0.0, "b": 0.0}, sm.REGIMES["seed-dominated"], seeds=6)
     b = counts["b"].select([3, 4, 5])
     a = counts["a"].select([0, 1, 2])
-    found = stats.difference(a, b)
+    found = significance.difference(a, b)
     assert not found["paired"] and found["seeds"] == (3, 3) and found["per_seed"] == []
-    paired = stats.difference(counts["a"], counts["b"])
+    paired = significance.difference(counts["a"], counts["b"])
     assert paired["paired"] and paired["seeds"] == 6 and len(paired["per_seed"]) == 6
     assert paired["delta"] == pytest.approx(np.mean(paired["per_seed"]))
-    assert stats.difference(a.select([0, 1]), b.select([3, 4])) is None  # two seeds: below MIN_SEEDS
+    assert significance.difference(a.select([0, 1]), b.select([3, 4])) is None  # two seeds: below MIN_SEEDS
 
 
 @pytest.mark.parametrize("regime", list(sm.REGIMES))
@@ -113,18 +113,18 @@ def test_no_loss_is_marked_worse_than_the_best_when_all_are_equal(regime):
 def test_a_clearly_worse_loss_is_marked_and_the_best_is_named():
     rng = np.random.default_rng(4)
     counts = sm.simulate(rng, {"good": 0.3, "same": 0.3, "bad": -0.6}, sm.REGIMES["low seed variance"], seeds=5)
-    marks = stats.best_marks(counts)
+    marks = significance.best_marks(counts)
     assert marks["bad"] == "<" and {marks["good"], marks["same"]} == {"best", "≈"}
     one_seed = {**counts, "lonely": counts["bad"].select([0])}
-    assert stats.best_marks(one_seed)["lonely"] == "—"
+    assert significance.best_marks(one_seed)["lonely"] == "—"
 
 
 def test_holm_and_the_adjusted_family():
-    assert stats.holm({"a": 0.01, "b": 0.04, "c": 0.03}) == pytest.approx({"a": 0.03, "b": 0.06, "c": 0.06})
+    assert significance.holm({"a": 0.01, "b": 0.04, "c": 0.03}) == pytest.approx({"a": 0.03, "b": 0.06, "c": 0.06})
     rng = np.random.default_rng(5)
     counts = sm.simulate(rng, {"base": 0.0, "up": 0.4, "same": 0.0}, sm.REGIMES["low seed variance"], seeds=5)
-    family = {k: stats.difference(counts[k], counts["base"]) for k in ("up", "same")}
-    adjusted = stats.adjust(family)
+    family = {k: significance.difference(counts[k], counts["base"]) for k in ("up", "same")}
+    adjusted = significance.adjust(family)
     assert adjusted["up"]["real"] and not adjusted["same"]["real"]
     low, high = adjusted["up"]["adjusted"]  # simultaneous: wider than the 95 % interval
     assert low < family["up"]["interval"][0] and high > family["up"]["interval"][1] and low > 0
@@ -145,27 +145,29 @@ def test_minimum_detectable_difference_and_seeds_needed_by_hand():
 def test_one_seed_per_loss_gives_no_interval_and_no_test():
     rng = np.random.default_rng(6)
     counts = sm.simulate(rng, {"a": 0.0}, sm.REGIMES["seed-dominated"], seeds=1)["a"]
-    assert stats.loss_estimate(counts) is None
-    assert all(e is None for e in stats.loss_estimate(counts, "IoU"))
-    assert stats.difference(counts, counts) is None
+    assert significance.loss_estimate(counts) is None
+    assert all(e is None for e in significance.loss_estimate(counts, "IoU"))
+    assert significance.difference(counts, counts) is None
 
 
 def test_scores_other_than_miou_get_intervals_from_their_own_counts():
     rng = np.random.default_rng(7)
     counts = sm.simulate(rng, {"a": 0.0}, sm.REGIMES["low seed variance"], seeds=4)["a"]
-    recall = stats.loss_estimate(counts, "mRecall")
+    recall = significance.loss_estimate(counts, "mRecall")
     by_hand = np.mean([np.nanmean(tp.sum(0) / (tp + fn).sum(0)) for tp, fn in zip(counts.tp, counts.parts["fn"])])
     assert recall.mean == pytest.approx(by_hand, rel=1e-9) and 0 < recall.se < 0.05
-    assert stats.loss_estimate(Counts([0], counts.tp[:1], counts.union[:1]), "mBIoU") is None  # not stored
+    assert significance.loss_estimate(Counts([0], counts.tp[:1], counts.union[:1]), "mBIoU") is None  # not stored
 
 
 def test_holm_step_intervals_exclude_zero_exactly_when_a_difference_is_real():
     p = {"a": 0.001, "b": 0.02, "c": 0.03, "d": 0.2}  # Holm: a rejected (×4); b not (×3 = 0.06): stop there
-    assert stats.step_levels(p) == {"a": 4, "b": 3, "c": 3, "d": 3}
+    assert significance.step_levels(p) == {"a": 4, "b": 3, "c": 3, "d": 3}
     rng = np.random.default_rng(8)
     effects = {"base": 0.0, **{f"e{k}": 0.04 * k for k in range(1, 9)}}
     counts = sm.simulate(rng, effects, sm.REGIMES["seed-dominated"], seeds=6)
-    adjusted = stats.adjust({k: stats.difference(counts[k], counts["base"]) for k in effects if k != "base"})
+    adjusted = significance.adjust(
+        {k: significance.difference(counts[k], counts["base"]) for k in effects if k != "base"}
+    )
     verdicts = [r["real"] for r in adjusted.values()]
     assert any(verdicts) and not all(verdicts)  # the family has both kinds
     for r in adjusted.values():

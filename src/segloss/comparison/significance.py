@@ -24,7 +24,7 @@ mean over its seeds. The training run is the unit of replication; the images are
 * **What the data can detect** (:func:`variance.detectable`, :func:`variance.seeds_needed`): the minimum
   detectable difference at 80 % power from the observed variance components, and the seeds a given Δ needs.
 
-Validated by simulation (``python -m segloss.comparison.simulate``; ``tests/test_comparison_stats.py``).
+Validated by simulation (``python -m segloss.comparison.simulate``; ``tests/test_comparison_significance.py``).
 """
 
 from __future__ import annotations
