@@ -15,7 +15,7 @@ from segloss.utils.config import CONFIG_DIR
 from tests.helpers.losses import example_inputs
 
 EXPERIMENTS = sorted(p.stem for p in (CONFIG_DIR / "experiment").glob("*.yaml"))
-MODELS = sorted(p.stem for p in (CONFIG_DIR / "model").glob("*.yaml"))
+MODELS = sorted(p.stem for p in (CONFIG_DIR / "model").glob("*.yaml") if not p.stem.startswith("_"))  # _module: a base
 LOSSES = sorted(p.stem for p in (CONFIG_DIR / "loss").glob("*.yaml"))
 
 
@@ -99,3 +99,17 @@ def test_the_normalisation_is_decided_once_by_data_normalize(data, make_cfg):
     white = {"image": torch.full((3, 4, 4), 255, dtype=torch.uint8), "mask": torch.zeros(4, 4, dtype=torch.int64)}
     pixel = evaluate(white)["image"][:, 0, 0]
     assert pixel.tolist() == pytest.approx([(1 - 0.1) / 0.4, (1 - 0.2) / 0.5, (1 - 0.3) / 0.6], rel=1e-6)
+
+
+def test_the_module_options_are_decided_once_and_hydra_builds_the_module(make_cfg):
+    """configs/model/_module.yaml holds the SegmentationModule's options; no model config repeats them, and an
+    override reaches the module that Hydra builds from the model node (issue 25)."""
+    from omegaconf import OmegaConf
+
+    from segloss.build import build_module
+
+    options = set(OmegaConf.load(CONFIG_DIR / "model" / "_module.yaml")) - {"_target_", "aux"}
+    for name in MODELS:
+        assert not options & set(OmegaConf.load(CONFIG_DIR / "model" / f"{name}.yaml")), name
+    module = build_module(make_cfg(["model.binary_threshold=0.3", "model.channels_last=false"]), with_optimizer=False)
+    assert module.binary_threshold == 0.3 and module.channels_last is False

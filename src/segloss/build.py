@@ -17,7 +17,7 @@ import torch
 from lightning.pytorch.accelerators import CPUAccelerator
 from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.utilities import rank_zero_only
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig, OmegaConf, open_dict
 from torch import nn
 
 from segloss.callbacks import SignalCheckpoint, ThreadsFollowLoad, stop_signals
@@ -50,7 +50,15 @@ def build_module(cfg: DictConfig, with_optimizer: bool = True, datamodule=None) 
         int(cfg.model.net.get("num_classes", cfg.data.num_classes)),
         OmegaConf.to_container(cfg.model.aux) if cfg.model.get("aux") else None,
     )
-    return SegmentationModule(
+    # The module's own options are the model node less its net and aux (configs/model/module.yaml); Hydra builds
+    # it, with what other config groups and the data decide passed in.
+    options = OmegaConf.masked_copy(cfg.model, [key for key in cfg.model if key not in ("net", "aux")])
+    if "_target_" not in options:  # a model config of one's own that does not extend configs/model/module.yaml
+        with open_dict(options):
+            options._target_ = f"{SegmentationModule.__module__}.{SegmentationModule.__name__}"
+    return instantiate(
+        options,
+        "model",
         net=net,
         loss=loss,
         deep_supervision=net.weights if isinstance(net, AuxiliaryHeads) else None,
@@ -59,16 +67,9 @@ def build_module(cfg: DictConfig, with_optimizer: bool = True, datamodule=None) 
         num_classes=cfg.data.num_classes,
         ignore_index=cfg.data.ignore_index,
         class_names=list(cfg.data.class_names),
-        channels_last=cfg.model.get("channels_last", False),
         inference=OmegaConf.to_container(cfg.inference) if cfg.get("inference") else None,
-        compile=cfg.model.get("compile", False),
-        train_metrics=cfg.model.get("train_metrics", True),
-        nonfinite=cfg.model.get("nonfinite", "raise"),
-        nonfinite_defer=cfg.model.get("nonfinite_defer"),
-        nonfinite_max_skips=cfg.model.get("nonfinite_max_skips", 20),
         optimized_metric=cfg.get("optimized_metric", "val/mIoU"),
         quality=OmegaConf.to_container(cfg.metrics) if cfg.get("metrics") else None,
-        binary_threshold=cfg.model.get("binary_threshold", 0.5),
         **input_normalisation(cfg),
     )
 
