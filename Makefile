@@ -42,7 +42,7 @@ install-latest: ## instead of the lock: the newest releases pyproject.toml allow
 lock: ## refresh requirements/lock.txt: the newest releases pyproject.toml allows, requirements/pins.txt held
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q uv
-	$(VENV)/bin/uv pip compile pyproject.toml --extra dev --universal --python-version 3.11 --generate-hashes \
+	$(VENV)/bin/uv pip compile -q pyproject.toml --extra dev --universal --python-version 3.11 --generate-hashes \
 		--upgrade -c requirements/pins.txt -o $(LOCK)
 
 $(SYNTHETIC): | $(STAMP)
