@@ -1,4 +1,4 @@
-"""Metric update: segloss's ``SegmentationMetrics.update`` against torchmetrics, on the same batch.
+"""Metric update: segloss's ``ConfusionScores.update`` against torchmetrics, on the same batch.
 
     python benchmarks/bench_metrics.py [--device cpu|cuda] [--size N C H W] [--repeats R] [--json PATH]
 
@@ -26,7 +26,7 @@ from pathlib import Path
 import torch
 from torchmetrics.classification import MulticlassAccuracy, MulticlassJaccardIndex
 
-from segloss.metrics import SegmentationMetrics
+from segloss.metrics import ConfusionScores
 from segloss.metrics.quality import BoundaryIoU, Calibration, SmallObjectRecall
 from segloss.utils.host_sync import HostSyncRecorder
 
@@ -49,7 +49,7 @@ def variants(num_classes: int, device: str) -> dict:
         MulticlassJaccardIndex(num_classes, average="none", ignore_index=255, validate_args=False).to(device),
         MulticlassAccuracy(num_classes, average="micro", ignore_index=255, validate_args=False).to(device),
     )
-    ours = SegmentationMetrics(num_classes).to(device)
+    ours = ConfusionScores(num_classes).to(device)
     return {
         "segloss": ours.update,
         "torchmetrics Jaccard": jaccard.update,

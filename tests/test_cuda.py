@@ -32,14 +32,14 @@ def test_every_loss_preset_gives_the_cpu_values_and_gradients_on_cuda(name):
 
 
 def test_metrics_count_the_same_on_cuda():
-    from segloss.metrics import SegmentationMetrics
+    from segloss.metrics import ConfusionScores
 
     torch.manual_seed(1)
     preds, target = torch.randint(0, 19, (2, 64, 64)), torch.randint(0, 19, (2, 64, 64))
     target[:, :5] = 255
     counts = []
     for device in ("cpu", "cuda"):
-        metric = SegmentationMetrics(19).to(device)
+        metric = ConfusionScores(19).to(device)
         metric.update(preds.to(device), target.to(device))
         counts.append(metric.compute()["confmat"].cpu())
     assert torch.equal(counts[0], counts[1])

@@ -3,11 +3,11 @@ import math
 import pytest
 import torch
 
-from segloss.metrics import SegmentationMetrics
+from segloss.metrics import ConfusionScores
 
 
 def test_miou_is_nanmean_over_classes_in_gt_or_predictions():
-    m = SegmentationMetrics(num_classes=4)
+    m = ConfusionScores(num_classes=4)
     target = torch.tensor([[0, 0, 1, 1, 255, 255]])
     preds = torch.tensor([[0, 1, 1, 2, 0, 3]])  # predictions on ignored pixels count nowhere
     m.update(preds, target)
@@ -20,7 +20,7 @@ def test_miou_is_nanmean_over_classes_in_gt_or_predictions():
 
 
 def test_accumulates_over_batches_not_per_image_mean():
-    m = SegmentationMetrics(num_classes=2)
+    m = ConfusionScores(num_classes=2)
     m.update(torch.tensor([[0, 0, 0, 1]]), torch.tensor([[0, 0, 0, 0]]))  # image IoU_0 = 3/4
     m.update(torch.tensor([[1, 1]]), torch.tensor([[0, 1]]))  # image IoU_0 = 0
     out = m.compute()
@@ -32,7 +32,7 @@ def test_equals_torchmetrics_jaccard_and_accuracy_on_random_labels_with_ignore()
     from torchmetrics.classification import MulticlassAccuracy, MulticlassJaccardIndex
 
     g = torch.Generator().manual_seed(0)
-    ours = SegmentationMetrics(num_classes=7, ignore_index=255)
+    ours = ConfusionScores(num_classes=7, ignore_index=255)
     iou = MulticlassJaccardIndex(7, average="none", ignore_index=255, zero_division=float("nan"))
     acc = MulticlassAccuracy(7, average="micro", ignore_index=255)
     for _ in range(3):
@@ -53,7 +53,7 @@ def test_update_never_waits_for_the_device():
 
     preds, target = torch.randint(0, 19, (8, 64, 128)), torch.randint(0, 19, (8, 64, 128))
     target[:, :5] = 255
-    metric = SegmentationMetrics(19)
+    metric = ConfusionScores(19)
     with HostSyncRecorder() as rec:
         metric.update(preds, target)
     # on the CPU the counting is a bincount (nothing to wait for there); everything else is sync-free

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from segloss.comparison.significance import SCORES
-from segloss.metrics import SegmentationMetrics
+from segloss.metrics import ConfusionScores
 from segloss.metrics.per_image import PerImageCounts
 from segloss.metrics.quality import Calibration, QualityMetrics
 from tests.conftest import QUIET_RUN, TINY_SYNTHETIC, fit
@@ -17,7 +17,7 @@ def test_counts_per_image_sum_to_the_split_counts_and_follow_the_positions():
     torch.manual_seed(0)
     preds, target = torch.randint(0, 4, (5, 6, 7)), torch.randint(0, 4, (5, 6, 7))
     target[1, :2] = 255
-    images, split = PerImageCounts(4), SegmentationMetrics(4)
+    images, split = PerImageCounts(4), ConfusionScores(4)
     images.update(preds[:3], target[:3], ["a", "b", "c"], first_index=0, stride=2)  # rank 0 of 2: 0, 2, 4
     images.update(preds[3:], target[3:], ["d", "e"], first_index=1, stride=2)  # rank 1: 1, 3
     split.update(preds, target)

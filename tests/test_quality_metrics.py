@@ -10,7 +10,7 @@ import torch
 import torch.nn.functional as F
 from scipy.ndimage import binary_erosion
 
-from segloss.metrics import SegmentationMetrics
+from segloss.metrics import ConfusionScores
 from segloss.metrics.quality import BoundaryIoU, Calibration, SmallObjectRecall, boundary_width
 from tests.conftest import QUIET_RUN, TINY_SYNTHETIC, fit
 
@@ -82,7 +82,7 @@ def test_expected_calibration_error_and_nll_follow_their_definitions():
 
 def test_recall_comes_from_the_confusion_matrix():
     preds, target = _scene(1)
-    metric = SegmentationMetrics(4)
+    metric = ConfusionScores(4)
     metric.update(preds, target)
     out = metric.compute()
     valid = target != 255

@@ -8,7 +8,7 @@ from PIL import Image
 from segloss.data import CityscapesDataset, SyntheticCity
 from segloss.data.cityscapes_labels import CLASS_NAMES, LABEL_IDS
 from segloss.errors import ConfigError
-from segloss.metrics import SegmentationMetrics
+from segloss.metrics import ConfusionScores
 
 PARAMS = SyntheticCity(num_train=60, num_val=20)  # the default image size, fewer images
 
@@ -134,7 +134,7 @@ def test_colour_lookup_cannot_solve_it(city):
         (train_codes[keep], train_masks[keep]), torch.ones(int(keep.sum()), dtype=torch.long), accumulate=True
     )
     lookup = table.argmax(1)
-    metrics = SegmentationMetrics(19)
+    metrics = ConfusionScores(19)
     metrics.update(lookup[codes("val")], _masks(city, "val"))
     miou = float(metrics.compute()["mIoU"])
     print(f"colour-lookup val mIoU {miou:.3f}")

@@ -69,7 +69,7 @@ def build_module(cfg: DictConfig, with_optimizer: bool = True, datamodule=None) 
         class_names=list(cfg.data.class_names),
         inference=OmegaConf.to_container(cfg.inference) if cfg.get("inference") else None,
         optimized_metric=cfg.get("optimized_metric", "val/mIoU"),
-        quality=OmegaConf.to_container(cfg.metrics) if cfg.get("metrics") else None,
+        metrics=OmegaConf.to_container(cfg.metrics) if cfg.get("metrics") else None,
         **input_normalisation(cfg),
     )
 

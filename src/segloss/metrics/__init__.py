@@ -6,7 +6,7 @@
 Both count without host syncs on accelerators (``count_bins``).
 """
 
-from segloss.metrics.confusion import SegmentationMetrics, confusion_counts, count_bins, scores_from_confusion
+from segloss.metrics.confusion import ConfusionScores, confusion_counts, count_bins, scores_from_confusion
 from segloss.metrics.per_case import CaseDice
 
-__all__ = ["CaseDice", "SegmentationMetrics", "confusion_counts", "count_bins", "scores_from_confusion"]
+__all__ = ["CaseDice", "ConfusionScores", "confusion_counts", "count_bins", "scores_from_confusion"]

@@ -82,8 +82,9 @@ def scores_from_confusion(confmat: Tensor) -> dict[str, Tensor]:
     }  # fmt: skip
 
 
-class SegmentationMetrics(Metric):
-    """Per-split IoU/mIoU/Dice/accuracy. ``update(preds N×H×W, target N×H×W)``; ``compute()`` → dict
+class ConfusionScores(Metric):
+    """The confusion matrix of a split and the scores it gives (IoU/mIoU/Dice/accuracy/recall).
+    ``update(preds N×H×W, target N×H×W)``; ``compute()`` → dict
     with ``"confmat"`` (int64 C×C, summed over ranks) and the scores of :func:`scores_from_confusion`."""
 
     full_state_update = False

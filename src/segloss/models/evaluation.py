@@ -17,7 +17,7 @@ from collections.abc import Sequence
 
 from torch import Tensor, nn
 
-from segloss.metrics import CaseDice, SegmentationMetrics
+from segloss.metrics import CaseDice, ConfusionScores
 from segloss.metrics.per_image import PerImageCounts
 from segloss.metrics.quality import QualityMetrics
 from segloss.metrics.surface import CaseSurfaceDistance
@@ -29,7 +29,7 @@ class EvaluationMetrics(nn.Module):
         quality = dict(quality)
         surface = quality.pop("surface_distance", False)  # per-case HD95/ASSD of volume data (MSD)
         self.class_names = list(class_names)
-        self.split = SegmentationMetrics(num_classes, ignore_index)
+        self.split = ConfusionScores(num_classes, ignore_index)
         self.quality = QualityMetrics(num_classes, **quality)
         self.images = PerImageCounts(num_classes, ignore_index, self.quality.per_image_fields())
         self.case = CaseDice(num_classes, ignore_index)

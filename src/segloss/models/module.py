@@ -12,7 +12,7 @@ from torch import Tensor, nn
 
 from segloss.errors import ConfigError, DatasetFormatError, NonFiniteLossError
 from segloss.losses import DeepSupervision, scheduled_weights, set_progress
-from segloss.metrics import SegmentationMetrics
+from segloss.metrics import ConfusionScores
 from segloss.models.best import BestScore
 from segloss.models.evaluation import EvaluationMetrics
 from segloss.models.inference import BINARY_THRESHOLD_RULE, Inference, to_classes
@@ -28,7 +28,7 @@ class SegmentationModule(L.LightningModule):
 
     Logs ``train/loss_step``/``train/loss_epoch`` (and ``train/loss/<term>_step|_epoch`` for every term the loss
     names and each auxiliary head: :mod:`segloss.losses.structure`), ``val/loss``, ``val/mIoU``, ``val/mDice``,
-    ``val/acc``, ``val/mRecall``, ``val/IoU|Dice|recall/<class>``, the quality metrics of ``quality`` and
+    ``val/acc``, ``val/mRecall``, ``val/IoU|Dice|recall/<class>``, the metrics switched on by ``metrics`` and
     ``<optimized_metric>_best`` (``test/…`` likewise; :mod:`segloss.models.evaluation`). mIoU is the nan-mean of the
     per-class IoU accumulated over the whole split, over the classes that occur in its ground truth or
     predictions (the official Cityscapes convention; see :mod:`segloss.metrics`). Each stage has its own
@@ -40,7 +40,7 @@ class SegmentationModule(L.LightningModule):
 
     Batches whose items carry a ``"case"`` (2D slices of 3D volumes, e.g. the MSD loader) are also scored
     per case: ``val/case_mDice`` and ``val/case_Dice/<class>`` (:class:`segloss.metrics.CaseDice`), and with
-    ``quality["surface_distance"]`` by HD95/ASSD in mm (:mod:`segloss.metrics.surface`).
+    ``metrics["surface_distance"]`` by HD95/ASSD in mm (:mod:`segloss.metrics.surface`).
 
     Under DDP the val/test metrics are exact: each image is scored once (un-padded shards, see
     :class:`segloss.data.sampling.ShardSampler`), metric states are summed over ranks at compute, and
@@ -77,9 +77,9 @@ class SegmentationModule(L.LightningModule):
         binary_threshold: with one output channel (a sigmoid net for a 2-class label space: background and
             foreground), the probability above which a pixel is foreground (0.5; the logit's sign). Losses
             get the one-channel logits; metrics, predictions and pictures get the thresholded classes.
-        quality: options of the val/test metrics besides IoU, Dice, accuracy and recall — Boundary IoU, ECE and
-            NLL, small-object recall (:class:`segloss.metrics.quality.QualityMetrics`; the ``metrics`` config
-            node); logged as ``<stage>/mBIoU``, ``<stage>/BIoU/<class>``, ``<stage>/ECE``, ``<stage>/NLL``,
+        metrics: the ``metrics`` config node: options of the val/test metrics besides IoU, Dice, accuracy and
+            recall — Boundary IoU, ECE and NLL, small-object recall (:class:`segloss.metrics.quality.QualityMetrics`);
+            logged as ``<stage>/mBIoU``, ``<stage>/BIoU/<class>``, ``<stage>/ECE``, ``<stage>/NLL``,
             ``<stage>/mSmallRecall``, ``<stage>/small_recall/<class>`` when on; ``surface_distance`` adds per-case
             HD95 and ASSD of volume data (``<stage>/case_mHD95``, ``<stage>/case_mASSD``, per class;
             :mod:`segloss.metrics.surface`).
@@ -106,7 +106,7 @@ class SegmentationModule(L.LightningModule):
         nonfinite_defer: bool | None = None,
         nonfinite_max_skips: int = 20,
         optimized_metric: str = "val/mIoU",
-        quality: dict | None = None,
+        metrics: dict | None = None,
         binary_threshold: float = 0.5,
         deep_supervision: Sequence[float] | None = None,
     ) -> None:
@@ -139,9 +139,9 @@ class SegmentationModule(L.LightningModule):
             raise ConfigError.value(key, binary_threshold, expected, example)
         self.binary_threshold = binary_threshold
         self.nonfinite = NonFinitePolicy(nonfinite, nonfinite_defer, nonfinite_max_skips)
-        self.train_metrics = SegmentationMetrics(num_classes, ignore_index)
-        self.val_eval = EvaluationMetrics(num_classes, ignore_index, class_names, quality or {})
-        self.test_eval = EvaluationMetrics(num_classes, ignore_index, class_names, quality or {})
+        self.train_metrics = ConfusionScores(num_classes, ignore_index)
+        self.val_eval = EvaluationMetrics(num_classes, ignore_index, class_names, metrics or {})
+        self.test_eval = EvaluationMetrics(num_classes, ignore_index, class_names, metrics or {})
         self.inference = inference if isinstance(inference, Inference) else Inference(**(inference or {}))
         self.best = BestScore(optimized_metric, class_names)
         self._resumed_best: dict | None = None  # the best of the checkpoint a training resumes from
