@@ -18,8 +18,8 @@ def test_counts_per_image_sum_to_the_split_counts_and_follow_the_positions():
     preds, target = torch.randint(0, 4, (5, 6, 7)), torch.randint(0, 4, (5, 6, 7))
     target[1, :2] = 255
     images, split = PerImageCounts(4), ConfusionScores(4)
-    images.update(preds[:3], target[:3], ["a", "b", "c"], first_index=0, stride=2)  # rank 0 of 2: 0, 2, 4
-    images.update(preds[3:], target[3:], ["d", "e"], first_index=1, stride=2)  # rank 1: 1, 3
+    images.update(preds[:3], target[:3], ["a", "b", "c"], torch.tensor([0, 2, 4]))  # rank 0 of 2: 0, 2, 4
+    images.update(preds[3:], target[3:], ["d", "e"], torch.tensor([1, 3]))  # rank 1: 1, 3
     split.update(preds, target)
     out = images.compute()
     assert out["index"].tolist() == [0, 1, 2, 3, 4] and out["names"] == ["a", "d", "b", "e", "c"]
@@ -65,7 +65,8 @@ def test_extra_per_image_arrays_travel_with_the_rows_bit_for_bit():
         preds = logits[part].argmax(1)
         extras = quality.accumulate(preds, target[part], logits[part])
         assert extras["calib_confidence"].dtype == torch.float64 and extras["band_inter"].shape == (2, 3)
-        images.update(preds, target[part], ["p", "q"] if first == 0 else ["r", "s"], first, 2, extras)
+        index = torch.tensor([first, first + 2])  # the positions the batches carry
+        images.update(preds, target[part], ["p", "q"] if first == 0 else ["r", "s"], index, extras)
     out, split = images.compute(), quality.compute()
     assert out["names"] == ["p", "r", "q", "s"]
     sums = {k: v.numpy().sum(0) for k, v in out.items() if k not in ("index", "names")}
@@ -76,4 +77,4 @@ def test_extra_per_image_arrays_travel_with_the_rows_bit_for_bit():
     single.update(logits[1:2], target[1:2])
     assert torch.equal(out["calib_confidence"][2], single.latest["calib_confidence"][0])  # image q, float64 exact
     with pytest.raises(ValueError, match="'band_inter' is missing"):
-        images.update(preds, target[2:], ["x", "y"], 8, 2, {})
+        images.update(preds, target[2:], ["x", "y"], torch.tensor([8, 10]), {})

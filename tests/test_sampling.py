@@ -97,3 +97,39 @@ def test_loader_resumes_mid_epoch_and_after_a_complete_epoch():
     after = _loader()
     after.load_state_dict({"epoch": 2, "batches": len(batches)})  # the epoch was complete
     assert after.sampler.epoch == 3 and len(list(after)) == len(batches)
+
+
+def test_evaluation_batches_carry_each_image_position_under_any_world():
+    """The evaluation reads each image's position from its batch (IndexedItems), not from the sampler's rule."""
+    from torch.utils.data import DataLoader
+
+    from segloss.data.datamodule import PadCollate
+    from segloss.data.sampling import IndexedItems
+
+    class Named(Dataset):
+        def __len__(self) -> int:
+            return 7
+
+        def __getitem__(self, index: int) -> dict:
+            return {"image": torch.zeros(3, 2, 2), "mask": torch.zeros(2, 2, dtype=torch.int64), "name": f"im{index}"}
+
+    for world in (1, 2, 3):
+        seen = []
+        for rank in range(world):
+            loader = DataLoader(IndexedItems(Named()), batch_size=2, sampler=ShardSampler(7, world, rank),
+                                collate_fn=PadCollate())  # fmt: skip
+            for batch in loader:
+                assert batch["name"] == [f"im{i}" for i in batch["index"].tolist()]
+                seen += batch["index"].tolist()
+        assert sorted(seen) == list(range(7))
+
+
+def test_a_batch_without_positions_is_refused_under_several_processes():
+    from segloss.models.evaluation import EvaluationMetrics
+
+    evaluation = EvaluationMetrics(3, 255, ["a", "b", "c"], {})
+    preds, logits = torch.zeros(2, 4, 4, dtype=torch.int64), torch.zeros(2, 3, 4, 4)
+    batch = {"mask": torch.zeros(2, 4, 4, dtype=torch.int64), "name": ["x", "y"]}
+    evaluation.update(preds, logits, batch)  # one process: numbered as they arrive
+    with pytest.raises(ValueError, match='must carry "index"'):
+        evaluation.update(preds, logits, batch, world=2)

@@ -11,7 +11,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset, default_collate
 
 from segloss.data import device_augment
-from segloss.data.sampling import ResumableLoader, SeededItems, ShardSampler
+from segloss.data.sampling import IndexedItems, ResumableLoader, SeededItems, ShardSampler
 from segloss.errors import ConfigError
 from segloss.utils.label_space import check_class_names
 
@@ -199,7 +199,7 @@ class SegmentationDataModule(L.LightningDataModule):
         sampler = ShardSampler(len(dataset), world_size, rank, **shard)
         loader = ResumableLoader if train else DataLoader
         return loader(
-            SeededItems(dataset) if train else dataset,
+            SeededItems(dataset) if train else IndexedItems(dataset),
             batch_size=batch_size,
             sampler=sampler,
             drop_last=train,

@@ -114,6 +114,25 @@ class SeededItems(Dataset):
         return getattr(self.dataset, name)
 
 
+class IndexedItems(Dataset):
+    """``dataset`` whose items also carry ``"index"``, their position in the split: the evaluation identifies
+    each image by it (per-image counts, under DDP too), so no one re-derives positions from the sampler."""
+
+    def __init__(self, dataset: Dataset) -> None:
+        self.dataset = dataset
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, index: int) -> dict:
+        return {**self.dataset[index], "index": index}
+
+    def __getattr__(self, name: str):  # CLASS_NAMES, save_prediction, … of the wrapped dataset
+        if name == "dataset":
+            raise AttributeError(name)
+        return getattr(self.dataset, name)
+
+
 class ResumableLoader(DataLoader):
     """A ``DataLoader`` over a :class:`ShardSampler` that can stop and resume mid-epoch.
 

@@ -8,8 +8,8 @@ The split-level counts are their sums over images, so the split's IoU_c = ΣTP /
 (:mod:`segloss.metrics.confusion`) follow from these rows exactly, and so do those of any resample of the
 images (:mod:`segloss.comparison.significance`). Recall, precision and Dice come from the same three counts.
 
-Images are identified by their position in the split (``index``: under DDP, rank r's k-th image is
-r + k·W, the order of :class:`segloss.data.sampling.ShardSampler`) and by name. The counts are a
+Images are identified by their position in the split (``index``, which every evaluation batch carries:
+:class:`segloss.data.sampling.IndexedItems`) and by name. The counts are a
 ``dist_reduce_fx="cat"`` list state (rows ``[index, TP_0.., FP_0.., FN_0..]``, int64, no host sync per
 update); the names stay on the host of the rank that saw them and are gathered at ``compute()``.
 
@@ -30,7 +30,7 @@ from segloss.metrics.rows import RowsMetric
 
 
 class PerImageCounts(RowsMetric):
-    """``update(preds N×H×W, target N×H×W, names, first_index, stride)``; ``compute()`` → ``{"index": int64 M,
+    """``update(preds N×H×W, target N×H×W, names, index N)``; ``compute()`` → ``{"index": int64 M,
     "names": [M], "tp"/"fp"/"fn": int64 M×C}`` sorted by index (CPU tensors)."""
 
     is_differentiable = False
@@ -42,17 +42,17 @@ class PerImageCounts(RowsMetric):
         self.extras = dict(extras or {})
         super().__init__(1 + 3 * num_classes + sum(width for width, _ in self.extras.values()), **kwargs)
         self.num_classes, self.ignore_index = num_classes, ignore_index
-        self.names: dict[int, str] = {}  # index → name of the images this rank saw (host only)
+        self.named: list[tuple[Tensor, list[str]]] = []  # (index, names) of each batch this rank saw
 
     def reset(self) -> None:
         super().reset()
-        self.names = {}
+        self.named = []
 
     def update(
-        self, preds: Tensor, target: Tensor, names: Sequence[str], first_index: int, stride: int = 1,
+        self, preds: Tensor, target: Tensor, names: Sequence[str], index: Tensor,
         extras: dict[str, Tensor] | None = None,
     ) -> None:  # fmt: skip
-        """Counts of N images whose positions in the split are ``first_index + stride·k``, k < N, with their
+        """Counts of N images whose positions in the split are ``index`` (N, the batch's ``"index"``), with their
         ``extras`` (name → N×width, every name of the constructor's)."""
         n, c = preds.shape[0], self.num_classes
         if not n:
@@ -63,7 +63,7 @@ class PerImageCounts(RowsMetric):
         confusion = count_bins(torch.where(valid, flat, n * c * c).reshape(-1), n * c * c).view(n, c, c)
         tp = confusion.diagonal(dim1=1, dim2=2)
         fp, fn = confusion.sum(dim=1) - tp, confusion.sum(dim=2) - tp
-        index = first_index + stride * torch.arange(n, device=preds.device, dtype=torch.int64)
+        index = torch.as_tensor(index, dtype=torch.int64).to(preds.device).reshape(n)
         columns = [index[:, None], tp, fp, fn]
         for name, (width, dtype) in self.extras.items():
             if extras is None or name not in extras:
@@ -71,16 +71,16 @@ class PerImageCounts(RowsMetric):
             value = extras[name].to(device=preds.device, dtype=dtype).reshape(n, width)
             columns.append(value.view(torch.int64) if dtype == torch.float64 else value.long())
         self.rows.append(torch.cat(columns, dim=1))
-        for k, name in enumerate(names):
-            self.names[first_index + stride * k] = str(name)
+        self.named.append((index, [str(name) for name in names]))  # read once, at compute (no sync per batch)
 
     def compute(self) -> dict:
         rows = self.all_rows()
         rows = rows[rows[:, 0].argsort()]
-        names = dict(self.names)
+        mine = {i: name for index, batch in self.named for i, name in zip(index.tolist(), batch, strict=True)}
+        names = dict(mine)
         if torch.distributed.is_available() and torch.distributed.is_initialized():
             gathered: list = [None] * torch.distributed.get_world_size()
-            torch.distributed.all_gather_object(gathered, self.names)
+            torch.distributed.all_gather_object(gathered, mine)
             for part in gathered:
                 names.update(part)
         c = self.num_classes

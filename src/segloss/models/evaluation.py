@@ -15,6 +15,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+import torch
 from torch import Tensor, nn
 
 from segloss.metrics import CaseDice, ConfusionScores
@@ -34,20 +35,25 @@ class EvaluationMetrics(nn.Module):
         self.images = PerImageCounts(num_classes, ignore_index, self.quality.per_image_fields())
         self.case = CaseDice(num_classes, ignore_index)
         self.surface = CaseSurfaceDistance(num_classes, ignore_index) if surface else None
-        self.seen = 0  # images this rank has scored in the current pass
+        self.seen = 0  # images this rank has scored in the current pass (for batches without "index")
 
     def start(self) -> None:
-        """A new pass over the split begins (image positions count from 0)."""
+        """A new pass over the split begins."""
         self.seen = 0
 
-    def update(self, preds: Tensor, logits: Tensor, batch: dict, rank: int = 0, world: int = 1) -> None:
-        """One batch: ``preds`` N×H×W classes, ``logits`` N×C×H×W, this rank's position in a ``world``-rank pass
-        (rank r's k-th image is image r + k·W of the split)."""
+    def update(self, preds: Tensor, logits: Tensor, batch: dict, world: int = 1) -> None:
+        """One batch: ``preds`` N×H×W classes, ``logits`` N×C×H×W; each image's position in the split is the
+        batch's ``"index"`` (:class:`segloss.data.sampling.IndexedItems`), whichever process scores it."""
         mask = batch["mask"]
         self.split.update(preds, mask)
         extras = self.quality.accumulate(preds, mask, logits)
         names = batch.get("name") or [""] * len(preds)
-        self.images.update(preds, mask, names, rank + world * self.seen, world, extras)
+        index = batch.get("index")
+        if index is None:  # a batch of one's own, without positions: numbered as they arrive (one process)
+            if world > 1:
+                raise ValueError('evaluation batches under several processes must carry "index" (IndexedItems)')
+            index = torch.arange(self.seen, self.seen + len(preds))
+        self.images.update(preds, mask, names, index, extras)
         self.seen += len(preds)
         if "case" in batch:
             self.case.update(preds, mask, batch["case"])

@@ -236,8 +236,7 @@ class SegmentationModule(L.LightningModule):
             self.log(f"{stage}/loss/{name}", value, **opts)
         preds = self.to_classes(logits)
         trainer = attached_trainer(self)
-        world, rank = (trainer.world_size, self.global_rank) if trainer else (1, 0)
-        getattr(self, f"{stage}_eval").update(preds, logits, batch, rank, world)
+        getattr(self, f"{stage}_eval").update(preds, logits, batch, trainer.world_size if trainer else 1)
         return {"preds": preds}
 
     def validation_step(self, batch: dict, batch_idx: int) -> dict[str, Tensor]:
