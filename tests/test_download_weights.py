@@ -217,3 +217,18 @@ def test_an_experiment_names_the_encoder_to_fetch():
     with initialize_config_dir(str(CONFIG_DIR), version_base="1.3"):
         cfg = compose("download", ["weights=resnet18", "weights_from=ce_voc"])
         assert encoders_to_fetch(cfg) == ["resnet18", "resnet50"]  # ce_voc: DeepLabV3+ R-50
+
+
+def test_the_manifest_keeps_every_entry_and_a_corrupt_one_is_named(tmp_path):
+    """Two downloads into one folder each add their entry (locked read-modify-write, atomic replace); a manifest
+    that is not ours stops with the file and the fix instead of a JSON traceback."""
+    from segloss.errors import WeightsUnavailableError
+    from segloss.utils.weights_cache import read_manifest, record_in_manifest
+
+    record_in_manifest(tmp_path, "a.safetensors", {"sha256": "1" * 64})
+    record_in_manifest(tmp_path, "b.safetensors", {"sha256": "2" * 64})
+    assert read_manifest(tmp_path) == {"a.safetensors": {"sha256": "1" * 64}, "b.safetensors": {"sha256": "2" * 64}}
+    assert not list(tmp_path.glob("*.tmp"))
+    (tmp_path / "manifest.json").write_text('{"a.safetensors": {"sha')  # cut short by a stranger's tool
+    with pytest.raises(WeightsUnavailableError, match=r"manifest.json is not the JSON .* delete it and run"):
+        read_manifest(tmp_path)

@@ -21,7 +21,6 @@ size and that sha256, so a later run re-checks the file without network. ``HF_EN
 
 from __future__ import annotations
 
-import json
 import os
 import re
 import shutil
@@ -31,7 +30,7 @@ from pathlib import Path
 
 from segloss.download.fetch import console, file_digest
 from segloss.errors import ConfigError, DownloadError, SeglossError
-from segloss.utils.weights_cache import MANIFEST, read_manifest
+from segloss.utils.weights_cache import read_manifest, record_in_manifest
 
 SMP_FILE = "model.safetensors"  # what smp 0.6 loads from its repos, and timm's default
 _SHA256 = re.compile(r"[0-9a-f]{64}")
@@ -124,21 +123,26 @@ def download_weights(encoder: str, weights, weights_dir: Path, base_url: str | N
     sha256, commit = _published(source, endpoint)
     if not (target.is_file() and file_digest(target, "sha256") == sha256):  # else: copied in by hand, and right
         _fetch(source, commit, sha256, target, endpoint)
-    manifest = read_manifest(target.parent)
-    manifest[target.name] = {"repo_id": source.repo_id, "revision": source.revision or "main", "commit": commit,
-                             "filename": source.filename, "size": target.stat().st_size, "sha256": sha256}  # fmt: skip
-    (target.parent / MANIFEST).write_text(json.dumps(manifest, indent=1, sort_keys=True))
+    record_in_manifest(target.parent, target.name, {
+        "repo_id": source.repo_id, "revision": source.revision or "main", "commit": commit,
+        "filename": source.filename, "size": target.stat().st_size, "sha256": sha256})  # fmt: skip
     console.print(f"[green]{encoder}[/green] weights at {target} ({source.repo_id}@{commit[:12]}, sha256 {sha256})")
     return target
 
 
 def _fetch(source: WeightsSource, commit: str, sha256: str, target: Path, endpoint: str) -> None:
     """``hf_hub_download`` of ``source`` at ``commit`` into a staging folder beside ``target`` (same disk), moved
-    to ``target`` only when its sha256 is the hub's. The staging folder is removed whatever happens."""
+    to ``target`` only when its sha256 is the hub's. The staging folder is removed whatever happens (and a killed
+    download's, left behind, by the next one)."""
     from huggingface_hub import hf_hub_download
 
     target.parent.mkdir(parents=True, exist_ok=True)
-    staging = target.parent / f".{target.name}.download"
+    prefix = f".{target.name}."
+    for stale in target.parent.glob(f"{prefix}*.download"):  # left by a download that was killed
+        pid = stale.name[len(prefix) : -len(".download")]
+        if not (pid.isdigit() and _alive(int(pid))):
+            shutil.rmtree(stale, ignore_errors=True)
+    staging = target.parent / f".{target.name}.{os.getpid()}.download"  # one per process: two may run at once
     try:
         with _hub_errors(source, endpoint):
             path = hf_hub_download(source.repo_id, source.filename, revision=commit, local_dir=staging,
@@ -152,6 +156,17 @@ def _fetch(source: WeightsSource, commit: str, sha256: str, target: Path, endpoi
         os.replace(path, target)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
+
+
+def _alive(pid: int) -> bool:
+    """Whether process ``pid`` (> 0) still runs (another user's counts as running)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 def _published(source: WeightsSource, endpoint: str) -> tuple[str, str]:

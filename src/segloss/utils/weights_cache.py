@@ -22,7 +22,36 @@ MANIFEST = "manifest.json"
 def read_manifest(weights_dir: str | Path) -> dict:
     """The entries of ``manifest.json`` in ``weights_dir`` by file name (empty when there is none)."""
     path = Path(weights_dir).expanduser() / MANIFEST
-    return json.loads(path.read_text()) if path.is_file() else {}
+    if not path.is_file():
+        return {}
+    try:
+        entries = json.loads(path.read_text())
+    except (UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise WeightsUnavailableError(
+            f"{path} is not the JSON `make download WEIGHTS=` writes ({err}); delete it and run the download again"
+        ) from None
+    if not isinstance(entries, dict):
+        raise WeightsUnavailableError(f"{path} holds no entries by file name; delete it and run the download again")
+    return entries
+
+
+def record_in_manifest(weights_dir: Path, name: str, entry: dict) -> None:
+    """Add ``entry`` for file ``name`` to the manifest: under a lock (two downloads into one folder keep both
+    entries) and by atomic replace (a download killed while writing leaves the previous manifest whole)."""
+    import fcntl
+    import os
+
+    weights_dir = Path(weights_dir).expanduser()
+    folder = os.open(weights_dir, os.O_RDONLY)  # the lock is on the folder itself: no lock file is left in it
+    try:
+        fcntl.flock(folder, fcntl.LOCK_EX)
+        entries = read_manifest(weights_dir)
+        entries[name] = entry
+        tmp = weights_dir / f".{MANIFEST}.{os.getpid()}.tmp"
+        tmp.write_text(json.dumps(entries, indent=1, sort_keys=True))
+        os.replace(tmp, weights_dir / MANIFEST)
+    finally:
+        os.close(folder)  # releases the lock
 
 
 def load_cached_encoder(encoder: nn.Module, path: Path) -> None:
