@@ -43,6 +43,16 @@ def test_the_cgroup_quota_is_read_in_both_versions(tmp_path):
     assert T.cgroup_cpus(tmp_path / "absent") is None
 
 
+def test_the_quota_is_read_in_the_process_own_cgroup(tmp_path):
+    nested = tmp_path / "system.slice" / "slurmstepd.scope" / "job_7"
+    nested.mkdir(parents=True)
+    (nested / "cpu.max").write_text("200000 100000\n")
+    assert T.own_cgroup(tmp_path, "0::/system.slice/slurmstepd.scope/job_7\n") == nested
+    assert T.cgroup_cpus(T.own_cgroup(tmp_path, "0::/system.slice/slurmstepd.scope/job_7\n")) == 2.0
+    assert T.own_cgroup(tmp_path, "0::/elsewhere\n") == tmp_path  # no such folder: the root's
+    assert T.own_cgroup(tmp_path, "4:memory:/x\n1:cpu:/\n") == tmp_path  # cgroup v1 only
+
+
 def test_the_usable_cpus_are_the_tightest_limit_shared_by_processes_and_workers(tmp_path, monkeypatch):
     monkeypatch.setattr(T, "affinity_cpus", lambda: set(range(16)))
     monkeypatch.delenv("SLURM_CPUS_PER_TASK", raising=False)
@@ -91,6 +101,7 @@ def test_this_process_and_its_children_are_counted_as_its_own():
             "print('done', flush=True)\ntime.sleep(30)")  # fmt: skip
     child = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
     try:
+        assert str(child.pid) in T._children() and str(child.pid) in T.children_by_parent()  # either way
         before = T.own_ticks()
         assert child.stdout.readline().strip() == "done"
         assert T.own_ticks() - before >= 0.2 * T.CLOCK_TICKS  # the child's burn, while it is alive

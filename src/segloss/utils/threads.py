@@ -46,6 +46,17 @@ def _read(path: Path) -> str | None:
         return None
 
 
+def own_cgroup(root: Path = Path("/sys/fs/cgroup"), membership: str | None = None) -> Path:
+    """This process's cgroup v2 folder (``0::/path`` of ``/proc/self/cgroup``; a SLURM step or a systemd unit
+    is nested), or ``root`` where it cannot be told."""
+    membership = _read(Path("/proc/self/cgroup")) if membership is None else membership
+    for line in (membership or "").splitlines():
+        if line.startswith("0::"):
+            nested = root / line[3:].strip().lstrip("/")
+            return nested if (nested / "cpu.max").is_file() else root
+    return root
+
+
 def cgroup_cpus(root: Path = Path("/sys/fs/cgroup")) -> float | None:
     """The CPU quota of this process's cgroup in CPUs (``None``: no quota)."""
     v2 = _read(root / "cpu.max")
@@ -67,7 +78,7 @@ def affinity_cpus() -> set[int]:
 def usable_cpus(processes: int = 1, workers: int = 0, root: Path = Path("/sys/fs/cgroup")) -> tuple[int, str]:
     """``(n, why)``: the CPUs one of ``processes`` training processes may use, less its loader ``workers``."""
     limits = {"affinity": len(affinity_cpus())}
-    quota = cgroup_cpus(root)
+    quota = cgroup_cpus(own_cgroup(root))
     if quota is not None:
         limits["cgroup quota"] = max(1, math.ceil(quota - 1e-9))
     slurm = os.environ.get("SLURM_CPUS_PER_TASK", "")
@@ -95,16 +106,35 @@ def _ticks(stat: str) -> int:
     return int(fields[11]) + int(fields[12])
 
 
+def _children() -> list[str]:
+    """This process's child pids: from ``/proc/self/task/*/children`` where the kernel offers it, else by the
+    parent pid of every process (kernels built without CONFIG_PROC_CHILDREN)."""
+    lists = list(Path("/proc/self/task").glob("*/children"))
+    if lists:
+        return [pid for path in lists for pid in (_read(path) or "").split()]
+    return children_by_parent()
+
+
+def children_by_parent() -> list[str]:
+    """Child pids found by the parent pid field of every ``/proc/<pid>/stat``."""
+    me = str(os.getpid())
+    found = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        text = _read(stat)
+        if text and text.rsplit(")", 1)[1].split()[1] == me:
+            found.append(stat.parent.name)
+    return found
+
+
 def own_ticks() -> int | None:
     """CPU ticks of this process and its children (data-loader workers are this process's, not others')."""
     own = _read(Path("/proc/self/stat"))
     if own is None:
         return None
     total = _ticks(own)
-    for children in Path("/proc/self/task").glob("*/children"):
-        for pid in (_read(children) or "").split():
-            child = _read(Path("/proc") / pid / "stat")
-            total += _ticks(child) if child else 0
+    for pid in _children():
+        child = _read(Path("/proc") / pid / "stat")
+        total += _ticks(child) if child else 0
     return total
 
 
