@@ -76,7 +76,8 @@ class PerImageCounts(RowsMetric):
     def compute(self) -> dict:
         rows = self.all_rows()
         rows = rows[rows[:, 0].argsort()]
-        mine = {i: name for index, batch in self.named for i, name in zip(index.tolist(), batch, strict=True)}
+        positions = torch.cat([index.reshape(-1) for index, _ in self.named]).tolist() if self.named else []
+        mine = dict(zip(positions, [name for _, batch in self.named for name in batch], strict=True))  # one sync
         names = dict(mine)
         if torch.distributed.is_available() and torch.distributed.is_initialized():
             gathered: list = [None] * torch.distributed.get_world_size()
