@@ -45,7 +45,9 @@ def test_make_compare_recomputes_the_registry_scores_with_their_direction():
 def test_a_callback_may_monitor_any_logged_metric_the_registry_knows(make_cfg):
     early = "+callbacks.early_stop._target_=lightning.pytorch.callbacks.EarlyStopping"
     check_config(make_cfg([early, "+callbacks.early_stop.monitor=val/ECE"]))  # refused before the registry
-    check_config(make_cfg([early, "+callbacks.early_stop.monitor=val/small_recall/pole"]))
+    check_config(make_cfg([early, "+callbacks.early_stop.monitor=val/small_recall/pole", "metrics=study"]))
+    with pytest.raises(ConfigError, match=r"monitor='val/small_recall/pole' names no logged metric"):
+        check_config(make_cfg([early, "+callbacks.early_stop.monitor=val/small_recall/pole"]))  # switched off
     with pytest.raises(
         ConfigError, match=r"callbacks\.early_stop\.monitor='val/case_HD95/road' names no logged metric"
     ):

@@ -201,7 +201,9 @@ def logged_metrics(cfg: DictConfig, per_case: bool) -> set[str]:
     terms = list((_value(cfg, "loss.terms") or {}).keys()) if _value(cfg, "loss.terms") is not _MISSING else []
     logged = {"val/loss", "train/loss_step", "train/loss_epoch"}
     logged |= {f"val/loss/{t}" for t in terms} | {f"train/loss/{t}_{s}" for t in terms for s in ("step", "epoch")}
-    logged |= registry_logged_metrics(names, per_case)  # every val/ metric of segloss.utils.metric_registry
+    switches = _value(cfg, "metrics")
+    switches = OmegaConf.to_container(switches) if isinstance(switches, DictConfig) else None
+    logged |= registry_logged_metrics(names, per_case, switches)  # segloss.utils.metric_registry, as switched
     logged |= {f"{m}_best" for m in optimizable_metrics(names, per_case)}
     logged |= {"train/mIoU", "train/mDice", "train/acc", "train/skipped_batches"}
     return logged

@@ -52,6 +52,15 @@ class Metric:
     per_image: tuple[str, ...] = ()
     recompute: Callable[[dict], np.ndarray] | None = None
     first_class: int = 0  # 1: no per-class value for the background (surface distances)
+    also_needs: str | None = None  # a second switch (per-case surface distances: cases and metrics.surface_distance)
+
+    def logged(self, per_case: bool, switches: dict | None = None) -> bool:
+        """Whether a validation logs it: with cases where it needs them, and its switches of the ``metrics`` node
+        on (``switches`` None: whatever they are)."""
+        if self.enabled_by == CASES and not per_case:
+            return False
+        needs = [s for s in (self.enabled_by, self.also_needs) if s and s.startswith("metrics.")]
+        return switches is None or all(switches.get(s.removeprefix("metrics."), False) for s in needs)
 
 
 METRICS = (
@@ -72,8 +81,8 @@ METRICS = (
     Metric("NLL", False, None, "metrics.calibration", compared=True, per_image=("nll_sum", "calib_count"),
            recompute=lambda s: s["nll_sum"][..., 0] / s["calib_count"].sum(-1)),
     Metric("case_mDice", True, "case_Dice", CASES, optimizable=True),
-    Metric("case_mHD95", False, "case_HD95", CASES, first_class=1),
-    Metric("case_mASSD", False, "case_ASSD", CASES, first_class=1),
+    Metric("case_mHD95", False, "case_HD95", CASES, first_class=1, also_needs="metrics.surface_distance"),
+    Metric("case_mASSD", False, "case_ASSD", CASES, first_class=1, also_needs="metrics.surface_distance"),
 )  # fmt: skip
 BY_NAME = {metric.name: metric for metric in METRICS}
 COMPARED = tuple(m.name for m in METRICS if m.compared)  # make compare's columns beyond mIoU, in this order
@@ -87,8 +96,9 @@ def optimizable_metrics(class_names: list[str], per_case: bool) -> list[str]:
                                                  for c in class_names]  # fmt: skip
 
 
-def logged_metrics(class_names: list[str], per_case: bool) -> set[str]:
-    """Every ``val/…`` metric name a validation may log for this label space, whatever the switches."""
-    chosen = [m for m in METRICS if per_case or m.enabled_by != CASES]
+def logged_metrics(class_names: list[str], per_case: bool, switches: dict | None = None) -> set[str]:
+    """Every ``val/…`` metric name a validation logs for this label space and the ``metrics`` node's switches
+    (``switches`` None: whatever they are)."""
+    chosen = [m for m in METRICS if m.logged(per_case, switches)]
     names = {f"val/{m.name}" for m in chosen}
     return names | {f"val/{m.per_class}/{c}" for m in chosen if m.per_class for c in class_names[m.first_class :]}
