@@ -26,7 +26,7 @@ def test_loss_preset_has_no_host_sync_once_target_checks_are_done(name, monkeypa
     loss = preset_loss(name)
     logits, target = example_inputs(name)
     logits.requires_grad_()
-    monkeypatch.setattr(_checks, "value_check_due", lambda target: False)  # as after the first accelerator steps
+    monkeypatch.setattr(_checks.TargetChecks, "due", lambda self, target: False)  # as after the first accelerator steps
     with HostSyncRecorder() as rec:
         value = loss(logits, target)
         value.backward()
@@ -35,12 +35,15 @@ def test_loss_preset_has_no_host_sync_once_target_checks_are_done(name, monkeypa
 
 
 def test_target_values_are_checked_always_on_cpu_and_first_on_an_accelerator(monkeypatch):
-    monkeypatch.setattr(_checks, "_accelerator_checks_left", [2])
     monkeypatch.delenv("SEGLOSS_CHECK_TARGETS", raising=False)
+    checks, other = _checks.TargetChecks(on_accelerator=2), _checks.TargetChecks(on_accelerator=2)
     cpu, meta = torch.zeros(3, dtype=torch.int64), torch.zeros(3, dtype=torch.int64, device="meta")
-    assert all(_checks.value_check_due(cpu) for _ in range(5))
-    assert [_checks.value_check_due(meta) for _ in range(4)] == [True, True, False, False]
+    assert all(checks.due(cpu) for _ in range(5))
+    assert [checks.due(meta) for _ in range(4)] == [True, True, False, False]
+    assert other.due(meta), "each loss has its own budget: a second one checks its first targets too"
+    assert not _checks.TargetChecks(enabled=False).due(cpu)
     monkeypatch.setenv("SEGLOSS_CHECK_TARGETS", "always")
-    assert _checks.value_check_due(meta)
+    assert checks.due(meta)
+    assert isinstance(preset_loss("dice_ce").terms["ce"].check_values, _checks.TargetChecks)
     with pytest.raises(ValueError, match=r"values \[19\] outside \[0, 19\)"):
         preset_loss("ce")(torch.randn(1, 19, 2, 2), torch.full((1, 2, 2), 19))

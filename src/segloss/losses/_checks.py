@@ -14,22 +14,37 @@ from torch import Tensor
 
 from segloss.errors import LabelValueError
 
-# Off the CPU, reading the check's result makes the host wait for the device. The values of the first
-# ACCELERATOR_CHECKS targets of the process are checked there (a wrong label mapping shows at once;
-# the dataset loaders also check every mask as they read it), later ones not, so the training step
-# has no host sync; SEGLOSS_CHECK_TARGETS=always checks every call.
+# Off the CPU, reading the check's result makes the host wait for the device. A loss checks the values of
+# its first ACCELERATOR_CHECKS targets there (a wrong label mapping shows at once; the dataset loaders also
+# check every mask as they read it), later ones not, so the training step has no host sync;
+# SEGLOSS_CHECK_TARGETS=always checks every call.
 ACCELERATOR_CHECKS = 20
-_accelerator_checks_left = [ACCELERATOR_CHECKS]
 
 
-def value_check_due(target: Tensor) -> bool:
-    """Whether this call checks target values: always on the CPU, the first few calls elsewhere."""
-    if target.device.type == "cpu" or os.environ.get("SEGLOSS_CHECK_TARGETS") == "always":
-        return True
-    if _accelerator_checks_left[0] > 0:
-        _accelerator_checks_left[0] -= 1
-        return True
-    return False
+class TargetChecks:
+    """When a loss checks target values: every call on the CPU, its own first ``on_accelerator`` calls on an
+    accelerator, never when ``enabled`` is false (a loss's ``check_values=False``). Each loss holds its own, so
+    a second loss (or module) in the same process checks its first targets too."""
+
+    def __init__(self, enabled: bool = True, on_accelerator: int = ACCELERATOR_CHECKS) -> None:
+        self.enabled, self.left = bool(enabled), int(on_accelerator)
+
+    def __bool__(self) -> bool:
+        return self.enabled
+
+    def __repr__(self) -> str:
+        return f"TargetChecks(enabled={self.enabled}, left={self.left})"
+
+    def due(self, target: Tensor) -> bool:
+        """Whether this call checks the values of ``target`` (see the class)."""
+        if not self.enabled:
+            return False
+        if target.device.type == "cpu" or os.environ.get("SEGLOSS_CHECK_TARGETS") == "always":
+            return True
+        if self.left > 0:
+            self.left -= 1
+            return True
+        return False
 
 
 def at_least_float32(x: Tensor) -> Tensor:
@@ -38,10 +53,11 @@ def at_least_float32(x: Tensor) -> Tensor:
 
 
 def check_hard_target(
-    logits: Tensor, target: Tensor, ignore_index: int, check_values: bool = True
+    logits: Tensor, target: Tensor, ignore_index: int, check_values: bool | TargetChecks = True
 ) -> tuple[Tensor, Tensor]:
-    """Validate shapes and dtypes (always) and target values (when ``check_values``, as
-    :func:`value_check_due` says: on an accelerator each check is one host sync).
+    """Validate shapes and dtypes (always) and target values: when ``check_values`` is a loss's
+    :class:`TargetChecks`, as it says (on an accelerator each check is one host sync); ``True`` (a functional
+    call) checks, ``False`` does not.
 
     Returns :func:`valid_mask`'s ``(valid, safe_target)`` so callers need not recompute them.
     """
@@ -61,7 +77,8 @@ def check_hard_target(
             f"expected {expected} (N×spatial, without the class dimension)"
         )
     valid, safe = valid_mask(target, ignore_index)
-    if check_values and target.numel() and value_check_due(target):
+    due = check_values.due(target) if isinstance(check_values, TargetChecks) else bool(check_values)
+    if due and target.numel():
         num_classes = max(logits.shape[1], 2)
         low, high = safe.aminmax()
         if bool((low < 0) | (high >= num_classes)):

@@ -23,7 +23,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from segloss.losses._checks import at_least_float32, check_hard_target
+from segloss.losses._checks import TargetChecks, at_least_float32, check_hard_target
 from segloss.losses._distributed import active, sum_over_ranks, sum_over_ranks_detached
 
 CLASS_MODES = ("all", "present")
@@ -113,7 +113,11 @@ class RegionLossBase(torch.nn.Module):
         if smooth < 0:
             raise ValueError(f"smooth must be ≥ 0, got {smooth}")
         self.smooth, self.per_image, self.classes = smooth, per_image, classes
-        self.include_background, self.ignore_index, self.check_values = include_background, ignore_index, check_values
+        self.include_background, self.ignore_index, self.check_values = (
+            include_background,
+            ignore_index,
+            TargetChecks(check_values),
+        )
 
     def per_class(self, inter: Tensor, p_sum: Tensor, ground: Tensor) -> Tensor:
         raise NotImplementedError

@@ -25,7 +25,7 @@ import torch
 from torch import Tensor, nn
 from torch.nn import functional as F
 
-from segloss.losses._checks import at_least_float32, check_hard_target
+from segloss.losses._checks import TargetChecks, at_least_float32, check_hard_target
 from segloss.losses._region import class_probabilities, one_hot
 
 
@@ -117,7 +117,11 @@ class ClDiceLoss(nn.Module):
         if not 0 <= alpha <= 1 or iterations < 0:
             raise ValueError(f"ClDiceLoss needs alpha in [0, 1] and iterations ≥ 0; got {alpha}, {iterations}")
         self.alpha, self.iterations, self.smooth = alpha, iterations, smooth
-        self.include_background, self.ignore_index, self.check_values = include_background, ignore_index, check_values
+        self.include_background, self.ignore_index, self.check_values = (
+            include_background,
+            ignore_index,
+            TargetChecks(check_values),
+        )
 
     def forward(self, logits: Tensor, target: Tensor) -> Tensor:
         if logits.dim() != 4:

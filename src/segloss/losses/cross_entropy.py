@@ -8,7 +8,13 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from segloss.losses._checks import as_class_tensor, at_least_float32, check_class_vector, check_hard_target
+from segloss.losses._checks import (
+    TargetChecks,
+    as_class_tensor,
+    at_least_float32,
+    check_class_vector,
+    check_hard_target,
+)
 
 
 def cross_entropy(
@@ -58,7 +64,11 @@ class CrossEntropyLoss(nn.Module):
     ) -> None:
         super().__init__()
         self.register_buffer("weight", as_class_tensor(weight), persistent=False)
-        self.ignore_index, self.label_smoothing, self.check_values = ignore_index, label_smoothing, check_values
+        self.ignore_index, self.label_smoothing, self.check_values = (
+            ignore_index,
+            label_smoothing,
+            TargetChecks(check_values),
+        )
 
     def forward(self, logits: Tensor, target: Tensor) -> Tensor:
         return cross_entropy(logits, target, self.weight, self.ignore_index, self.label_smoothing, self.check_values)
@@ -72,7 +82,8 @@ class BinaryCrossEntropyLoss(nn.Module):
 
     def __init__(self, pos_weight: float | None = None, ignore_index: int = 255, check_values: bool = True) -> None:
         super().__init__()
-        self.pos_weight, self.ignore_index, self.check_values = pos_weight, ignore_index, check_values
+        self.pos_weight, self.ignore_index = pos_weight, ignore_index
+        self.check_values = TargetChecks(check_values)
 
     def forward(self, logits: Tensor, target: Tensor) -> Tensor:
         if logits.shape[1] != 1:

@@ -11,7 +11,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from segloss.losses._checks import at_least_float32, check_hard_target
+from segloss.losses._checks import TargetChecks, at_least_float32, check_hard_target
 from segloss.losses._distance import boundary_distance, signed_distance
 from segloss.losses._region import class_probabilities, one_hot
 
@@ -47,7 +47,11 @@ class BoundaryLoss(nn.Module):
 
     def __init__(self, include_background: bool = False, ignore_index: int = 255, check_values: bool = True) -> None:
         super().__init__()
-        self.include_background, self.ignore_index, self.check_values = include_background, ignore_index, check_values
+        self.include_background, self.ignore_index, self.check_values = (
+            include_background,
+            ignore_index,
+            TargetChecks(check_values),
+        )
 
     def forward(self, logits: Tensor, target: Tensor) -> Tensor:
         if logits.dim() != 4:
@@ -81,7 +85,8 @@ class HausdorffDTLoss(nn.Module):
     ) -> None:
         super().__init__()
         self.alpha, self.include_background = alpha, include_background
-        self.ignore_index, self.check_values = ignore_index, check_values
+        self.ignore_index = ignore_index
+        self.check_values = TargetChecks(check_values)
 
     def forward(self, logits: Tensor, target: Tensor) -> Tensor:
         if logits.dim() != 4:

@@ -8,7 +8,13 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from segloss.losses._checks import as_class_tensor, at_least_float32, check_class_vector, check_hard_target
+from segloss.losses._checks import (
+    TargetChecks,
+    as_class_tensor,
+    at_least_float32,
+    check_class_vector,
+    check_hard_target,
+)
 
 
 def focal_loss(
@@ -75,7 +81,8 @@ class FocalLoss(nn.Module):
         super().__init__()
         if gamma < 0:
             raise ValueError(f"gamma must be ≥ 0, got {gamma}")
-        self.gamma, self.ignore_index, self.check_values = gamma, ignore_index, check_values
+        self.gamma, self.ignore_index = gamma, ignore_index
+        self.check_values = TargetChecks(check_values)
         self.alpha_scalar = float(alpha) if isinstance(alpha, (int, float)) else None
         vector = None if alpha is None or self.alpha_scalar is not None else as_class_tensor(alpha)
         self.register_buffer("alpha", vector, persistent=False)

@@ -12,7 +12,13 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from segloss.losses._checks import as_class_tensor, at_least_float32, check_class_vector, check_hard_target
+from segloss.losses._checks import (
+    TargetChecks,
+    as_class_tensor,
+    at_least_float32,
+    check_class_vector,
+    check_hard_target,
+)
 from segloss.losses._distributed import active, gather_last_dim, sum_over_ranks, sum_over_ranks_detached
 
 
@@ -44,7 +50,12 @@ class OhemCrossEntropyLoss(torch.nn.Module):
         super().__init__()
         if not 0 < thresh <= 1 or min_kept < 1:
             raise ValueError(f"need 0 < thresh ≤ 1 and min_kept ≥ 1, got {thresh}, {min_kept}")
-        self.thresh, self.min_kept, self.ignore_index, self.check_values = thresh, min_kept, ignore_index, check_values
+        self.thresh, self.min_kept, self.ignore_index, self.check_values = (
+            thresh,
+            min_kept,
+            ignore_index,
+            TargetChecks(check_values),
+        )
         self.register_buffer("weight", as_class_tensor(weight), persistent=False)
 
     def forward(self, logits: Tensor, target: Tensor) -> Tensor:
@@ -83,7 +94,8 @@ class TopKCrossEntropyLoss(torch.nn.Module):
         super().__init__()
         if not 0 < k <= 100:
             raise ValueError(f"k is a percentage in (0, 100], got {k}")
-        self.k, self.ignore_index, self.check_values = k, ignore_index, check_values
+        self.k, self.ignore_index = k, ignore_index
+        self.check_values = TargetChecks(check_values)
         self.register_buffer("weight", as_class_tensor(weight), persistent=False)
 
     def forward(self, logits: Tensor, target: Tensor) -> Tensor:

@@ -6,7 +6,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from segloss.losses._checks import at_least_float32, check_hard_target
+from segloss.losses._checks import TargetChecks, at_least_float32, check_hard_target
 
 
 class KLDivLoss(torch.nn.Module):
@@ -29,7 +29,8 @@ class KLDivLoss(torch.nn.Module):
         if temperature <= 0 or not 0 <= label_smoothing <= 1:
             raise ValueError(f"need temperature > 0 and 0 ≤ label_smoothing ≤ 1, got {temperature}, {label_smoothing}")
         self.temperature, self.label_smoothing = temperature, label_smoothing
-        self.ignore_index, self.check_values = ignore_index, check_values
+        self.ignore_index = ignore_index
+        self.check_values = TargetChecks(check_values)
 
     def forward(self, logits: Tensor, target: Tensor) -> Tensor:
         if logits.shape[1] < 2:

@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from segloss.losses._checks import at_least_float32, check_hard_target
+from segloss.losses._checks import TargetChecks, at_least_float32, check_hard_target
 from segloss.losses._distributed import active, gather_last_dim, sum_over_ranks, sum_over_ranks_detached
 from segloss.losses._region import CLASS_MODES, class_mean, class_probabilities
 
@@ -88,7 +88,8 @@ class LovaszSoftmaxLoss(torch.nn.Module):
         if classes not in CLASS_MODES:
             raise ValueError(f"classes={classes!r}: choose one of {CLASS_MODES}")
         self.per_image, self.classes = per_image, classes
-        self.ignore_index, self.check_values = ignore_index, check_values
+        self.ignore_index = ignore_index
+        self.check_values = TargetChecks(check_values)
 
     def forward(self, logits: Tensor, target: Tensor) -> Tensor:
         valid, safe = check_hard_target(logits, target, self.ignore_index, self.check_values)
@@ -131,7 +132,8 @@ class LovaszHingeLoss(torch.nn.Module):
 
     def __init__(self, per_image: bool = True, ignore_index: int = 255, check_values: bool = True) -> None:
         super().__init__()
-        self.per_image, self.ignore_index, self.check_values = per_image, ignore_index, check_values
+        self.per_image, self.ignore_index = per_image, ignore_index
+        self.check_values = TargetChecks(check_values)
 
     def forward(self, logits: Tensor, target: Tensor) -> Tensor:
         if logits.shape[1] != 1:

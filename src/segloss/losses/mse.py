@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from segloss.losses._checks import check_hard_target
+from segloss.losses._checks import TargetChecks, check_hard_target
 from segloss.losses._region import class_probabilities
 
 
@@ -19,7 +19,8 @@ class MSELoss(torch.nn.Module):
 
     def __init__(self, ignore_index: int = 255, check_values: bool = True) -> None:
         super().__init__()
-        self.ignore_index, self.check_values = ignore_index, check_values
+        self.ignore_index = ignore_index
+        self.check_values = TargetChecks(check_values)
 
     def forward(self, logits: Tensor, target: Tensor) -> Tensor:
         valid, safe = check_hard_target(logits, target, self.ignore_index, self.check_values)

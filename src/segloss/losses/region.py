@@ -11,7 +11,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from segloss.losses._checks import check_hard_target
+from segloss.losses._checks import TargetChecks, check_hard_target
 from segloss.losses._distributed import active
 from segloss.losses._region import RegionLossBase, class_probabilities, global_region_sums, region_sums
 
@@ -108,7 +108,8 @@ class GeneralizedDiceLoss(torch.nn.Module):
     ) -> None:
         super().__init__()
         self.smooth, self.per_image = smooth, per_image
-        self.ignore_index, self.check_values = ignore_index, check_values
+        self.ignore_index = ignore_index
+        self.check_values = TargetChecks(check_values)
 
     def forward(self, logits: Tensor, target: Tensor) -> Tensor:
         valid, safe = check_hard_target(logits, target, self.ignore_index, self.check_values)

@@ -29,7 +29,7 @@ import torch
 from torch import Tensor, nn
 from torch.nn import functional as F
 
-from segloss.losses._checks import at_least_float32, check_hard_target
+from segloss.losses._checks import TargetChecks, at_least_float32, check_hard_target
 from segloss.losses._region import one_hot
 
 
@@ -61,7 +61,8 @@ class UnifiedFocalLoss(nn.Module):
             raise ValueError(f"UnifiedFocalLoss needs λ, δ in [0, 1] and γ in (0, 1]; got {weight}, {delta}, {gamma}")
         self.weight, self.delta, self.gamma, self.asymmetric = weight, delta, gamma, asymmetric
         self.background_index, self.smooth = background_index, smooth
-        self.ignore_index, self.check_values = ignore_index, check_values
+        self.ignore_index = ignore_index
+        self.check_values = TargetChecks(check_values)
 
     def forward(self, logits: Tensor, target: Tensor) -> Tensor:
         valid, safe = check_hard_target(logits, target, self.ignore_index, self.check_values)
