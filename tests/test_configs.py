@@ -8,7 +8,7 @@ import torch
 from hydra.errors import MissingConfigException
 from omegaconf import open_dict
 
-from segloss.build import build_module, build_trainer, resolve_class_weights
+from segloss.build import build_loss, build_module, build_trainer
 from segloss.checks import check_config
 from segloss.errors import DatasetNotFoundError
 from segloss.utils.config import CONFIG_DIR
@@ -59,7 +59,7 @@ def test_loss_configs_give_finite_scalars(name, make_cfg, tmp_path):
     cfg = make_cfg([f"loss={name}", f"paths.data_dir={tmp_path / 'data'}", f"paths.cache_dir={tmp_path / 'cache'}"])
     _shrink_synthetic(cfg)
     datamodule = hydra.utils.instantiate(cfg.data)
-    loss = hydra.utils.instantiate(resolve_class_weights(cfg, datamodule))
+    loss = build_loss(cfg, datamodule)
     logits, target = example_inputs(name, size=(8, 8))
     value = loss(logits, target)
     assert value.dim() == 0 and value.dtype == torch.float32 and torch.isfinite(value)

@@ -17,7 +17,7 @@ from PIL import Image
 from segloss.callbacks import WandbMedia
 from segloss.train import train
 from segloss.utils.config import CONFIG_DIR
-from segloss.utils.tracking import RUN_ID_FILE, loss_family
+from segloss.utils.tracking import RUN_ID_FILE
 from tests.conftest import TINY_SYNTHETIC, compose_config
 from tests.helpers.wandb_reader import inspect, media_rows
 
@@ -44,15 +44,22 @@ def first(tmp_path_factory):
     )
 
 
-def test_every_preset_has_a_loss_family():
+def test_every_preset_says_its_loss_family_and_the_loss_is_built_without_it(tmp_path):
+    from omegaconf import OmegaConf
+
+    from segloss.utils.loss_family import FAMILIES, loss_family, without_family
+    from tests.helpers.losses import preset_loss
+
     presets = sorted(p.stem for p in (CONFIG_DIR / "loss").glob("*.yaml"))
-    assert {p: loss_family(p) for p in presets if loss_family(p) == "other"} == {}
-    assert (loss_family("ohem"), loss_family("lovasz"), loss_family("dice_focal")) == (
-        "distribution-based",
-        "region-based",
-        "compound",
-    )
-    assert loss_family("my_new_loss") == "other"
+    families = {p: loss_family(compose_config("train", [f"loss={p}"], tmp_path).loss) for p in presets}
+    assert {p: f for p, f in families.items() if f not in FAMILIES} == {}
+    assert (families["ohem"], families["lovasz"], families["dice_focal"], families["wce"]) == (
+        "distribution-based", "region-based", "compound", "distribution-based",  # wce extends ce
+    )  # fmt: skip
+    own = OmegaConf.create({"_target_": "segloss.losses.DiceLoss"})  # a config of one's own, without the key
+    assert loss_family(own) == "other" and without_family(own) == own
+    assert "family" not in without_family(compose_config("train", ["loss=focal"], tmp_path).loss)
+    assert type(preset_loss("focal")).__name__ == "FocalLoss"
 
 
 def test_wandb_media_is_a_no_op_without_a_wandb_logger(tmp_path):

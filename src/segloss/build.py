@@ -29,6 +29,7 @@ from segloss.models.nets.aux_heads import AuxiliaryHeads, with_aux_heads
 from segloss.utils.checkpoints import AtomicCheckpointIO
 from segloss.utils.cluster import check_launch, cluster_plugins
 from segloss.utils.config import instantiate, instantiate_group
+from segloss.utils.loss_family import without_family
 from segloss.utils.precision import check_precision, resolve_precision, set_matmul_precision
 from segloss.utils.threads import configure_threads
 
@@ -38,8 +39,7 @@ def build_module(cfg: DictConfig, with_optimizer: bool = True, datamodule=None) 
 
     Class-weight settings given by name in the loss config (``weight: median_frequency``) are computed
     from the training labels of ``datamodule`` (see :func:`resolve_class_weights`)."""
-    loss = instantiate(resolve_class_weights(cfg, datamodule), "loss")
-    check_class_vectors(loss, cfg.data.num_classes)
+    loss = build_loss(cfg, datamodule)
     optimizer = scheduler = None
     if with_optimizer:
         optimizer = instantiate(cfg.optimizer, "optimizer")
@@ -72,6 +72,14 @@ def build_module(cfg: DictConfig, with_optimizer: bool = True, datamodule=None) 
         metrics=OmegaConf.to_container(cfg.metrics) if cfg.get("metrics") else None,
         **input_normalisation(cfg),
     )
+
+
+def build_loss(cfg: DictConfig, datamodule=None) -> nn.Module:
+    """The loss of ``cfg.loss``: class weights named by method counted from the data, the config's ``family``
+    tag left out (:mod:`segloss.utils.loss_family`), per-class vectors checked against ``data.num_classes``."""
+    loss = instantiate(without_family(resolve_class_weights(cfg, datamodule)), "loss")
+    check_class_vectors(loss, cfg.data.num_classes)
+    return loss
 
 
 def try_factories(optimizer, scheduler) -> None:

@@ -17,6 +17,7 @@ from omegaconf import DictConfig, ListConfig, OmegaConf
 
 from segloss.errors import ConfigError
 from segloss.models.inference import BINARY_THRESHOLD_RULE
+from segloss.utils.loss_family import FAMILIES
 from segloss.utils.metric_registry import logged_metrics as registry_logged_metrics
 from segloss.utils.metric_registry import optimizable_metrics
 from segloss.utils.precision import MATMUL_PRECISIONS, check_precision
@@ -86,6 +87,8 @@ RULES: list[tuple[str, Callable, str, str]] = [
      "data.train_transform.crop_size=[512,1024]"),
     ("data.train_transform.base_size", size_pair, "[height, width] in pixels",
      "data.train_transform.base_size=[1024,2048]"),
+    ("loss.family", lambda v: v is None or v in FAMILIES, f"one of {list(FAMILIES)} (segloss.utils.loss_family)",
+     "loss.family=region-based"),
     ("optimizer.lr", number_above(0), "a positive number", "optimizer.lr=0.001"),
     ("optimizer.weight_decay", number_above(0, inclusive=True), "a number ≥ 0", "optimizer.weight_decay=0.0001"),
     ("model.channels_last", is_bool, "true or false", "model.channels_last=true"),

@@ -27,7 +27,7 @@ from segloss.utils.cluster import launch_rank
 from segloss.utils.config import CONFIG_DIR, instantiate, report_user_errors, set_environment
 from segloss.utils.markers import FAILED
 from segloss.utils.rich_output import print_results
-from segloss.utils.run_dir import RunDirectory, write_completed
+from segloss.utils.run_dir import RunDirectory, completed_config, write_completed
 from segloss.utils.tracking import finish_wandb, start_tracking
 
 set_environment()
@@ -46,8 +46,10 @@ def train(cfg: DictConfig) -> dict:
     """
     rank_zero_only.rank = launch_rank()  # known from the launcher's variables before the Trainer exists
     check_config(cfg)  # types, values and metric names: a mistake costs seconds, not an epoch
-    run = RunDirectory.open(cfg)  # one training per folder, resume, no overwriting, config.yaml
+    run = RunDirectory.open(cfg)  # one training per folder, resume, no overwriting
     try:
+        cfg = completed_config(cfg, run)  # ckpt_path, the loss family's tag, the W&B run a resume continues
+        run.write_config(cfg)  # printed, and config.yaml
         return _train_in(cfg, run)
     finally:
         run.release()

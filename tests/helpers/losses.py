@@ -9,6 +9,7 @@ import torch
 from omegaconf import OmegaConf
 
 from segloss.utils.config import CONFIG_DIR
+from segloss.utils.loss_family import without_family
 
 PRESETS = sorted(p.stem for p in (CONFIG_DIR / "loss").glob("*.yaml") if "_target_" in OmegaConf.load(p))
 
@@ -29,4 +30,4 @@ def example_inputs(name: str, size=(24, 40), seed: int = 0) -> tuple[torch.Tenso
 def preset_loss(name: str):
     node = OmegaConf.merge({"data": {"ignore_index": 255, "num_classes": 19}}, {"loss": OmegaConf.load(
         Path(CONFIG_DIR) / "loss" / f"{name}.yaml")})  # fmt: skip
-    return hydra.utils.instantiate(node.loss)
+    return hydra.utils.instantiate(without_family(node.loss))

@@ -29,6 +29,7 @@ from segloss.errors import ConfigError
 from segloss.utils.markers import COMPLETED, FAILED
 from segloss.utils.metric_registry import COMPARED
 
+TAGS = ("loss.family",)  # loss config keys that describe the preset, not its settings (segloss.utils.loss_family)
 PER_IMAGE = "per_image_val.npz"  # written by segloss.train for the best epoch
 # Scalar validation scores read at the best epoch besides mIoU (segloss.metrics.quality; lower is better for
 # the calibration errors).
@@ -163,7 +164,7 @@ def read_run(run_dir: Path) -> Run | LeftOut:
         per_image=str(run_dir / PER_IMAGE) if (run_dir / PER_IMAGE).is_file() else "",
         scores={name: _float(best[f"val/{name}"]) for name in SCORES if best.get(f"val/{name}") not in (None, "")},
         setting={key: value for key, value in flat.items() if not key.startswith("loss.") and key != "loss"},
-        loss_setting={key[5:]: value for key, value in flat.items() if key.startswith("loss.")},
+        loss_setting={key[5:]: value for key, value in flat.items() if key.startswith("loss.") and key not in TAGS},
         finished=finished,
     )
 

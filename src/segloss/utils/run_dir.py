@@ -1,8 +1,10 @@
 """The run directory of a training, and resuming into it.
 
-:meth:`RunDirectory.open` is called once by ``segloss.train``: it resolves what the run continues from,
-refuses to write over another run's checkpoints, completes the run's config (``ckpt_path``, the
-loss-family tag, the W&B run id of a resumed training), prints it and writes ``config.yaml``.
+:meth:`RunDirectory.open` is called once by ``segloss.train``: it takes the folder's lock, resolves what the
+run continues from and refuses to write over another run's checkpoints; it reads the config and leaves it as it
+is. :func:`completed_config` then returns the run's config with what the run directory decided (``ckpt_path``,
+the loss-family tag, the W&B run id of a resumed training), and :meth:`RunDirectory.write_config` prints it and
+writes ``config.yaml``.
 
 ``resume=auto`` searches, newest file first within each place:
 
@@ -19,6 +21,7 @@ that may or may not have run before). The checkpoints that make resuming exact â
 
 from __future__ import annotations
 
+import copy
 import fcntl
 import json
 import os
@@ -33,9 +36,10 @@ from omegaconf import DictConfig, open_dict
 from segloss.errors import ConfigError
 from segloss.utils.checkpoints import check_fits, read_checkpoint, remove_stale_temporaries
 from segloss.utils.config import save_resolved_config
+from segloss.utils.loss_family import loss_family
 from segloss.utils.markers import COMPLETED
 from segloss.utils.rich_output import config_tree
-from segloss.utils.tracking import is_wandb_target, loss_family, read_run_id
+from segloss.utils.tracking import is_wandb_target, read_run_id
 
 PATTERNS = ("checkpoints/last*.ckpt", "hpc_ckpt_*.ckpt")
 
@@ -94,7 +98,7 @@ class RunDirectory:
 
     @classmethod
     def open(cls, cfg: DictConfig) -> RunDirectory:
-        """Resolve the resume, check the directory, complete, print and save the config (see the module)."""
+        """Take the folder, resolve the resume and check the directory (see the module); ``cfg`` is only read."""
         output_dir = Path(cfg.paths.output_dir)
         runs_dir = Path(cfg.paths.log_dir) / cfg.task_name / "runs"
         lock = lock_run_dir(output_dir)  # one training per folder: a second one stops here, naming the first
@@ -117,10 +121,13 @@ class RunDirectory:
             run.resumed_step = int(checkpoint.get("global_step", 0))
             run.resumed_state = checkpoint.get("state_dict", checkpoint)  # a plain state_dict is all weights
             run.trainable = "pytorch-lightning_version" in checkpoint and "state_dict" in checkpoint
-        complete_config(cfg, ckpt_path, output_dir)
-        clear_completed(output_dir)  # a training in this folder is under way: not finished until it says so
-        show_and_save_config(cfg, output_dir)
         return run
+
+    def write_config(self, cfg: DictConfig) -> None:
+        """A training in this folder is under way (its ``COMPLETED`` goes until it says so); print ``cfg`` and
+        write it as ``config.yaml`` (rank 0)."""
+        clear_completed(self.path)
+        show_and_save_config(cfg, self.path)
 
     def release(self) -> None:
         """Give the folder's lock back (the process's end does too, however it ends). Hydra writes ``.hydra/``
@@ -145,30 +152,30 @@ class RunDirectory:
             )
 
 
-def complete_config(cfg: DictConfig, ckpt_path: str | None, output_dir: Path) -> None:
-    """Set ``ckpt_path``; append the loss preset's family to ``tags`` (experiments may replace the tags);
-    when resuming, point the W&B logger at the W&B run of the checkpoint's run directory (its
-    ``wandb_run_id.txt``; an ``id`` given in the logger config wins), so the training logs to the same run."""
-    from hydra.core.hydra_config import HydraConfig
-
-    choice = HydraConfig.get().runtime.choices.get("loss") if HydraConfig.initialized() else None
+def completed_config(cfg: DictConfig, run: RunDirectory) -> DictConfig:
+    """A copy of ``cfg`` with ``ckpt_path`` set to what ``run`` continues from, the loss config's family
+    (:mod:`segloss.utils.loss_family`) appended to ``tags`` (experiments may replace the tags) and, when resuming,
+    the W&B logger pointed at the W&B run of the checkpoint's run directory (its ``wandb_run_id.txt``; an ``id``
+    given in the logger config wins), so the training logs to the same run."""
+    cfg, ckpt_path, output_dir = copy.deepcopy(cfg), run.ckpt_path, run.path
     with open_dict(cfg):
         cfg.ckpt_path = ckpt_path
-        tags, family = list(cfg.get("tags") or []), loss_family(choice)
+        tags, family = list(cfg.get("tags") or []), loss_family(cfg.get("loss"))
         cfg.tags = tags if family in tags else [*tags, family]
     entries = [c for c in (cfg.get("logger") or {}).values() if isinstance(c, DictConfig)]
     entries = [c for c in entries if is_wandb_target(c.get("_target_"))]
     if not ckpt_path or not entries:
-        return
+        return cfg
     ckpt = Path(ckpt_path)
     run_id = read_run_id([ckpt.parent.parent, ckpt.parent, output_dir] if ckpt.is_file() else [output_dir])
     if run_id is None:
         rank_zero_warn(f"resuming from {ckpt_path}: no wandb_run_id.txt found next to it, so W&B starts a new run")
-        return
+        return cfg
     with open_dict(cfg):
         for entry in entries:
             entry.id = entry.get("id") or run_id
             entry.resume = "allow"
+    return cfg
 
 
 @rank_zero_only

@@ -9,8 +9,7 @@
   the interruption. This one keeps the file; :meth:`ResumableCSVLogger.resume_at` drops only the rows
   logged *after* the checkpoint (the resumed training logs those steps again), so the file reads as one
   uninterrupted run.
-* W&B run ids (:data:`RUN_ID_FILE`) and loss-family tags, read by :mod:`segloss.utils.run_dir` when it
-  completes a run's config.
+* W&B run ids (:data:`RUN_ID_FILE`), read by :mod:`segloss.utils.run_dir` when it completes a run's config.
 
 Nothing here imports ``wandb`` at module level: without a :class:`WandbLogger` nothing W&B is touched.
 """
@@ -34,23 +33,6 @@ from segloss.utils.lightning_adapter import KeepingCSVLogger
 from segloss.utils.secrets import redact
 
 RUN_ID_FILE = "wandb_run_id.txt"
-
-# Loss preset (configs/loss/<name>.yaml) → family, the taxonomy of Ma et al. (2021), "Loss odyssey in
-# medical image segmentation". Lovász-Softmax is a convex surrogate of the IoU: region-based; clDice is an
-# overlap of skeletons: region-based; Unified Focal unifies CE and Dice terms: compound.
-LOSS_FAMILIES = {
-    "distribution-based": ("ce", "wce", "focal", "ohem", "topk", "kl_ls", "mse", "bce"),
-    "region-based": ("dice", "tversky", "focal_tversky", "lovasz", "cldice"),
-    "boundary-based": ("boundary_gdl", "hausdorff_dt"),
-    "compound": ("dice_ce", "log_dice_ce", "dice_focal", "ce_lovasz", "unified_focal", "bce_dice"),
-}
-
-
-def loss_family(preset: str | None) -> str:
-    """The family of a loss preset (``"distribution-based"``, ``"region-based"``, ``"boundary-based"``,
-    ``"compound"``);
-    ``"other"`` for a preset not listed in :data:`LOSS_FAMILIES`."""
-    return next((family for family, names in LOSS_FAMILIES.items() if preset in names), "other")
 
 
 def start_tracking(cfg: DictConfig, output_dir: Path, resumed_step: int | None) -> list[Logger]:
