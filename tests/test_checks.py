@@ -185,3 +185,38 @@ def test_a_value_has_one_rule_whoever_checks_it(make_cfg):
         check_class_vectors(CrossEntropyLoss(weight=[1.0, 2.0]), 3)
     with pytest.raises(ValueError, match=r"^weight has 2 entries but the logits have C=3 classes; give one value"):
         CrossEntropyLoss(weight=[1.0, 2.0])(torch.zeros(1, 3, 2, 2), torch.zeros(1, 2, 2, dtype=torch.int64))
+
+
+def test_a_value_has_one_rule_applied_by_its_constructor_and_reported_by_check_config(make_cfg):
+    """Each rule is written once, where the value is consumed (issue 25): the constructor raises it, and
+    check_config reports the same words before anything is built."""
+    from omegaconf import OmegaConf
+    from torch import nn
+
+    from segloss.checks import RULES, consumer_rules
+    from segloss.data.datamodule import SegmentationDataModule
+    from segloss.data.transforms import train_transform
+    from segloss.metrics.quality import QualityMetrics
+    from segloss.models.module import SegmentationModule
+    from segloss.models.nonfinite import NonFinitePolicy
+    from segloss.utils.loss_family import loss_family
+
+    keys = [rule.key for rule in [*RULES, *consumer_rules()]]
+    assert sorted(k for k in set(keys) if keys.count(k) > 1) == []
+    module = lambda **option: SegmentationModule(nn.Identity(), nn.Identity(), None, **option)  # noqa: E731
+    cases = {
+        "model.nonfinite=often": lambda: NonFinitePolicy("often"),
+        "model.binary_threshold=1.5": lambda: module(binary_threshold=1.5),
+        "model.channels_last=1": lambda: module(channels_last=1),
+        "metrics.small_object_area=0": lambda: QualityMetrics(3, small_object_area=0),
+        "data.num_workers=-1": lambda: SegmentationDataModule(None, ".", 2, ["a", "b"], num_workers=-1),
+        "data.train_transform.crop_size=[0,4]": lambda: train_transform([0, 4], [8, 8]),
+        "loss.family=regional": lambda: loss_family(OmegaConf.create({"family": "regional"})),
+    }  # fmt: skip
+    for override, build in cases.items():
+        with pytest.raises(ConfigError) as built:
+            build()
+        with pytest.raises(ConfigError) as checked:
+            check_config(make_cfg([override]))
+        assert str(checked.value) == str(built.value), override
+        assert str(built.value).startswith(override.split("=")[0] + "="), "the message names the config key"

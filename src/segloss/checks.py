@@ -10,59 +10,30 @@ arguments, checkpoint fit) happen where those parts are built, still before any 
 from __future__ import annotations
 
 import os
-from collections.abc import Callable
 from pathlib import Path
 
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
 from segloss.errors import ConfigError
-from segloss.models.inference import BINARY_THRESHOLD_RULE
-from segloss.utils.loss_family import FAMILIES
 from segloss.utils.metric_registry import logged_metrics as registry_logged_metrics
 from segloss.utils.metric_registry import optimizable_metrics
 from segloss.utils.precision import MATMUL_PRECISIONS, check_precision
+from segloss.utils.rules import Rule, int_at_least, is_int, number_above, one_of
 
 _MISSING = object()
 ACCELERATORS = ("auto", "cpu", "gpu", "cuda", "mps")
 
 
-def _is_int(value) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)
-
-
-def _is_number(value) -> bool:
-    return isinstance(value, int | float) and not isinstance(value, bool)
-
-
-def int_at_least(low: int, allow_none: bool = False) -> Callable:
-    return lambda v: (allow_none and v is None) or (_is_int(v) and v >= low)
-
-
-def number_above(low: float, allow_none: bool = False, inclusive: bool = False) -> Callable:
-    return lambda v: (allow_none and v is None) or (_is_number(v) and (v >= low if inclusive else v > low))
-
-
-def one_of(*choices, allow_none: bool = False) -> Callable:
-    return lambda v: (allow_none and v is None) or v in choices
-
-
-def is_bool(v) -> bool:
-    return isinstance(v, bool)
-
-
-def size_pair(v) -> bool:
-    return isinstance(v, list | tuple | ListConfig) and len(v) == 2 and all(_is_int(x) and x > 0 for x in v)
-
-
-# key, check, what is expected, an example override
-RULES: list[tuple[str, Callable, str, str]] = [
+# Rules of values whose consumer is not segloss's (the Trainer, the optimizer) or that span nodes; the rules of
+# values segloss's own constructors consume live with them (:func:`consumer_rules`).
+RULES: list[Rule] = [Rule(*rule) for rule in [
     ("seed", int_at_least(0, allow_none=True), "a non-negative integer or null", "seed=42"),
-    ("trainer.max_epochs", lambda v: _is_int(v) and (v >= 1 or v == -1),
+    ("trainer.max_epochs", lambda v: is_int(v) and (v >= 1 or v == -1),
      "an integer ≥ 1 (or -1 with trainer.max_steps > 0); 0 epochs would train nothing", "trainer.max_epochs=24"),
-    ("trainer.max_steps", lambda v: _is_int(v) and (v >= 1 or v == -1),
+    ("trainer.max_steps", lambda v: is_int(v) and (v >= 1 or v == -1),
      "an integer ≥ 1, or -1 for no step limit; 0 steps would train nothing", "trainer.max_steps=20000"),
     ("trainer.min_epochs", int_at_least(0, allow_none=True), "a non-negative integer", "trainer.min_epochs=1"),
-    ("trainer.devices", lambda v: v == "auto" or (_is_int(v) and v >= 1) or isinstance(v, list | ListConfig),
+    ("trainer.devices", lambda v: v == "auto" or (is_int(v) and v >= 1) or isinstance(v, list | ListConfig),
      "a positive integer, a list of device ids or auto", "trainer.devices=2"),
     ("trainer.num_nodes", int_at_least(1), "a positive integer", "trainer.num_nodes=1"),
     ("trainer.accelerator", one_of(*ACCELERATORS), f"one of {list(ACCELERATORS)}", "trainer.accelerator=cpu"),
@@ -74,39 +45,8 @@ RULES: list[tuple[str, Callable, str, str]] = [
     ("trainer.accumulate_grad_batches", int_at_least(1), "a positive integer", "trainer.accumulate_grad_batches=2"),
     ("trainer.gradient_clip_val", number_above(0, allow_none=True, inclusive=True), "a number ≥ 0 or null",
      "trainer.gradient_clip_val=1.0"),
-    ("data.batch_size", int_at_least(1), "a positive integer (the global batch)", "data.batch_size=8"),
-    ("data.val_batch_size", int_at_least(1, allow_none=True), "a positive integer or null", "data.val_batch_size=2"),
-    ("data.num_workers", int_at_least(0), "an integer ≥ 0", "data.num_workers=4"),
-    ("data.num_classes", int_at_least(1), "a positive integer", "data.num_classes=19"),
-    ("data.ignore_index", lambda v: _is_int(v), "an integer outside [0, num_classes)", "data.ignore_index=255"),
-    ("data.class_names", lambda v: isinstance(v, list | ListConfig) and all(isinstance(x, str) for x in v),
-     "a list of class names", "data.class_names=[background,spleen]"),
-    ("data.normalize_on_device", is_bool, "true or false", "data.normalize_on_device=true"),
-    ("data.augment_on_device", is_bool, "true or false", "data.augment_on_device=true"),
-    ("data.train_transform.crop_size", size_pair, "[height, width] in pixels",
-     "data.train_transform.crop_size=[512,1024]"),
-    ("data.train_transform.base_size", size_pair, "[height, width] in pixels",
-     "data.train_transform.base_size=[1024,2048]"),
-    ("loss.family", lambda v: v is None or v in FAMILIES, f"one of {list(FAMILIES)} (segloss.utils.loss_family)",
-     "loss.family=region-based"),
     ("optimizer.lr", number_above(0), "a positive number", "optimizer.lr=0.001"),
     ("optimizer.weight_decay", number_above(0, inclusive=True), "a number ≥ 0", "optimizer.weight_decay=0.0001"),
-    ("model.channels_last", is_bool, "true or false", "model.channels_last=true"),
-    ("model.compile", is_bool, "true or false", "model.compile=false"),
-    ("model.train_metrics", is_bool, "true or false", "model.train_metrics=true"),
-    ("model.nonfinite", one_of("raise", "skip", "ignore"), "raise, skip or ignore", "model.nonfinite=raise"),
-    ("model.nonfinite_defer", lambda v: v is None or is_bool(v), "true, false or null", "model.nonfinite_defer=null"),
-    ("model.nonfinite_max_skips", lambda v: isinstance(v, int) and not isinstance(v, bool) and v >= 1,
-     "a whole number ≥ 1", "model.nonfinite_max_skips=20"),
-    BINARY_THRESHOLD_RULE,  # the module's own rule (segloss.models.inference)
-    ("metrics.boundary_iou", is_bool, "true or false", "metrics.boundary_iou=true"),
-    ("metrics.boundary_dilation", lambda v: isinstance(v, int | float) and not isinstance(v, bool) and 0 < v < 1,
-     "a fraction of the image diagonal in (0, 1)", "metrics.boundary_dilation=0.02"),
-    ("metrics.calibration", is_bool, "true or false", "metrics.calibration=true"),
-    ("metrics.surface_distance", is_bool, "true or false", "metrics.surface_distance=true"),
-    ("metrics.small_objects", is_bool, "true or false", "metrics.small_objects=true"),
-    ("metrics.small_object_area", lambda v: _is_int(v) and v > 0, "a positive number of pixels",
-     "metrics.small_object_area=1024"),
     ("save_every_n_steps", int_at_least(1, allow_none=True), "a positive number of steps, or null",
      "save_every_n_steps=500"),
     ("resume", one_of("auto", "none", False, allow_none=True), "auto or null (for a given checkpoint use ckpt_path=…)",
@@ -114,7 +54,31 @@ RULES: list[tuple[str, Callable, str, str]] = [
     ("float32_matmul_precision", one_of(*MATMUL_PRECISIONS, allow_none=True),
      f"one of {list(MATMUL_PRECISIONS)} or null", "float32_matmul_precision=high"),
     ("threads", lambda v: v == "auto" or int_at_least(1)(v), "auto or a number of threads ≥ 1", "threads=2"),
-]  # fmt: skip
+]]  # fmt: skip
+
+
+def consumer_rules() -> list[Rule]:
+    """The rules that segloss's constructors apply to the values they consume (module, non-finite policy,
+    metrics, datamodule, training transform): read from their homes, so each rule is written once."""
+    from segloss.data.datamodule import SegmentationDataModule
+    from segloss.data.transforms import TRAIN_TRANSFORM_RULES
+    from segloss.metrics.quality import QualityMetrics
+    from segloss.models.evaluation import EvaluationMetrics
+    from segloss.models.module import SegmentationModule
+    from segloss.models.nonfinite import NonFinitePolicy
+    from segloss.utils.loss_family import FAMILY_RULE
+
+    homes = (SegmentationDataModule.RULES, TRAIN_TRANSFORM_RULES, SegmentationModule.RULES, NonFinitePolicy.RULES,
+             QualityMetrics.RULES, EvaluationMetrics.RULES, {"family": FAMILY_RULE})  # fmt: skip
+    return [rule for home in homes for rule in home.values()]
+
+
+ORDER = ("seed", "trainer", "data", "loss", "optimizer", "model", "metrics")  # problems listed group by group
+
+
+def _group_position(rule: Rule) -> int:
+    group = rule.key.split(".")[0]
+    return ORDER.index(group) if group in ORDER else len(ORDER)
 
 
 def _value(cfg: DictConfig, key: str):
@@ -127,7 +91,7 @@ def _value(cfg: DictConfig, key: str):
 def check_values(cfg: DictConfig) -> list[str]:
     """The problems of :data:`RULES` (keys absent from ``cfg`` are skipped)."""
     problems = []
-    for key, check, expected, example in RULES:
+    for key, check, expected, example in sorted([*RULES, *consumer_rules()], key=_group_position):
         value = _value(cfg, key)
         if value is _MISSING or check(value):
             continue

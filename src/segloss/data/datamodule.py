@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import ClassVar
 
 import lightning.pytorch as L
 import torch
@@ -14,6 +15,7 @@ from segloss.data import device_augment
 from segloss.data.sampling import IndexedItems, ResumableLoader, SeededItems, ShardSampler
 from segloss.errors import ConfigError
 from segloss.utils.label_space import check_class_names
+from segloss.utils.rules import Rule, bool_rule, int_at_least, is_int, require_all
 
 
 class PadCollate:
@@ -69,6 +71,23 @@ class SegmentationDataModule(L.LightningDataModule):
             transforms' configs (``${data.normalize.mean}``) and by the module (``segloss.build``), not here.
     """
 
+    # The rules of the data config's values, checked here and read by segloss.checks.
+    RULES: ClassVar[dict[str, Rule]] = {
+        "batch_size": Rule("data.batch_size", int_at_least(1), "a positive integer (the global batch)",
+                           "data.batch_size=8"),
+        "val_batch_size": Rule("data.val_batch_size", int_at_least(1, allow_none=True), "a positive integer or null",
+                               "data.val_batch_size=2"),
+        "num_workers": Rule("data.num_workers", int_at_least(0), "an integer ≥ 0", "data.num_workers=4"),
+        "num_classes": Rule("data.num_classes", int_at_least(1), "a positive integer", "data.num_classes=19"),
+        "ignore_index": Rule("data.ignore_index", is_int, "an integer outside [0, num_classes)",
+                             "data.ignore_index=255"),
+        "class_names": Rule("data.class_names", lambda v: isinstance(v, Sequence) and not isinstance(v, str)
+                            and all(isinstance(x, str) for x in v), "a list of class names",
+                            "data.class_names=[background,spleen]"),
+        "normalize_on_device": bool_rule("data.normalize_on_device", True),
+        "augment_on_device": bool_rule("data.augment_on_device", True),
+    }  # fmt: skip
+
     def __init__(
         self,
         dataset: Callable[..., Dataset],
@@ -91,6 +110,10 @@ class SegmentationDataModule(L.LightningDataModule):
         normalize: dict | None = None,
     ) -> None:
         super().__init__()
+        require_all(self.RULES, dict(batch_size=batch_size, val_batch_size=val_batch_size, num_workers=num_workers,
+                                     num_classes=num_classes, ignore_index=ignore_index, class_names=class_names,
+                                     normalize_on_device=normalize_on_device,
+                                     augment_on_device=augment_on_device))  # fmt: skip
         check_class_names(class_names, num_classes)
         if 0 <= ignore_index < num_classes:
             raise ConfigError(

@@ -30,6 +30,15 @@ from segloss.data.device_augment import DeviceAugmentation
 from segloss.data.photometric import IMAGENET_MEAN, IMAGENET_STD, Normalise, PhotometricJitter
 from segloss.data.scale_crop import sample_scale_crop, scale_crop
 from segloss.errors import ConfigError
+from segloss.utils.rules import Rule, require_all, size_pair
+
+# The rules of data.train_transform's sizes, checked by train_transform and read by segloss.checks.
+TRAIN_TRANSFORM_RULES = {
+    "crop_size": Rule("data.train_transform.crop_size", size_pair, "[height, width] in pixels",
+                      "data.train_transform.crop_size=[512,1024]"),
+    "base_size": Rule("data.train_transform.base_size", size_pair, "[height, width] in pixels",
+                      "data.train_transform.base_size=[1024,2048]"),
+}  # fmt: skip
 
 
 class JointTransform:
@@ -120,6 +129,7 @@ def train_transform(
     crop, flip, jitter and normalisation run on the model's device
     (:class:`segloss.data.device_augment.DeviceAugmentation`; same parameters, same results).
     """
+    require_all(TRAIN_TRANSFORM_RULES, {"crop_size": crop_size, "base_size": base_size})
     check_crop(crop_size, base_size, scale_range)
     if augment_on_device and resample != "fast":
         raise ConfigError(

@@ -30,6 +30,7 @@ these scores intervals over images (:func:`per_image_fields`; every score is a f
 from __future__ import annotations
 
 import math
+from typing import ClassVar
 
 import numpy as np
 import torch
@@ -38,6 +39,7 @@ from torch.nn import functional as F
 from torchmetrics import Metric
 
 from segloss.metrics.confusion import count_bins
+from segloss.utils.rules import Rule, bool_rule, int_at_least, number_between, require_all
 
 ECE_BINS = 15
 
@@ -237,7 +239,22 @@ class SmallObjectRecall(PerClassRatio):
 class QualityMetrics(torch.nn.ModuleDict):
     """The metrics of this module that a run switches on (the ``metrics`` config node), updated and computed
     together: ``accumulate(preds, target, logits)``, ``compute()`` → one dict, ``reset()``. A ``ModuleDict`` of
-    torchmetrics ``Metric`` objects, so the LightningModule moves them with itself."""
+    torchmetrics ``Metric`` objects, so the LightningModule moves them with itself.
+
+    Raises:
+        ConfigError: a switch or option breaks its rule in :attr:`RULES` (the message names the ``metrics`` key).
+    """
+
+    # The rules of the metrics config node's options, checked here and read by segloss.checks.
+    RULES: ClassVar[dict[str, Rule]] = {
+        "boundary_iou": bool_rule("metrics.boundary_iou", True),
+        "boundary_dilation": Rule("metrics.boundary_dilation", number_between(0, 1),
+                                  "a fraction of the image diagonal in (0, 1)", "metrics.boundary_dilation=0.02"),
+        "calibration": bool_rule("metrics.calibration", True),
+        "small_objects": bool_rule("metrics.small_objects", False),
+        "small_object_area": Rule("metrics.small_object_area", int_at_least(1), "a positive number of pixels",
+                                  "metrics.small_object_area=1024"),
+    }  # fmt: skip
 
     def __init__(
         self,
@@ -249,6 +266,9 @@ class QualityMetrics(torch.nn.ModuleDict):
         small_object_area: int = 1024,
     ) -> None:
         super().__init__()
+        require_all(self.RULES, dict(boundary_iou=boundary_iou, boundary_dilation=boundary_dilation,
+                                     calibration=calibration, small_objects=small_objects,
+                                     small_object_area=small_object_area))  # fmt: skip
         self.num_classes = num_classes
         if boundary_iou:
             self["boundary"] = BoundaryIoU(num_classes, boundary_dilation)

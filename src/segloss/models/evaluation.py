@@ -14,6 +14,7 @@ values to log, named without the stage prefix (``mIoU``, ``IoU/<class>``, ``case
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import ClassVar
 
 import torch
 from torch import Tensor, nn
@@ -22,13 +23,18 @@ from segloss.metrics import CaseDice, ConfusionScores
 from segloss.metrics.per_image import PerImageCounts
 from segloss.metrics.quality import QualityMetrics
 from segloss.metrics.surface import CaseSurfaceDistance
+from segloss.utils.rules import Rule, bool_rule
 
 
 class EvaluationMetrics(nn.Module):
+    # metrics.surface_distance is read here; the other metrics options by QualityMetrics (its RULES).
+    RULES: ClassVar[dict[str, Rule]] = {"surface_distance": bool_rule("metrics.surface_distance", False)}
+
     def __init__(self, num_classes: int, ignore_index: int, class_names: Sequence[str], quality: dict) -> None:
         super().__init__()
         quality = dict(quality)
         surface = quality.pop("surface_distance", False)  # per-case HD95/ASSD of volume data (MSD)
+        self.RULES["surface_distance"].require(surface)
         self.class_names = list(class_names)
         self.split = ConfusionScores(num_classes, ignore_index)
         self.quality = QualityMetrics(num_classes, **quality)

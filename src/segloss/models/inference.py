@@ -150,16 +150,6 @@ class Inference:
         return f"Inference(mode={self.mode!r}{extra})"
 
 
-# model.binary_threshold: the rule, used by the module that consumes it and by segloss.checks (which reports it
-# with every other problem before anything is built).
-BINARY_THRESHOLD_RULE = (
-    "model.binary_threshold",
-    lambda v: isinstance(v, int | float) and not isinstance(v, bool) and 0 < v < 1,
-    "a probability in (0, 1)",
-    "model.binary_threshold=0.5",
-)
-
-
 def to_classes(logits: Tensor, threshold: float = 0.5) -> Tensor:
     """Class indices N×H×W of N×C×H×W logits: the argmax for C ≥ 2; for one sigmoid channel (C = 1, binary)
     foreground (1) where σ(z) > ``threshold``, i.e. where z > log(t / (1 − t)) — z > 0 at the usual 0.5."""

@@ -5,6 +5,7 @@ from __future__ import annotations
 import re
 from collections.abc import Callable, Sequence
 from functools import partial
+from typing import ClassVar
 
 import lightning.pytorch as L
 import torch
@@ -15,11 +16,12 @@ from segloss.losses import DeepSupervision, scheduled_weights, set_progress
 from segloss.metrics import ConfusionScores
 from segloss.models.best import BestScore
 from segloss.models.evaluation import EvaluationMetrics
-from segloss.models.inference import BINARY_THRESHOLD_RULE, Inference, to_classes
+from segloss.models.inference import Inference, to_classes
 from segloss.models.nonfinite import NonFinitePolicy, non_finite_tensors
 from segloss.utils.label_space import check_class_names
 from segloss.utils.lightning_adapter import attached_trainer, batches_started, logs_this_step
 from segloss.utils.normalisation import IMAGENET_MEAN, IMAGENET_STD
+from segloss.utils.rules import Rule, bool_rule, number_between, require_all
 from segloss.utils.seeding import reseed_step
 
 
@@ -85,7 +87,20 @@ class SegmentationModule(L.LightningModule):
             :mod:`segloss.metrics.surface`).
         deep_supervision: the weights w_k of a net's auxiliary outputs, ``L(main) + Σ w_k·L(aux_k)``
             (:class:`segloss.losses.DeepSupervision`; ``model.aux.weights``); None: a net without them.
+
+    Raises:
+        ConfigError: an option breaks its rule in :attr:`RULES` (or :attr:`NonFinitePolicy.RULES`), or the
+            class names do not fit ``num_classes``; the message names the config key.
     """
+
+    # The rules of the module's own options (configs/model/_module.yaml), checked here and read by segloss.checks.
+    RULES: ClassVar[dict[str, Rule]] = {
+        "channels_last": bool_rule("model.channels_last", True),
+        "compile": bool_rule("model.compile", False),
+        "train_metrics": bool_rule("model.train_metrics", True),
+        "binary_threshold": Rule("model.binary_threshold", number_between(0, 1), "a probability in (0, 1)",
+                                 "model.binary_threshold=0.5"),
+    }  # fmt: skip
 
     def __init__(
         self,
@@ -111,6 +126,8 @@ class SegmentationModule(L.LightningModule):
         deep_supervision: Sequence[float] | None = None,
     ) -> None:
         super().__init__()
+        require_all(self.RULES, {"channels_last": channels_last, "compile": compile, "train_metrics": train_metrics,
+                                 "binary_threshold": binary_threshold})  # fmt: skip
         class_names = list(class_names) if class_names is not None else [str(c) for c in range(num_classes)]
         check_class_names(class_names, num_classes)
         # Only plain values go into the checkpoint, so it loads with torch.load(weights_only=True).
@@ -134,9 +151,6 @@ class SegmentationModule(L.LightningModule):
         self.optimizer_factory, self.scheduler_factory = optimizer, scheduler
         self.class_names, self.num_classes, self.ignore_index = class_names, num_classes, ignore_index
         self.track_train_metrics = train_metrics
-        key, valid, expected, example = BINARY_THRESHOLD_RULE
-        if not valid(binary_threshold):
-            raise ConfigError.value(key, binary_threshold, expected, example)
         self.binary_threshold = binary_threshold
         self.nonfinite = NonFinitePolicy(nonfinite, nonfinite_defer, nonfinite_max_skips)
         self.train_metrics = ConfusionScores(num_classes, ignore_index)

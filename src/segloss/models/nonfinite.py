@@ -26,17 +26,30 @@ boolean all-reduce per read).
 from __future__ import annotations
 
 import math
+from typing import ClassVar
 
 import torch
 from torch import Tensor, nn
+
+from segloss.utils.rules import Rule, int_at_least, is_bool, one_of, require_all
 
 MODES = ("raise", "skip", "ignore")
 
 
 class NonFinitePolicy:
+    # The rules of its config values (model.nonfinite*), checked here and read by segloss.checks.
+    RULES: ClassVar[dict[str, Rule]] = {
+        "mode": Rule("model.nonfinite", one_of(*MODES), "raise, skip or ignore", "model.nonfinite=raise"),
+        "defer": Rule("model.nonfinite_defer", lambda v: v is None or is_bool(v), "true, false or null",
+                      "model.nonfinite_defer=null"),
+        "max_skips": Rule("model.nonfinite_max_skips", int_at_least(1), "a whole number ≥ 1",
+                          "model.nonfinite_max_skips=20"),
+    }  # fmt: skip
+
     def __init__(self, mode: str = "raise", defer: bool | None = None, max_skips: int = 20) -> None:
-        if mode not in MODES:
-            raise ValueError(f"nonfinite={mode!r}: choose raise, skip or ignore")
+        """Raises:
+        ConfigError: a value breaks its rule in :attr:`RULES` (the message names the config key)."""
+        require_all(self.RULES, {"mode": mode, "defer": defer, "max_skips": max_skips})
         self.mode, self.defer, self.max_skips = mode, defer, max_skips
         self._pending: list[tuple[Tensor, dict]] = []  # deferred: (loss and term values, where and images)
         self.skipped, self.in_a_row = 0, 0

@@ -16,14 +16,22 @@ import copy
 
 from omegaconf import DictConfig, open_dict
 
+from segloss.utils.rules import Rule, one_of
+
 FAMILIES = ("distribution-based", "region-based", "boundary-based", "compound")
 KEY = "family"
 OTHER = "other"
+FAMILY_RULE = Rule("loss.family", one_of(*FAMILIES, allow_none=True), f"one of {list(FAMILIES)} or null",
+                   "loss.family=region-based")  # fmt: skip
 
 
 def loss_family(loss_cfg: DictConfig | None) -> str:
-    """The ``family`` a loss config names; :data:`OTHER` where it names none."""
+    """The ``family`` a loss config names; :data:`OTHER` where it names none.
+
+    Raises:
+        ConfigError: the config names a family not in :data:`FAMILIES`."""
     value = loss_cfg.get(KEY) if isinstance(loss_cfg, DictConfig) else None
+    FAMILY_RULE.require(value)
     return str(value) if value else OTHER
 
 
