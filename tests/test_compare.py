@@ -112,11 +112,18 @@ def test_runs_of_different_experiments_are_compared_apart_and_loss_settings_name
             "paths": {"output_dir": f"/x/{num}"},
         }
         write_run(root, num, loss, 0, [0.5], {"road": 0.9, "car": 0.1}, config=config)
+    # a newer run of the same focal setting whose config says the preset's family (loss.family): a tag, not a setting
+    config = {
+        "data": {"name": "b"},
+        "loss": {"gamma": 1.0, "family": "distribution-based"},
+        "paths": {"output_dir": "/x/5"},
+    }
+    write_run(root, 5, "focal", 1, [0.5], {"road": 0.9, "car": 0.1}, config=config)
     runs, _ = load_runs(root)
     groups, repeated = group_runs(runs)
     assert repeated == [] and [setting for setting, _ in groups] == [{"data.name": "a"}, {"data.name": "b"}]
     assert [run.loss for run in groups[0][1]] == ["ce", "focal[gamma=1.0]", "focal[gamma=2.0]"]
-    assert [run.loss for run in groups[1][1]] == ["ce", "focal"]  # one setting of focal in group b
+    assert [run.loss for run in groups[1][1]] == ["ce", "focal", "focal"]  # one setting of focal in group b
     summaries = main([str(root), "--out", str(tmp_path / "cmp")])
     assert set(summaries) == {"data.name=a", "data.name=b"}
     assert (tmp_path / "cmp" / "data.name=a" / "compare.md").is_file()
