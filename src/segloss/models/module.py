@@ -182,6 +182,16 @@ class SegmentationModule(L.LightningModule):
                 f"model.net.in_channels={found.group(2)} (or choose the data's modalities/channels to match)"
             ) from err
 
+    def rgb(self, image: Tensor) -> Tensor:
+        """The batch's images as float RGB in [0, 255] (N×C×S…): uint8 batches as they are, normalised float
+        batches with the data's normalisation undone, ``x·σ + μ`` then ×255 (what pairwise CRF kernels compare)."""
+        if image.dtype == torch.uint8:
+            return image.float()
+        shape = (1, -1) + (1,) * (image.dim() - 2)
+        mean = torch.tensor(self.input_mean, device=image.device, dtype=torch.float32).view(shape)
+        std = torch.tensor(self.input_std, device=image.device, dtype=torch.float32).view(shape)
+        return (image.float() * std + mean) * 255
+
     def model_step(self, batch: dict, logits: Tensor | None = None) -> tuple[Tensor, Tensor, dict[str, Tensor]]:
         """Forward (unless ``logits`` are given) and loss: ``(loss, logits, terms)``; ``terms`` are whatever
         the loss names (:func:`segloss.losses.total_and_terms`) and, for a net with auxiliary heads in
