@@ -12,7 +12,7 @@ from segloss.build import build_loss, build_module, build_trainer
 from segloss.checks import check_config
 from segloss.errors import DatasetNotFoundError
 from segloss.utils.config import CONFIG_DIR
-from tests.helpers.losses import example_inputs
+from tests.helpers.losses import MULTI_HOT, apply_loss, example_inputs
 
 EXPERIMENTS = sorted(p.stem for p in (CONFIG_DIR / "experiment").glob("*.yaml"))
 MODELS = sorted(p.stem for p in (CONFIG_DIR / "model").glob("*.yaml") if not p.stem.startswith("_"))  # _module: a base
@@ -61,17 +61,19 @@ def test_loss_configs_give_finite_scalars(name, make_cfg, tmp_path):
     datamodule = hydra.utils.instantiate(cfg.data)
     loss = build_loss(cfg, datamodule)
     logits, target = example_inputs(name, size=(8, 8))
-    value = loss(logits, target)
+    value = apply_loss(loss, logits, target)
     assert value.dim() == 0 and value.dtype == torch.float32 and torch.isfinite(value)
     # Logits moved towards the target (ignored pixels untouched) must give a smaller loss: a config that
     # built the loss wrongly (sign, reduction over the wrong axis, the target ignored) fails here.
     labelled = target != 255
     towards = torch.zeros_like(logits)
-    if logits.shape[1] == 1:
+    if name in MULTI_HOT:  # one sigmoid per region: each channel towards its own 0/1
+        towards = torch.where(labelled, 4.0 * (2 * target.clamp(max=1) - 1), 0.0)
+    elif logits.shape[1] == 1:
         towards[:, 0] = torch.where(labelled, 4.0 * (2 * target.clamp(max=1) - 1), 0.0)
     else:
         towards.scatter_(1, torch.where(labelled, target, 0)[:, None], 4.0 * labelled[:, None].float())
-    assert loss(logits + towards, target) < value
+    assert apply_loss(loss, logits + towards, target) < value
 
 
 def test_unknown_experiment_lists_the_valid_ones(make_cfg):

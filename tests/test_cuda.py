@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from tests.conftest import TINY_SYNTHETIC
-from tests.helpers.losses import PRESETS, example_inputs, preset_loss
+from tests.helpers.losses import PRESETS, apply_loss, example_inputs, preset_loss
 
 pytestmark = [
     pytest.mark.gpu,
@@ -23,7 +23,7 @@ def test_every_loss_preset_gives_the_cpu_values_and_gradients_on_cuda(name):
     results = []
     for device in ("cpu", "cuda"):
         x = logits.to(device).requires_grad_()
-        value = preset_loss(name).to(device)(x, target.to(device))
+        value = apply_loss(preset_loss(name).to(device), x, target.to(device))
         value.backward()
         results.append((value.detach().cpu(), x.grad.cpu()))
     (cpu_value, cpu_grad), (cuda_value, cuda_grad) = results

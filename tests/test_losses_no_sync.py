@@ -9,7 +9,7 @@ from omegaconf import OmegaConf
 from segloss.losses import _checks
 from segloss.utils.config import CONFIG_DIR
 from segloss.utils.host_sync import HostSyncRecorder
-from tests.helpers.losses import PRESETS, example_inputs, preset_loss
+from tests.helpers.losses import PRESETS, apply_loss, example_inputs, preset_loss
 
 
 def test_every_loss_preset_is_checked():
@@ -28,7 +28,7 @@ def test_loss_preset_has_no_host_sync_once_target_checks_are_done(name, monkeypa
     logits.requires_grad_()
     monkeypatch.setattr(_checks.TargetChecks, "due", lambda self, target: False)  # as after the first accelerator steps
     with HostSyncRecorder() as rec:
-        value = loss(logits, target)
+        value = apply_loss(loss, logits, target)
         value.backward()
     assert rec.calls == [], f"{name}: {rec.calls}"
     assert torch.isfinite(value) and logits.grad is not None

@@ -63,17 +63,19 @@ def consumer_rules() -> list[Rule]:
     from segloss.data.datamodule import SegmentationDataModule
     from segloss.data.transforms import TRAIN_TRANSFORM_RULES
     from segloss.metrics.quality import QualityMetrics
+    from segloss.models.crf import DenseCRF
     from segloss.models.evaluation import EvaluationMetrics
     from segloss.models.module import SegmentationModule
     from segloss.models.nonfinite import NonFinitePolicy
     from segloss.utils.loss_family import FAMILY_RULE
 
     homes = (SegmentationDataModule.RULES, TRAIN_TRANSFORM_RULES, SegmentationModule.RULES, NonFinitePolicy.RULES,
-             QualityMetrics.RULES, EvaluationMetrics.RULES, {"family": FAMILY_RULE})  # fmt: skip
+             QualityMetrics.RULES, EvaluationMetrics.RULES, DenseCRF.RULES, {"family": FAMILY_RULE})  # fmt: skip
     return [rule for home in homes for rule in home.values()]
 
 
-ORDER = ("seed", "trainer", "data", "loss", "optimizer", "model", "metrics")  # problems listed group by group
+# problems are listed group by group
+ORDER = ("seed", "trainer", "data", "loss", "optimizer", "model", "metrics", "inference")
 
 
 def _group_position(rule: Rule) -> int:

@@ -155,7 +155,8 @@ def predict_indices(module, transform, image: torch.Tensor, device: torch.device
             "prediction needs a normalising-only eval transform"
         )
     with torch.no_grad(), torch.autocast(device.type, dtype=dtype or torch.float32, enabled=dtype is not None):
-        classes = module.inference.classes(module, normalised.unsqueeze(0).to(device), module.to_classes)
+        crf = {"rgb": image.unsqueeze(0).to(device).float()} if module.inference.crf is not None else {}
+        classes = module.inference.classes(module, normalised.unsqueeze(0).to(device), module.to_classes, **crf)
     return classes[0].to(torch.uint8).cpu().numpy()
 
 

@@ -4,11 +4,16 @@ C = 1 is binary (sigmoid of the single channel); C ≥ 2 is softmax over the cla
 reduces in float32, ignores ``ignore_index`` pixels everywhere (numerators, denominators, means,
 sorts, class presence) and returns 0 for an all-ignored batch. Formulas, papers and conventions are
 in each class's docstring and in ``docs/losses.md``.
+
+A loss that also needs the batch's image (``needs_image``: :class:`DenseCRFLoss`, a label-free pairwise term that
+by default covers every pixel, ignored ones included; ``docs/crf.md``) is called ``loss(logits, target, image=…)``
+(:func:`wants_image`, :func:`total_and_terms`).
 """
 
 from segloss.losses.class_weights import class_weights
 from segloss.losses.cldice import ClDiceLoss
 from segloss.losses.compound import CompoundLoss
+from segloss.losses.crf import DenseCRFLoss, dense_crf_loss
 from segloss.losses.cross_entropy import BinaryCrossEntropyLoss, CrossEntropyLoss, cross_entropy
 from segloss.losses.distance import BoundaryLoss, HausdorffDTLoss
 from segloss.losses.focal import FocalLoss, focal_loss
@@ -17,7 +22,13 @@ from segloss.losses.kl import KLDivLoss
 from segloss.losses.lovasz import LovaszHingeLoss, LovaszSoftmaxLoss
 from segloss.losses.mse import MSELoss
 from segloss.losses.region import DiceLoss, FocalTverskyLoss, GeneralizedDiceLoss, JaccardLoss, TverskyLoss
-from segloss.losses.structure import DeepSupervision, scheduled_weights, set_progress, total_and_terms
+from segloss.losses.structure import (
+    DeepSupervision,
+    scheduled_weights,
+    set_progress,
+    total_and_terms,
+    wants_image,
+)
 from segloss.losses.unified_focal import UnifiedFocalLoss
 
 __all__ = [
@@ -27,6 +38,7 @@ __all__ = [
     "CompoundLoss",
     "CrossEntropyLoss",
     "DeepSupervision",
+    "DenseCRFLoss",
     "DiceLoss",
     "FocalLoss",
     "FocalTverskyLoss",
@@ -43,8 +55,10 @@ __all__ = [
     "UnifiedFocalLoss",
     "class_weights",
     "cross_entropy",
+    "dense_crf_loss",
     "focal_loss",
     "scheduled_weights",
     "set_progress",
     "total_and_terms",
+    "wants_image",
 ]

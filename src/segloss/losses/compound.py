@@ -8,6 +8,7 @@ import torch
 from torch import Tensor, nn
 
 from segloss.losses.schedules import WeightSchedule
+from segloss.losses.structure import image_kwargs, wants_image
 
 
 class CompoundLoss(nn.Module):
@@ -21,6 +22,10 @@ class CompoundLoss(nn.Module):
 
     ``with_terms(logits, target)`` (or ``forward(…, return_terms=True)``) also returns the unweighted term
     values, which the LightningModule logs as ``<stage>/loss/<name>`` (:mod:`segloss.losses.structure`).
+
+    A term that needs the batch's image (``needs_image``, e.g. :class:`~segloss.losses.crf.DenseCRFLoss`) makes
+    the compound need it too (:attr:`needs_image`); ``image=`` is then passed to those terms only, the others are
+    called ``term(logits, target)`` as before.
     """
 
     def __init__(self, terms: dict[str, nn.Module], weights: Mapping[str, float | Mapping] | None = None) -> None:
@@ -44,12 +49,20 @@ class CompoundLoss(nn.Module):
         """The terms whose weight changes during training."""
         return [name for name, schedule in self.schedules.items() if not schedule.constant]
 
-    def with_terms(self, logits: Tensor, target: Tensor) -> tuple[Tensor, dict[str, Tensor]]:
-        """``(total, {name: unweighted term value})`` (:mod:`segloss.losses.structure`)."""
-        values = {name: term(logits, target) for name, term in self.terms.items()}
+    @property
+    def needs_image(self) -> bool:
+        """Whether a term takes the batch's image (:func:`segloss.losses.structure.wants_image`)."""
+        return any(wants_image(term) for term in self.terms.values())
+
+    def with_terms(
+        self, logits: Tensor, target: Tensor, image: Tensor | None = None
+    ) -> tuple[Tensor, dict[str, Tensor]]:
+        """``(total, {name: unweighted term value})`` (:mod:`segloss.losses.structure`); ``image`` goes to the
+        terms that want it."""
+        values = {name: term(logits, target, **image_kwargs(term, image)) for name, term in self.terms.items()}
         total = torch.stack([self.weights[name] * value for name, value in values.items()]).sum()
         return total, values
 
-    def forward(self, logits: Tensor, target: Tensor, return_terms: bool = False):
-        total, values = self.with_terms(logits, target)
+    def forward(self, logits: Tensor, target: Tensor, return_terms: bool = False, image: Tensor | None = None):
+        total, values = self.with_terms(logits, target, image)
         return (total, values) if return_terms else total

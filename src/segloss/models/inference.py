@@ -7,6 +7,13 @@ and an image smaller than the window is inferred whole along that axis). The log
 windows are summed and divided by the number of windows covering each pixel, i.e. **logits are
 averaged** (not probabilities), as MMSegmentation's ``slide_inference`` does. The Cityscapes recipe is
 window 512×1024, stride 341×683 (3 × 3 windows on a 1024×2048 frame).
+
+``crf`` refines the logits of either mode with DeepLab's fully connected CRF (:mod:`segloss.models.crf`):
+``inference.crf=true`` (DeepLab-v2's parameters) or a mapping of CRF parameters. The CRF's log-marginals log Q
+replace the logits (val/test loss, NLL and ECE are then those of Q), and it needs the batch's RGB image in
+[0, 255] (``rgb=``; :meth:`segloss.models.module.SegmentationModule.rgb`). With ``slide``, :meth:`Inference.classes`
+then computes the whole image's logits and applies the CRF to them (the CRF couples pixels across bands), so
+it no longer bounds the memory by one band.
 """
 
 from __future__ import annotations
@@ -18,6 +25,7 @@ import torch
 from torch import Tensor
 
 from segloss.errors import ConfigError
+from segloss.models.crf import DenseCRF
 
 MODES = ("whole", "slide")
 
@@ -100,9 +108,16 @@ def slide_classes(
 
 
 class Inference:
-    """``Inference(mode="whole" | "slide", crop_size=(h, w), stride=(s_h, s_w), window_batch=k)``: how
+    """``Inference(mode="whole" | "slide", crop_size=(h, w), stride=(s_h, s_w), window_batch=k, crf=None)``: how
     evaluation turns an image batch into logits. ``whole`` runs the net once on the full image; ``slide``
-    runs it on windows, ``window_batch`` of them per call."""
+    runs it on windows, ``window_batch`` of them per call. ``crf`` (None/false: off; true: DeepLab-v2's
+    parameters; a mapping or a :class:`DenseCRF`: those) refines the logits with mean-field inference of the
+    fully connected CRF, which needs ``rgb`` (N×3×H×W in [0, 255]) in :meth:`__call__` and :meth:`classes`.
+
+    Raises:
+        ConfigError: a wrong mode, window, ``window_batch`` or CRF parameter; the message names the key
+            (``inference.crf.<key>`` for the CRF's).
+    """
 
     def __init__(
         self,
@@ -110,6 +125,7 @@ class Inference:
         crop_size: Sequence[int] | None = None,
         stride: Sequence[int] | None = None,
         window_batch: int = 1,
+        crf: bool | dict | DenseCRF | None = None,
     ) -> None:
         if mode not in MODES:
             raise ConfigError(f"inference.mode={mode!r}: choose one of {MODES}")
@@ -129,14 +145,31 @@ class Inference:
         self.mode, self.window_batch = mode, window_batch
         self.crop_size = tuple(crop_size) if crop_size is not None else None
         self.stride = tuple(stride) if stride is not None else None
+        self.crf = DenseCRF.from_config(crf)
 
-    def __call__(self, forward: Callable[[Tensor], Tensor], image: Tensor) -> Tensor:
-        if self.mode == "whole":
-            return forward(image)
-        return slide_inference(forward, image, self.crop_size, self.stride, self.window_batch)
+    def __call__(self, forward: Callable[[Tensor], Tensor], image: Tensor, rgb: Tensor | None = None) -> Tensor:
+        """Logits N×C×H×W of ``image``; with the CRF on, its log-marginals log Q given the image ``rgb``."""
+        logits = (
+            forward(image)
+            if self.mode == "whole"
+            else slide_inference(forward, image, self.crop_size, self.stride, self.window_batch)
+        )
+        if self.crf is None:
+            return logits
+        if rgb is None:
+            raise ValueError(
+                "inference.crf is on but no image was given to compare colours: call inference(forward, image, "
+                "rgb=N×3×H×W in [0, 255]) (SegmentationModule.rgb(image) undoes the normalisation)"
+            )
+        return self.crf(logits, rgb)
 
-    def classes(self, forward: Callable[[Tensor], Tensor], image: Tensor, to_classes: Callable) -> Tensor:
-        """Class indices N×H×W; with ``slide``, never holding the whole image's logits (:func:`slide_classes`)."""
+    def classes(
+        self, forward: Callable[[Tensor], Tensor], image: Tensor, to_classes: Callable, rgb: Tensor | None = None
+    ) -> Tensor:
+        """Class indices N×H×W; with ``slide`` and no CRF, never holding the whole image's logits
+        (:func:`slide_classes`); with the CRF, ``to_classes`` of :meth:`__call__`'s refined logits."""
+        if self.crf is not None:
+            return to_classes(self(forward, image, rgb))
         if self.mode == "whole":
             return to_classes(forward(image))
         return slide_classes(forward, image, self.crop_size, self.stride, to_classes, self.window_batch)
@@ -147,6 +180,8 @@ class Inference:
             if self.mode == "slide"
             else ""
         )
+        if self.crf is not None:
+            extra += f", crf={self.crf}"
         return f"Inference(mode={self.mode!r}{extra})"
 
 

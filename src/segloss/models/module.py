@@ -12,7 +12,7 @@ import torch
 from torch import Tensor, nn
 
 from segloss.errors import ConfigError, DatasetFormatError, NonFiniteLossError
-from segloss.losses import DeepSupervision, scheduled_weights, set_progress
+from segloss.losses import DeepSupervision, scheduled_weights, set_progress, wants_image
 from segloss.metrics import ConfusionScores
 from segloss.models.best import BestScore
 from segloss.models.evaluation import EvaluationMetrics
@@ -195,9 +195,13 @@ class SegmentationModule(L.LightningModule):
     def model_step(self, batch: dict, logits: Tensor | None = None) -> tuple[Tensor, Tensor, dict[str, Tensor]]:
         """Forward (unless ``logits`` are given) and loss: ``(loss, logits, terms)``; ``terms`` are whatever
         the loss names (:func:`segloss.losses.total_and_terms`) and, for a net with auxiliary heads in
-        training, each auxiliary output's loss (``aux<k>``: :class:`segloss.losses.DeepSupervision`)."""
+        training, each auxiliary output's loss (``aux<k>``: :class:`segloss.losses.DeepSupervision`). A loss that
+        needs the image (:func:`segloss.losses.wants_image`, a CRF term) also gets the batch's RGB in [0, 255]
+        (:meth:`rgb`); the others are called without it and pay nothing."""
         out = self(batch["image"]) if logits is None else logits
         self._check_channels(out[0] if isinstance(out, tuple) else out)
+        if wants_image(self.loss):
+            return self.supervision(self.loss, out, batch["mask"], image=self.rgb(batch["image"]))
         return self.supervision(self.loss, out, batch["mask"])
 
     def _check_channels(self, logits: Tensor) -> Tensor:
@@ -253,7 +257,9 @@ class SegmentationModule(L.LightningModule):
             raise NonFiniteLossError.found_later(found, f"{now}, {step}")
 
     def _eval_step(self, stage: str, batch: dict) -> dict[str, Tensor]:
-        loss, logits, terms = self.model_step(batch, self.inference(self, batch["image"]))
+        image = batch["image"]
+        crf = {"rgb": self.rgb(image)} if self.inference.crf is not None else {}  # the CRF compares colours
+        loss, logits, terms = self.model_step(batch, self.inference(self, image, **crf))
         opts = {"on_step": False, "on_epoch": True, "sync_dist": True, "batch_size": len(logits)}
         self.log(f"{stage}/loss", loss, prog_bar=True, **opts)  # means over the split and ranks
         for name, value in terms.items():
