@@ -7,16 +7,21 @@ Thin structures (vessels, poles, wires) are scored by their centrelines: with a 
     Tsens = (Σ S(L)·P + ε) / (Σ S(L) + ε)      (how much of the label's skeleton is predicted)
     clDice = 2·Tprec·Tsens / (Tprec + Tsens)
 
-for a class's probability map P and its one-hot label L, sums over the batch and the pixels. The soft
-skeleton is the paper's iterative soft morphology: erosion = min of a 3×1 and a 1×3 min-pool, dilation =
-3×3 max-pool, opening = dilation(erosion); S = ReLU(I − open(I)), then ``iterations`` times: I ← erode(I),
-δ = ReLU(I − open(I)), S ← S + ReLU(δ − S·δ). The loss is the paper's soft-clDice combination
+for a class's probability map P and its one-hot label L, sums over the batch and the pixels (voxels). The
+soft skeleton is the paper's iterative soft morphology, on images (N×C×H×W) or volumes (N×C×D×H×W, the
+paper's 3-D experiments): erosion = the minimum of the axis-wise 3-wide min-pools (3×1 and 1×3 in 2-D;
+3×1×1, 1×3×1 and 1×1×3 in 3-D, i.e. a min over the cross-shaped 4- / 6-neighbourhood, each min-pool being
+−maxpool(−x)), dilation = the full 3×3 (3×3×3) max-pool, opening = dilation(erosion); S = ReLU(I − open(I)),
+then ``iterations`` times: I ← erode(I), δ = ReLU(I − open(I)), S ← S + ReLU(δ − S·δ). That is the 3-D
+definition of the authors' code (``soft_skeleton.py``: ``soft_erode`` takes the min of three
+``max_pool3d`` min-pools with kernels (3,1,1), (1,3,1), (1,1,3), ``soft_dilate`` a (3,3,3) ``max_pool3d``),
+as MONAI's ``soft_skel`` (tested: 3-D against max-pools, 2-D against MONAI). The loss is the paper's soft-clDice:
 
     L = (1 − α)·(1 − softDice) + α·(1 − clDice),   softDice = (2 Σ P·L + ε) / (Σ P + Σ L + ε)
 
 averaged over the classes without the background (``include_background=False``), ε = 1 as the authors
 (α = 1: clDice alone). Ignored pixels are zeroed in P and L before skeletonisation (they are neither
-structure nor background to it) and count nowhere. 2-D only.
+structure nor background to it) and count nowhere. Any number of spatial dims.
 """
 
 from __future__ import annotations
@@ -70,18 +75,31 @@ def _max3(x: Tensor, dim: int) -> Tensor:
     return _Max3.apply(x, dim)
 
 
+def _spatial_dims(x: Tensor) -> range:
+    """The spatial dims of an N×C×S… tensor, as negative indices from the first (−2, −1 for N×C×H×W)."""
+    return range(2 - x.dim(), 0)
+
+
 def soft_erode(x: Tensor) -> Tensor:
-    """min of the 3×1 and the 1×3 min-pool (the paper's cross-shaped erosion)."""
-    return -torch.maximum(_max3(-x, -2), _max3(-x, -1))
+    """The paper's cross-shaped erosion: the min over the spatial axes of the axis-wise 3-wide min-pools
+    (3×1 and 1×3 of N×C×H×W maps; 3×1×1, 1×3×1 and 1×1×3 of N×C×D×H×W volumes)."""
+    negated = -x
+    axes = iter(_spatial_dims(x))
+    out = _max3(negated, next(axes))
+    for dim in axes:
+        out = torch.maximum(out, _max3(negated, dim))
+    return -out
 
 
 def soft_dilate(x: Tensor) -> Tensor:
-    """3×3 max-pool, as the separable 3×1 then 1×3 max."""
-    return _max3(_max3(x, -2), -1)
+    """The full 3×3 (3×3×3) max-pool, as separable 3-wide maxima along each spatial axis in turn."""
+    for dim in _spatial_dims(x):
+        x = _max3(x, dim)
+    return x
 
 
 def soft_skeleton(x: Tensor, iterations: int) -> Tensor:
-    """The soft skeleton of N×C×H×W maps in [0, 1] (module docstring).
+    """The soft skeleton of N×C×S… maps in [0, 1]: images or volumes (module docstring).
 
     The paper's loop erodes each iterate twice (once to step, once inside the opening); the erosion of
     step k is the next step's iterate, so it is computed once here: the same values, 4 erosions instead of
@@ -100,7 +118,7 @@ class ClDiceLoss(nn.Module):
 
     Args:
         alpha: α, the share of the clDice term (the paper trains with 0.1–0.5).
-        iterations: skeletonisation steps; about the largest half-width of the structures, in pixels.
+        iterations: skeletonisation steps; about the largest half-width of the structures, in pixels (voxels).
         smooth: ε.
     """
 
@@ -124,8 +142,6 @@ class ClDiceLoss(nn.Module):
         )
 
     def forward(self, logits: Tensor, target: Tensor) -> Tensor:
-        if logits.dim() != 4:
-            raise ValueError(f"ClDiceLoss is 2-D: logits must be N×C×H×W, got {tuple(logits.shape)}")
         valid, safe = check_hard_target(logits, target, self.ignore_index, self.check_values)
         probs = class_probabilities(at_least_float32(logits))
         if probs.shape[1] == 1:
@@ -134,7 +150,7 @@ class ClDiceLoss(nn.Module):
         label = one_hot(safe, probs.shape[1]).to(probs.dtype) * v
         first = 0 if self.include_background else 1
         p, y = (probs * v)[:, first:], label[:, first:]
-        eps, dims = self.smooth, (0, 2, 3)
+        eps, dims = self.smooth, (0, *range(2, p.dim()))
         dice = (2 * (p * y).sum(dims) + eps) / (p.sum(dims) + y.sum(dims) + eps)
         skel_p, skel_y = soft_skeleton(p, self.iterations), soft_skeleton(y, self.iterations)
         precision = ((skel_p * y).sum(dims) + eps) / (skel_p.sum(dims) + eps)

@@ -35,7 +35,9 @@ class OhemCrossEntropyLoss(torch.nn.Module):
 
     Keeps the non-ignored pixels whose true-class probability p_t < ``thresh``; if fewer than
     ``min_kept`` pixels qualify, keeps the ``min_kept`` pixels of lowest p_t instead (all of V if V
-    is smaller). L = Σ_kept w_t·CE / Σ_kept w_t. Defaults thresh = 0.7, min_kept = 100 000 (MMSeg).
+    is smaller). L = Σ_kept w_t·CE / Σ_kept w_t. Defaults thresh = 0.7, min_kept = 100 000 (MMSeg). On
+    N×C×D×H×W volumes the pixels are voxels and ``min_kept`` counts voxels of the batch (100 000 is 2.4 % of a
+    2×128³ batch, as it is of an 8×512×1024 Cityscapes batch).
     Pixel selection is over the whole batch — the global one when training under DDP (:mod:`._distributed`).
     """
 
@@ -80,7 +82,7 @@ class OhemCrossEntropyLoss(torch.nn.Module):
 class TopKCrossEntropyLoss(torch.nn.Module):
     """TopK loss (nnU-Net; Wu et al. 2016 "bootstrapped CE"): the mean of the largest k % of the
     per-pixel (weighted) CE values over the non-ignored pixels V. k = 10 by default (nnU-Net).
-    The count is ⌈k/100 · |V|⌉ of the non-ignored pixels (nnU-Net takes k % of all pixels,
+    The count is ⌈k/100 · |V|⌉ of the non-ignored pixels or voxels (nnU-Net takes k % of all pixels,
     ignored ones included); selection is over the whole batch — the global one when training under DDP.
     """
 

@@ -76,6 +76,8 @@ class LovaszSoftmaxLoss(torch.nn.Module):
     dotted with the Lovász gradient; mean over the counted classes (and over images when
     ``per_image``). ``classes="present"`` (default, as the paper) counts the classes present in the
     ground truth; 0 when none is. For C = 1 the two classes are background 1 − p and foreground p.
+    On N×C×D×H×W volumes the pixels are voxels: ``per_image`` sorts each volume's voxels, batch mode all of
+    the batch's.
 
     The authors advise combining it with cross-entropy or fine-tuning after CE (see ``ce_lovasz``).
     In batch mode under DDP the sort runs over the pixels of the global batch (:mod:`._distributed`).

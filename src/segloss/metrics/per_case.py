@@ -1,18 +1,23 @@
-"""Per-case (per-volume) Dice for 3D data evaluated slice by slice.
+"""Per-case (per-volume) Dice for 3D data, evaluated slice by slice or volume by volume.
 
-For case k and class c, TP/FP/FN are summed over every slice of the case, so
+``update(preds, target, cases)`` takes a batch of N items with one case id each: 2-D slices (N×H×W, the 2-D
+MSD path, a case's slices spread over any batches and ranks) or whole volumes (N×D×H×W, one case each), or
+any N×S… items. For case k and class c, TP/FP/FN are summed over every voxel of every item of the case, so
 
     Dice_{k,c} = 2·TP / (2·TP + FP + FN)
 
-is exactly the Dice of the stacked 3D volume, whatever the order or batching of the slices. Pixels whose
-target is ``ignore_index`` count nowhere (not even as a false positive of the predicted class).
+is exactly the Dice of the stacked 3D volume, whatever the order or batching of the slices, and a volume
+scores what its D slices score (tested, and against MONAI's ``compute_dice``). Voxels whose target is
+``ignore_index`` count nowhere (not even as a false positive of the predicted class).
 
-Absent classes (nnU-Net convention, Isensee et al., Nature Methods 2021; the MSD evaluation, Antonelli et
-al., Nature Communications 2022, scores them separately): when class c is in neither the ground truth nor
-the prediction of case k, 0/0 gives NaN and case k is left out of class c's mean. ``"Dice"`` is the per-class
-nan-mean over cases and ``"mDice"`` the nan-mean of ``"Dice"`` over classes, without the background class 0
-unless ``include_background``. ``"dice_per_case"`` and ``"Dice"`` keep every class as a column (column c =
-class c) either way.
+Absent classes (nnU-Net convention, Isensee et al., Nature Methods 2021; the MSD evaluation, Antonelli et al.,
+Nature Communications 2022, scores them separately): when class c is in neither the ground truth nor the prediction
+of case k, 0/0 gives NaN and case k is left out of class c's mean; a class predicted but absent from the truth
+scores 0 (MONAI's ``compute_dice`` gives NaN there with ``ignore_empty=True``, its default, and 0 with
+``ignore_empty=False``, which scores the absent-from-both case 1 instead). ``"Dice"`` is the per-class nan-mean over
+cases and ``"mDice"`` the nan-mean of ``"Dice"`` over classes, without the background class 0 unless
+``include_background``. ``"dice_per_case"`` and ``"Dice"`` keep every class as a column (column c = class c) either
+way.
 
 Distributed reduction: torchmetrics can only all-gather tensors, and a case's slices may be spread over
 several ranks. Each update appends rows ``[key, TP_0..TP_{C-1}, FP_0.., FN_0.., name bytes]`` (int64) to a
@@ -57,7 +62,7 @@ def decode_name(columns: Tensor) -> str:
 
 
 class CaseDice(RowsMetric):
-    """Dice per case and class from slices: ``update(preds, target, cases)``, ``compute()`` → dict.
+    """Dice per case and class from slices or volumes: ``update(preds, target, cases)``, ``compute()`` → dict.
 
     Args:
         num_classes: C; predictions and non-ignored targets must lie in [0, C).
@@ -87,10 +92,12 @@ class CaseDice(RowsMetric):
         return key
 
     def update(self, preds: Tensor, target: Tensor, cases: Sequence[str]) -> None:
-        """Add the counts of N slices: ``preds``/``target`` int64 N×H×W, ``cases[i]`` = case id of slice i."""
-        if preds.shape != target.shape or preds.ndim != 3 or len(cases) != preds.shape[0]:
+        """Add the counts of N items: ``preds``/``target`` int64 N×H×W slices or N×D×H×W volumes (any N×S…),
+        ``cases[i]`` = case id of item i."""
+        if preds.shape != target.shape or preds.ndim < 3 or len(cases) != preds.shape[0]:
             raise ValueError(
-                f"CaseDice.update needs preds and target of one shape N×H×W and N case ids; got "
+                f"CaseDice.update needs preds and target of one shape N×H×W (slices) or N×D×H×W (volumes) and "
+                f"N case ids; got "
                 f"{tuple(preds.shape)}, {tuple(target.shape)} and {len(cases)} ids"
             )
         if not len(cases):
@@ -99,7 +106,7 @@ class CaseDice(RowsMetric):
         local = {name: i for i, name in enumerate(names)}
         slice_case = torch.tensor([local[c] for c in cases], dtype=torch.int64, device=target.device)
         c = self.num_classes
-        case_of_pixel = slice_case.view(-1, 1, 1).expand_as(target)
+        case_of_pixel = slice_case.view(-1, *(1,) * (target.ndim - 1)).expand_as(target)
         # One sync-free pass (see segloss.metrics.confusion.count_bins): pixels whose target is ignored, or whose
         # target or prediction is not a class, go to the spare bin.
         valid = (target >= 0) & (target < c) & (target != self.ignore_index) & (preds >= 0) & (preds < c)

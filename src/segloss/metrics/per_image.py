@@ -57,7 +57,7 @@ class PerImageCounts(RowsMetric):
         n, c = preds.shape[0], self.num_classes
         if not n:
             return
-        image = torch.arange(n, device=preds.device).view(-1, 1, 1)
+        image = torch.arange(n, device=preds.device).view(-1, *(1,) * (target.dim() - 1))  # 2D images or volumes
         valid = (target >= 0) & (target < c) & (preds >= 0) & (preds < c)
         flat = (image * c + target.long()) * c + preds.long()
         confusion = count_bins(torch.where(valid, flat, n * c * c).reshape(-1), n * c * c).view(n, c, c)

@@ -1,21 +1,28 @@
-"""Per-case surface distances of 3-D volumes evaluated slice by slice: HD95 and ASSD, in the voxel spacing.
+"""Per-case surface distances of 3-D volumes, evaluated slice by slice or volume by volume: HD95 and ASSD, in
+the voxel spacing (mm).
 
-For case k and class c, the slices of the case (from any batch and any rank) are stacked in z order into the
-predicted and true volumes P and G. Their surfaces are ∂M = M minus its erosion (scipy's default 3-D cross),
+``update`` takes 2-D slices (N×H×W, the 2-D MSD path: each named ``…_z<index>``) or whole volumes (N×D×H×W, one
+case each: stored as its slices z = 0…D−1, so a volume scores exactly what its slices score). For case k and
+class c, the slices of the case (from any batch and any rank) are stacked in z order into the predicted and
+true volumes P and G. Their surfaces are ∂M = M minus its erosion (scipy's default 3-D cross),
 and with d(x, ∂M) the Euclidean distance in millimetres (``scipy.ndimage.distance_transform_edt`` with the
 case's spacing), A = {d(x, ∂G) : x ∈ ∂P} and B = {d(y, ∂P) : y ∈ ∂G}:
 
     HD95 = max(95th percentile of A, 95th percentile of B)       (the symmetric 95 % Hausdorff distance)
     ASSD = mean of A ∪ B                                          (average symmetric surface distance)
 
-MONAI's ``compute_hausdorff_distance(percentile=95)`` and ``compute_average_surface_distance(symmetric=True)``
-conventions (tested against them). A class absent from the prediction or the ground truth of a case has no
-distance there (nan, left out of the class mean; its Dice already scores the miss). ``"HD95"``/``"ASSD"`` are
-the per-class means over cases without the background (``mHD95``, ``mASSD`` their means over classes); lower
-is better. Costs an EDT per case and class on the CPU at the end of the split (``make bench-metrics``-free:
-it runs once per validation), so it is switched on per experiment (``metrics.surface_distance``).
+MONAI's ``compute_hausdorff_distance(percentile=95, spacing=…)`` and
+``compute_average_surface_distance(symmetric=True, spacing=…)`` conventions (tested against them, anisotropic
+spacing included; the percentile interpolates linearly as both ``np.percentile`` and ``torch.quantile`` do). A class
+absent from the prediction or the ground truth of a case has no distance there: nan, left out of the class mean (its
+Dice already scores the miss). MONAI gives nan when both are empty; when exactly one is, its ASSD (and its HD
+without a percentile) is inf and its HD95 nan (``torch.quantile`` of inf distances). ``"HD95"``/``"ASSD"`` are the
+per-class means over cases without the background (``mHD95``, ``mASSD`` their means over classes); lower is better.
+Costs an EDT per case and class on the CPU at the end of the split (``make bench-metrics``-free: it runs once per
+validation), so it is switched on per experiment (``metrics.surface_distance``).
 
-Pixels whose target is ignored count as background in both volumes. Under DDP each rank sends its slices to
+Voxels whose target is ignored are background in the true volume (the predicted volume keeps what was predicted
+there, as MONAI is given it in the tests). Under DDP each rank sends its slices to
 every rank (``all_gather_object``) so all ranks compute the same numbers.
 """
 
@@ -50,7 +57,8 @@ def surface_distances(pred: np.ndarray, truth: np.ndarray, spacing: Sequence[flo
 
 
 class CaseSurfaceDistance:
-    """Collects slices per case (``update``), computes per-case and per-class HD95 and ASSD (``compute``)."""
+    """Collects slices (or volumes) per case (``update``), computes per-case and per-class HD95 and ASSD
+    (``compute``)."""
 
     def __init__(self, num_classes: int, ignore_index: int = 255) -> None:
         self.num_classes, self.ignore_index = num_classes, ignore_index
@@ -65,14 +73,35 @@ class CaseSurfaceDistance:
         return bool(self.slices)
 
     def update(
-        self, preds: Tensor, target: Tensor, cases: Sequence[str], names: Sequence[str], spacing: Tensor
+        self,
+        preds: Tensor,
+        target: Tensor,
+        cases: Sequence[str],
+        names: Sequence[str] | None,
+        spacing: Tensor | Sequence[Sequence[float]],
     ) -> None:
-        """Slices of N cases: ``names`` end in ``_z<index>`` (the MSD loader's), ``spacing`` N×3 (z, y, x) mm."""
+        """N items with their case ids and ``spacing`` N×3 (z, y, x) mm: 2-D slices (``preds``/``target``
+        N×H×W) whose ``names`` end in ``_z<index>`` (the MSD loader's), or whole volumes (N×D×H×W; ``names``
+        unused, may be None). A slice or volume seen again replaces the one stored (DDP samplers repeat items)."""
+        if preds.shape != target.shape or preds.ndim not in (3, 4) or len(cases) != preds.shape[0]:
+            raise ValueError(
+                f"CaseSurfaceDistance.update needs preds and target of one shape N×H×W (slices) or N×D×H×W "
+                f"(volumes) and N case ids; got {tuple(preds.shape)}, {tuple(target.shape)} and {len(cases)} ids"
+            )
+        volumes = preds.ndim == 4
+        if names is None:
+            if not volumes:
+                raise ValueError("slices (N×H×W) need their names (…_z<index>) to be stacked in z order")
+            names = [None] * len(cases)
         target = torch.where(target == self.ignore_index, 0, target)
-        preds, target, spacing = preds.cpu().numpy(), target.cpu().numpy(), spacing.cpu().double().numpy()
+        preds, target = preds.cpu().numpy().astype(np.uint8), target.cpu().numpy().astype(np.uint8)
+        spacing = torch.as_tensor(spacing).cpu().double().numpy().reshape(len(cases), -1)
         for pred, truth, case, name, mm in zip(preds, target, cases, names, spacing, strict=True):
-            z = int(str(name).rsplit("_z", 1)[1])
-            self.slices.setdefault(case, {})[z] = (pred.astype(np.uint8), truth.astype(np.uint8))
+            stored = self.slices.setdefault(case, {})
+            if volumes:
+                stored.update({z: (pred[z], truth[z]) for z in range(len(pred))})
+            else:
+                stored[int(str(name).rsplit("_z", 1)[1])] = (pred, truth)
             self.spacing[case] = tuple(float(v) for v in mm)
 
     def _gathered(self) -> tuple[dict, dict]:
