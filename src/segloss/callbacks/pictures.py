@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import lightning.pytorch as L
+import torch
 from lightning.pytorch.utilities import rank_zero_only
 
 from segloss.utils.visualize import (
@@ -35,15 +36,31 @@ class FirstPredictions:
         sizes, names = batch.get("size"), batch.get("name")
         mean, std = getattr(pl_module, "input_mean", None), getattr(pl_module, "input_std", None)
         for i in range(min(wanted, len(outputs["preds"]))):
-            height, width = (int(v) for v in sizes[i]) if sizes is not None else batch["mask"].shape[-2:]
+            image, mask, pred = batch["image"][i], batch["mask"][i], outputs["preds"][i]
+            size = sizes[i][-2:] if sizes is not None else mask.shape[-2:]  # a volume's size is D, H, W
+            if mask.dim() == 3:  # a volume (C×D×H×W): its axial slice with the most labelled foreground
+                image, mask, pred, _ = volume_slice(image, mask, pred, pl_module.num_classes)
+            height, width = (int(v) for v in size)
             self.samples.append(
                 (
-                    display_image(batch["image"][i], mean, std)[:height, :width],
-                    batch["mask"][i, :height, :width].cpu().numpy(),
-                    outputs["preds"][i, :height, :width].cpu().numpy(),
+                    display_image(image, mean, std)[:height, :width],
+                    mask[:height, :width].cpu().numpy(),
+                    pred[:height, :width].cpu().numpy(),
                     str(names[i]) if names is not None else f"{batch_idx}/{i}",
                 )
             )
+
+
+def volume_slice(image, mask, pred, num_classes: int):
+    """``(image 3×H×W uint8, mask H×W, prediction H×W, z)`` of a volume's axial slice z with the most foreground
+    voxels (classes 1…C−1) in the ground truth (the middle slice when there is none). The image's first channel
+    (a CT, an MR modality) is shown in grey, scaled from its slice's 1st–99th percentiles to 0–255."""
+    foreground = ((mask > 0) & (mask < num_classes)).flatten(1).sum(1)
+    z = int(foreground.argmax()) if int(foreground.max()) > 0 else mask.shape[0] // 2
+    plane = image[0, z].detach().float().cpu()
+    low, high = torch.quantile(plane.flatten(), torch.tensor([0.01, 0.99])).tolist()
+    grey = ((plane - low) / max(high - low, 1e-6)).clamp(0, 1).mul(255).round().byte()
+    return grey.expand(3, *grey.shape).contiguous(), mask[z], pred[z], z
 
 
 class PredictionGrid(L.Callback):

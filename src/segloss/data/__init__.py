@@ -13,6 +13,7 @@ _HOMES = {
     "SegmentationDataModule": "segloss.data.datamodule",
     "ImageMaskFolderDataset": "segloss.data.folders",
     "MSDSliceDataset": "segloss.data.medical",
+    "MSDVolumeDataset": "segloss.data.volumes",
     "SyntheticCity": "segloss.data.synthetic",
     "VOCDataset": "segloss.data.voc",
     "DatasetFormatError": "segloss.errors",

@@ -24,6 +24,8 @@ class PadCollate:
     so padded pixels count in no loss or metric; ``batch["size"]`` (N×2) keeps each item's own
     (H, W). Same-size items are simply stacked. Predictions on a padded item can differ slightly
     near its border from whole-image inference: evaluate with batch size 1 where that matters.
+    Volumes (images C×D×H×W, masks D×H×W: :mod:`segloss.data.volumes`) are padded likewise along D, H and W,
+    with ``batch["size"]`` N×3.
     """
 
     def __init__(self, ignore_index: int = 255) -> None:
@@ -32,6 +34,8 @@ class PadCollate:
     def __call__(self, items: list[dict]) -> dict:
         if "augment" in items[0]:  # data.augment_on_device: source regions + their sampling parameters
             return device_augment.collate(items)
+        if items[0]["image"].dim() == 4:  # C×D×H×W volumes (segloss.data.volumes)
+            return self._volumes(items)
         sizes = [tuple(item["image"].shape[-2:]) for item in items]
         if len(set(sizes)) == 1:
             return default_collate(items)
@@ -43,6 +47,20 @@ class PadCollate:
         for i, (item, (h, w)) in enumerate(zip(items, sizes, strict=True)):  # one copy per item
             images[i, ..., :h, :w] = item["image"]
             masks[i, ..., : item["mask"].shape[-2], : item["mask"].shape[-1]] = item["mask"]
+        return {**rest, "image": images, "mask": masks, "size": torch.tensor(sizes)}
+
+    def _volumes(self, items: list[dict]) -> dict:
+        """Volumes C×D×H×W (masks D×H×W) padded at the far end of each axis; ``size`` is N×3 (D, H, W)."""
+        sizes = [tuple(item["image"].shape[-3:]) for item in items]
+        if len(set(sizes)) == 1:
+            return default_collate(items)
+        shape = tuple(max(size[axis] for size in sizes) for axis in range(3))
+        rest = default_collate([{k: v for k, v in item.items() if k not in ("image", "mask")} for item in items])
+        images = items[0]["image"].new_zeros((len(items), items[0]["image"].shape[0], *shape))
+        masks = items[0]["mask"].new_full((len(items), *shape), self.ignore_index)
+        for i, (item, (d, h, w)) in enumerate(zip(items, sizes, strict=True)):
+            images[i, :, :d, :h, :w] = item["image"]
+            masks[i, :d, :h, :w] = item["mask"]
         return {**rest, "image": images, "mask": masks, "size": torch.tensor(sizes)}
 
 
