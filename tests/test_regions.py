@@ -9,7 +9,7 @@ import pytest
 import torch
 from omegaconf import OmegaConf
 
-from segloss.data.regions import BRATS_REGIONS, Regions, regions_from_config
+from segloss.utils.regions import BRATS_REGIONS, Regions, regions_from_config
 from segloss.errors import ConfigError, LabelValueError
 from segloss.metrics.regions import (
     CaseRegionDice,

@@ -164,6 +164,12 @@ def per_case_data(cfg: DictConfig) -> bool:
         return False  # a wrong _target_ is reported when the data is built
 
 
+def region_names(cfg: DictConfig) -> list[str]:
+    """The names of ``data.regions`` (overlapping regions trained with one sigmoid each), in order; [] without."""
+    regions = _value(cfg, "data.regions")
+    return [str(name) for name in regions] if isinstance(regions, DictConfig) else []
+
+
 def logged_metrics(cfg: DictConfig, per_case: bool) -> set[str]:
     """Every metric name a training with ``cfg`` logs (what a callback's ``monitor`` may name)."""
     names = list(cfg.data.class_names)
@@ -172,8 +178,9 @@ def logged_metrics(cfg: DictConfig, per_case: bool) -> set[str]:
     logged |= {f"val/loss/{t}" for t in terms} | {f"train/loss/{t}_{s}" for t in terms for s in ("step", "epoch")}
     switches = _value(cfg, "metrics")
     switches = OmegaConf.to_container(switches) if isinstance(switches, DictConfig) else None
-    logged |= registry_logged_metrics(names, per_case, switches)  # segloss.utils.metric_registry, as switched
-    logged |= {f"{m}_best" for m in optimizable_metrics(names, per_case)}
+    regions = region_names(cfg)
+    logged |= registry_logged_metrics(names, per_case, switches, regions)  # segloss.utils.metric_registry, switched
+    logged |= {f"{m}_best" for m in optimizable_metrics(names, per_case, regions)}
     logged |= {"train/mIoU", "train/mDice", "train/acc", "train/skipped_batches"}
     return logged
 
@@ -185,7 +192,7 @@ def check_metrics(cfg: DictConfig) -> list[str]:
     if optimized is _MISSING or _value(cfg, "data.class_names") is _MISSING:
         return []
     per_case = per_case_data(cfg)
-    allowed = optimizable_metrics(list(cfg.data.class_names), per_case)
+    allowed = optimizable_metrics(list(cfg.data.class_names), per_case, region_names(cfg))
     problems = []
     if optimized not in allowed:
         shown = [m for m in allowed if m.count("/") == 1]

@@ -15,6 +15,7 @@ from segloss.data import device_augment
 from segloss.data.sampling import IndexedItems, ResumableLoader, SeededItems, ShardSampler
 from segloss.errors import ConfigError
 from segloss.utils.label_space import check_class_names
+from segloss.utils.regions import regions_from_config
 from segloss.utils.rules import Rule, bool_rule, int_at_least, is_int, require_all
 
 
@@ -87,6 +88,9 @@ class SegmentationDataModule(L.LightningDataModule):
             jitters and normalises them on the model's device (:mod:`segloss.data.device_augment`).
         normalize: ``{mean, std}``, the one normalisation of the data (``data.normalize``): read by the
             transforms' configs (``${data.normalize.mean}``) and by the module (``segloss.build``), not here.
+        regions: overlapping regions of the label space (``data.regions``, BraTS-style): the masks stay label maps;
+            the module trains one sigmoid per region (``segloss.utils.regions``). Checked here against the label
+            space, so a wrong definition stops before any model is built.
     """
 
     # The rules of the data config's values, checked here and read by segloss.checks.
@@ -126,6 +130,7 @@ class SegmentationDataModule(L.LightningDataModule):
         normalize_on_device: bool = False,
         augment_on_device: bool = False,
         normalize: dict | None = None,
+        regions: dict | None = None,
     ) -> None:
         super().__init__()
         require_all(self.RULES, dict(batch_size=batch_size, val_batch_size=val_batch_size, num_workers=num_workers,
@@ -133,6 +138,7 @@ class SegmentationDataModule(L.LightningDataModule):
                                      normalize_on_device=normalize_on_device,
                                      augment_on_device=augment_on_device))  # fmt: skip
         check_class_names(class_names, num_classes)
+        self.regions = regions_from_config(regions, num_classes) if regions else None
         if 0 <= ignore_index < num_classes:
             raise ConfigError(
                 f"ignore_index={ignore_index} is a valid class id for num_classes={num_classes}; "

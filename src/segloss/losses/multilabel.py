@@ -10,7 +10,7 @@ The contract of these losses (it differs from the label-map contract of :mod:`se
 * ``logits``: float N×R×S… (any number ≥ 1 of spatial dims), one channel per region;
 * ``target``: **multi-hot**, of the *same shape* N×R×S…, dtype uint8, bool or any integer type (int64 …), with
   values 0 (outside region r), 1 (inside) or ``ignore_index`` (default 255: unlabelled). Ignoring is per
-  element (n, r, voxel): :meth:`segloss.data.regions.Regions.to_multi_hot` writes the ignore value into every
+  element (n, r, voxel): :meth:`segloss.utils.regions.Regions.to_multi_hot` writes the ignore value into every
   region channel of an unlabelled voxel, but a voxel may also be ignored in some regions only. A bool target
   holds no ignore value (every element counts). Soft (float) targets are refused.
 
@@ -73,7 +73,7 @@ def check_multilabel_target(
         if target.dim() == logits.dim() - 1 and tuple(target.shape) == (logits.shape[0], *logits.shape[2:]):
             hint = (
                 " — it looks like a label map N×S…; convert it with "
-                "segloss.data.regions.Regions.to_multi_hot(label_map, ignore_index)"
+                "segloss.utils.regions.Regions.to_multi_hot(label_map, ignore_index)"
             )
         raise ValueError(
             f"multi-hot target shape {tuple(target.shape)} must equal the logits' {tuple(logits.shape)} "

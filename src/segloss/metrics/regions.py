@@ -3,7 +3,7 @@
 Inputs are binary region predictions ``preds`` N×R×S… (bool, or integers where nonzero = inside; e.g.
 ``Regions.region_masks(logits)`` or, as the BraTS evaluation scores the written segmentation,
 ``Regions.to_multi_hot(Regions.to_label_map(logits))``) and multi-hot targets N×R×S… (0, 1, or ``ignore_index``,
-:meth:`segloss.data.regions.Regions.to_multi_hot`). Elements whose target is ``ignore_index`` count nowhere, not
+:meth:`segloss.utils.regions.Regions.to_multi_hot`). Elements whose target is ``ignore_index`` count nowhere, not
 even as false positives. For region r, with TP/FP/FN counted over the non-ignored elements:
 
     Dice_r = 2·TP / (2·TP + FP + FN),     IoU_r = TP / (TP + FP + FN)

@@ -22,7 +22,9 @@ from torch import Tensor, nn
 from segloss.metrics import CaseDice, ConfusionScores
 from segloss.metrics.per_image import PerImageCounts
 from segloss.metrics.quality import QualityMetrics
+from segloss.metrics.regions import CaseRegionDice, RegionScores
 from segloss.metrics.surface import CaseSurfaceDistance
+from segloss.utils.regions import Regions
 from segloss.utils.rules import Rule, bool_rule
 
 
@@ -30,7 +32,14 @@ class EvaluationMetrics(nn.Module):
     # metrics.surface_distance is read here; the other metrics options by QualityMetrics (its RULES).
     RULES: ClassVar[dict[str, Rule]] = {"surface_distance": bool_rule("metrics.surface_distance", False)}
 
-    def __init__(self, num_classes: int, ignore_index: int, class_names: Sequence[str], quality: dict) -> None:
+    def __init__(
+        self,
+        num_classes: int,
+        ignore_index: int,
+        class_names: Sequence[str],
+        quality: dict,
+        regions: Regions | None = None,
+    ) -> None:
         super().__init__()
         quality = dict(quality)
         surface = quality.pop("surface_distance", False)  # per-case HD95/ASSD of volume data (MSD)
@@ -42,6 +51,11 @@ class EvaluationMetrics(nn.Module):
         self.case = CaseDice(num_classes, ignore_index)
         self.surface = CaseSurfaceDistance(num_classes, ignore_index) if surface else None
         self.seen = 0  # images this rank has scored in the current pass (for batches without "index")
+        # Overlapping regions (data.regions): scored on the written label map, as the BraTS evaluation does.
+        self.regions = regions
+        if regions is not None:
+            self.region_split = RegionScores(len(regions), ignore_index, names=list(regions.names))
+            self.region_case = CaseRegionDice(len(regions), ignore_index)
 
     def start(self) -> None:
         """A new pass over the split begins."""
@@ -61,6 +75,12 @@ class EvaluationMetrics(nn.Module):
             index = torch.arange(self.seen, self.seen + len(preds))
         self.images.update(preds, mask, names, index, extras)
         self.seen += len(preds)
+        if self.regions is not None:
+            ignore = self.split.ignore_index
+            written, truth = self.regions.to_multi_hot(preds, ignore), self.regions.to_multi_hot(mask, ignore)
+            self.region_split.update(written, truth)
+            if "case" in batch:
+                self.region_case.update(written, truth, batch["case"])
         if "case" in batch:
             self.case.update(preds, mask, batch["case"])
             if self.surface is not None and "spacing" in batch:
@@ -98,4 +118,21 @@ class EvaluationMetrics(nn.Module):
                 logged[f"case_m{key}"] = distances[f"m{key}"]
                 names = self.class_names[1:]  # no distance for the background
                 logged.update({f"case_{key}/{name}": v for name, v in zip(names, distances[key][1:])})
+        if self.regions is not None:
+            self._compute_regions(results, logged)
         return results, logged
+
+    def _compute_regions(self, results: dict, logged: dict) -> None:
+        """``region_mDice``, ``region_Dice/<region>`` (and per case) into ``results`` and ``logged``."""
+        names = list(self.regions.names)
+        split = self.region_split.compute()
+        self.region_split.reset()
+        results.update(region_Dice=split["Dice"], region_mDice=split["mDice"])
+        logged["region_mDice"] = split["mDice"]
+        logged.update({f"region_Dice/{name}": v for name, v in zip(names, split["Dice"])})
+        if self.region_case.update_called:
+            case = self.region_case.compute()
+            self.region_case.reset()
+            results.update(region_case_Dice=case["Dice"], region_case_mDice=case["mDice"])
+            logged["region_case_mDice"] = case["mDice"]
+            logged.update({f"region_case_Dice/{name}": v for name, v in zip(names, case["Dice"])})

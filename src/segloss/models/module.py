@@ -21,6 +21,7 @@ from segloss.models.nonfinite import NonFinitePolicy, non_finite_tensors
 from segloss.utils.label_space import check_class_names
 from segloss.utils.lightning_adapter import attached_trainer, batches_started, logs_this_step
 from segloss.utils.normalisation import IMAGENET_MEAN, IMAGENET_STD
+from segloss.utils.regions import regions_from_config
 from segloss.utils.rules import Rule, bool_rule, number_between, require_all
 from segloss.utils.seeding import reseed_step
 
@@ -87,6 +88,12 @@ class SegmentationModule(L.LightningModule):
             :mod:`segloss.metrics.surface`).
         deep_supervision: the weights w_k of a net's auxiliary outputs, ``L(main) + Σ w_k·L(aux_k)``
             (:class:`segloss.losses.DeepSupervision`; ``model.aux.weights``); None: a net without them.
+        regions: overlapping regions ``{name: [labels…]}`` in order (``data.regions``; BraTS's whole tumour,
+            tumour core, enhancing tumour): the net has one sigmoid channel per region, the loss gets the multi-hot
+            target N×R×S… (:meth:`segloss.utils.regions.Regions.to_multi_hot`), predictions are the label map
+            written back in region order (a voxel takes the label of the last region firing at
+            ``binary_threshold``), and validation also logs ``region_mDice``, ``region_Dice/<region>`` (and per
+            case). None: one channel per class.
 
     Raises:
         ConfigError: an option breaks its rule in :attr:`RULES` (or :attr:`NonFinitePolicy.RULES`), or the
@@ -124,6 +131,7 @@ class SegmentationModule(L.LightningModule):
         metrics: dict | None = None,
         binary_threshold: float = 0.5,
         deep_supervision: Sequence[float] | None = None,
+        regions: dict | None = None,
     ) -> None:
         super().__init__()
         require_all(self.RULES, {"channels_last": channels_last, "compile": compile, "train_metrics": train_metrics,
@@ -154,8 +162,9 @@ class SegmentationModule(L.LightningModule):
         self.binary_threshold = binary_threshold
         self.nonfinite = NonFinitePolicy(nonfinite, nonfinite_defer, nonfinite_max_skips)
         self.train_metrics = ConfusionScores(num_classes, ignore_index)
-        self.val_eval = EvaluationMetrics(num_classes, ignore_index, class_names, metrics or {})
-        self.test_eval = EvaluationMetrics(num_classes, ignore_index, class_names, metrics or {})
+        self.regions = regions_from_config(regions, num_classes) if regions else None
+        self.val_eval = EvaluationMetrics(num_classes, ignore_index, class_names, metrics or {}, self.regions)
+        self.test_eval = EvaluationMetrics(num_classes, ignore_index, class_names, metrics or {}, self.regions)
         self.inference = inference if isinstance(inference, Inference) else Inference(**(inference or {}))
         self.best = BestScore(optimized_metric, class_names)
         self._resumed_best: dict | None = None  # the best of the checkpoint a training resumes from
@@ -201,10 +210,24 @@ class SegmentationModule(L.LightningModule):
         out = self(batch["image"]) if logits is None else logits
         self._check_channels(out[0] if isinstance(out, tuple) else out)
         if wants_image(self.loss):
-            return self.supervision(self.loss, out, batch["mask"], image=self.rgb(batch["image"]))
-        return self.supervision(self.loss, out, batch["mask"])
+            return self.supervision(self.loss, out, self.loss_target(batch), image=self.rgb(batch["image"]))
+        return self.supervision(self.loss, out, self.loss_target(batch))
+
+    def loss_target(self, batch: dict) -> Tensor:
+        """The target the loss compares with: the label map, or with ``regions`` its multi-hot N×R×S…."""
+        if self.regions is None:
+            return batch["mask"]
+        return self.regions.to_multi_hot(batch["mask"], self.ignore_index)
 
     def _check_channels(self, logits: Tensor) -> Tensor:
+        if self.regions is not None:
+            if logits.shape[1] != len(self.regions):
+                raise ConfigError(
+                    f"the net outputs {logits.shape[1]} channels but data.regions names {len(self.regions)} regions "
+                    f"({', '.join(self.regions.names)}); set model.net.num_classes={len(self.regions)} (one sigmoid "
+                    "per region)"
+                )
+            return logits
         binary = logits.shape[1] == 1 and self.num_classes == 2  # one sigmoid channel: background/foreground
         if logits.shape[1] != self.num_classes and not binary:  # a shape, known without a sync
             raise ConfigError(
@@ -215,7 +238,10 @@ class SegmentationModule(L.LightningModule):
         return logits
 
     def to_classes(self, logits: Tensor) -> Tensor:
-        """Class indices N×H×W: argmax, or the sigmoid thresholded at ``binary_threshold`` for one channel."""
+        """Class indices N×H×W: argmax, the sigmoid thresholded at ``binary_threshold`` for one channel, or with
+        ``regions`` the label map their sigmoids write (:meth:`segloss.utils.regions.Regions.to_label_map`)."""
+        if self.regions is not None:
+            return self.regions.to_label_map(logits, self.binary_threshold)
         return to_classes(logits, self.binary_threshold)
 
     def training_step(self, batch: dict, batch_idx: int) -> Tensor | None:

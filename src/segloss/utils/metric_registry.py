@@ -15,8 +15,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
-# What turns a metric on: always, a switch of the `metrics` config node, or data whose items are 3D cases.
-ALWAYS, CASES = "always", "cases"
+# What turns a metric on: always, a switch of the `metrics` config node, data whose items are 3D cases, or a
+# label space trained as overlapping regions (data.regions: one sigmoid per region, segloss.utils.regions).
+ALWAYS, CASES, REGIONS = "always", "cases", "regions"
 
 
 def iou(tp: np.ndarray, union: np.ndarray) -> np.ndarray:
@@ -54,10 +55,12 @@ class Metric:
     first_class: int = 0  # 1: no per-class value for the background (surface distances)
     also_needs: str | None = None  # a second switch (per-case surface distances: cases and metrics.surface_distance)
 
-    def logged(self, per_case: bool, switches: dict | None = None) -> bool:
-        """Whether a validation logs it: with cases where it needs them, and its switches of the ``metrics`` node
-        on (``switches`` None: whatever they are)."""
-        if self.enabled_by == CASES and not per_case:
+    def logged(self, per_case: bool, switches: dict | None = None, regions: bool = False) -> bool:
+        """Whether a validation logs it: with cases or regions where it needs them, and its switches of the
+        ``metrics`` node on (``switches`` None: whatever they are)."""
+        if (self.enabled_by == CASES or self.also_needs == CASES) and not per_case:
+            return False
+        if self.enabled_by == REGIONS and not regions:
             return False
         needs = [s for s in (self.enabled_by, self.also_needs) if s and s.startswith("metrics.")]
         return switches is None or all(switches.get(s.removeprefix("metrics."), False) for s in needs)
@@ -83,22 +86,34 @@ METRICS = (
     Metric("case_mDice", True, "case_Dice", CASES, optimizable=True),
     Metric("case_mHD95", False, "case_HD95", CASES, first_class=1, also_needs="metrics.surface_distance"),
     Metric("case_mASSD", False, "case_ASSD", CASES, first_class=1, also_needs="metrics.surface_distance"),
+    # Overlapping regions (data.regions), scored on the written label map as BraTS does (segloss.metrics.regions);
+    # per region: val/region_Dice/<region>.
+    Metric("region_mDice", True, "region_Dice", REGIONS, optimizable=True),
+    Metric("region_case_mDice", True, "region_case_Dice", REGIONS, optimizable=True, also_needs=CASES),
 )  # fmt: skip
 BY_NAME = {metric.name: metric for metric in METRICS}
 COMPARED = tuple(m.name for m in METRICS if m.compared)  # make compare's columns beyond mIoU, in this order
 LOWER_IS_BETTER = tuple(m.name for m in METRICS if not m.higher_is_better)
 
 
-def optimizable_metrics(class_names: list[str], per_case: bool) -> list[str]:
-    """Every name ``optimized_metric`` may take for this label space (and data with cases or not)."""
-    chosen = [m for m in METRICS if m.optimizable and (per_case or m.enabled_by != CASES)]
+def _per_class_names(metric: Metric, class_names: list[str], region_names: list[str]) -> list[str]:
+    return list(region_names) if metric.enabled_by == REGIONS else class_names[metric.first_class :]
+
+
+def optimizable_metrics(class_names: list[str], per_case: bool, region_names: list[str] = ()) -> list[str]:
+    """Every name ``optimized_metric`` may take for this label space (data with cases or not; the names of its
+    overlapping regions, if it is trained as regions)."""
+    chosen = [m for m in METRICS if m.optimizable and m.logged(per_case, None, bool(region_names))]
     return [f"val/{m.name}" for m in chosen] + [f"val/{m.per_class}/{c}" for m in chosen if m.per_class
-                                                 for c in class_names]  # fmt: skip
+                                                 for c in _per_class_names(m, class_names, region_names)]  # fmt: skip
 
 
-def logged_metrics(class_names: list[str], per_case: bool, switches: dict | None = None) -> set[str]:
+def logged_metrics(
+    class_names: list[str], per_case: bool, switches: dict | None = None, region_names: list[str] = ()
+) -> set[str]:
     """Every ``val/…`` metric name a validation logs for this label space and the ``metrics`` node's switches
     (``switches`` None: whatever they are)."""
-    chosen = [m for m in METRICS if m.logged(per_case, switches)]
+    chosen = [m for m in METRICS if m.logged(per_case, switches, bool(region_names))]
     names = {f"val/{m.name}" for m in chosen}
-    return names | {f"val/{m.per_class}/{c}" for m in chosen if m.per_class for c in class_names[m.first_class :]}
+    return names | {f"val/{m.per_class}/{c}" for m in chosen if m.per_class
+                    for c in _per_class_names(m, class_names, region_names)}  # fmt: skip
