@@ -48,10 +48,12 @@ def test_experiment_instantiates(name, make_cfg, tmp_path):
 
 @pytest.mark.parametrize("name", MODELS)
 def test_model_configs_build_offline(name, make_cfg):
-    cfg = make_cfg([f"model={name}"])
+    volumes = name == "unet3d"  # a 3D net for data=msd3d: one-channel volumes N×1×D×H×W
+    cfg = make_cfg([f"model={name}", *(["data=msd3d"] if volumes else [])])
     net = hydra.utils.instantiate(cfg.model.net).eval()
+    size = (8, 40, 72) if volumes else (40, 72)
     with torch.no_grad():
-        assert net(torch.randn(1, 3, 40, 72)).shape == (1, cfg.data.num_classes, 40, 72)
+        assert net(torch.randn(1, 1 if volumes else 3, *size)).shape == (1, cfg.data.num_classes, *size)
 
 
 @pytest.mark.parametrize("name", LOSSES)

@@ -67,7 +67,7 @@ def build_module(cfg: DictConfig, with_optimizer: bool = True, datamodule=None) 
         num_classes=cfg.data.num_classes,
         ignore_index=cfg.data.ignore_index,
         class_names=list(cfg.data.class_names),
-        inference=OmegaConf.to_container(cfg.inference) if cfg.get("inference") else None,
+        inference=OmegaConf.to_container(cfg.inference, resolve=True) if cfg.get("inference") else None,
         optimized_metric=cfg.get("optimized_metric", "val/mIoU"),
         metrics=OmegaConf.to_container(cfg.metrics) if cfg.get("metrics") else None,
         regions=OmegaConf.to_container(cfg.data.regions) if cfg.data.get("regions") else None,

@@ -26,8 +26,9 @@ from torch import Tensor
 
 from segloss.errors import ConfigError
 from segloss.models.crf import DenseCRF
+from segloss.models.sliding import gaussian_sliding_window
 
-MODES = ("whole", "slide")
+MODES = ("whole", "slide", "gaussian")
 
 
 def window_origins(size: int, window: int, stride: int) -> list[int]:
@@ -107,10 +108,28 @@ def slide_classes(
     return out_classes
 
 
+def check_gaussian(patch_size, step, mirror_axes) -> None:
+    """The settings of ``inference.mode=gaussian`` (ConfigErrors naming the key)."""
+    if patch_size is None or len(patch_size) not in (2, 3) or min(patch_size) <= 0:
+        raise ConfigError(
+            f"inference.mode=gaussian needs inference.patch_size=[d, h, w] (or [h, w]) with positive sizes, got "
+            f"{patch_size} (e.g. the training patch, ${{data.dataset.patch_size}})"
+        )
+    if not isinstance(step, int | float) or isinstance(step, bool) or not 0 < step <= 1:
+        raise ConfigError.value("inference.step", step, "a fraction of the patch in (0, 1]", "inference.step=0.5")
+    if any(not isinstance(a, int) or not 0 <= a < len(patch_size) for a in mirror_axes):
+        axes = f"spatial axes in [0, {len(patch_size)})"
+        raise ConfigError.value("inference.mirror_axes", list(mirror_axes), axes, "inference.mirror_axes=[0,1,2]")
+
+
 class Inference:
-    """``Inference(mode="whole" | "slide", crop_size=(h, w), stride=(s_h, s_w), window_batch=k, crf=None)``: how
-    evaluation turns an image batch into logits. ``whole`` runs the net once on the full image; ``slide``
-    runs it on windows, ``window_batch`` of them per call. ``crf`` (None/false: off; true: DeepLab-v2's
+    """``Inference(mode="whole" | "slide" | "gaussian", crop_size=(h, w), stride=(s_h, s_w), window_batch=k,
+    patch_size=…, step=0.5, mirror_axes=(), crf=None)``: how evaluation turns an image batch into logits.
+    ``whole`` runs the net once on the full image; ``slide`` runs it on windows, ``window_batch`` of them per call,
+    averaging the logits; ``gaussian`` is nnU-Net's sliding window for 2D images or 3D volumes (windows of
+    ``patch_size`` every ``step``·patch, blended with a Gaussian importance map, σ = patch/8, mirrored over every
+    flip of the spatial axes ``mirror_axes`` — :func:`segloss.models.sliding.gaussian_sliding_window`). ``crf``
+    (None/false: off; true: DeepLab-v2's
     parameters; a mapping or a :class:`DenseCRF`: those) refines the logits with mean-field inference of the
     fully connected CRF, which needs ``rgb`` (N×3×H×W in [0, 255]) in :meth:`__call__` and :meth:`classes`.
 
@@ -126,9 +145,16 @@ class Inference:
         stride: Sequence[int] | None = None,
         window_batch: int = 1,
         crf: bool | dict | DenseCRF | None = None,
+        patch_size: Sequence[int] | None = None,
+        step: float = 0.5,
+        mirror_axes: Sequence[int] = (),
     ) -> None:
         if mode not in MODES:
             raise ConfigError(f"inference.mode={mode!r}: choose one of {MODES}")
+        if mode == "gaussian":
+            check_gaussian(patch_size, step, mirror_axes)
+        self.patch_size = tuple(patch_size) if patch_size is not None else None
+        self.step, self.mirror_axes = float(step), tuple(mirror_axes)
         if mode == "slide":
             for name, value in (("crop_size", crop_size), ("stride", stride)):
                 if value is None or len(value) != 2 or min(value) <= 0:
@@ -149,11 +175,14 @@ class Inference:
 
     def __call__(self, forward: Callable[[Tensor], Tensor], image: Tensor, rgb: Tensor | None = None) -> Tensor:
         """Logits N×C×H×W of ``image``; with the CRF on, its log-marginals log Q given the image ``rgb``."""
-        logits = (
-            forward(image)
-            if self.mode == "whole"
-            else slide_inference(forward, image, self.crop_size, self.stride, self.window_batch)
-        )
+        if self.mode == "gaussian":
+            logits = gaussian_sliding_window(
+                forward, image, self.patch_size, self.step, self.window_batch, self.mirror_axes
+            )
+        elif self.mode == "whole":
+            logits = forward(image)
+        else:
+            logits = slide_inference(forward, image, self.crop_size, self.stride, self.window_batch)
         if self.crf is None:
             return logits
         if rgb is None:
@@ -168,7 +197,7 @@ class Inference:
     ) -> Tensor:
         """Class indices N×H×W; with ``slide`` and no CRF, never holding the whole image's logits
         (:func:`slide_classes`); with the CRF, ``to_classes`` of :meth:`__call__`'s refined logits."""
-        if self.crf is not None:
+        if self.crf is not None or self.mode == "gaussian":
             return to_classes(self(forward, image, rgb))
         if self.mode == "whole":
             return to_classes(forward(image))
@@ -180,6 +209,9 @@ class Inference:
             if self.mode == "slide"
             else ""
         )
+        if self.mode == "gaussian":
+            extra = (f", patch_size={self.patch_size}, step={self.step}, mirror_axes={self.mirror_axes}, "
+                     f"window_batch={self.window_batch}")  # fmt: skip
         if self.crf is not None:
             extra += f", crf={self.crf}"
         return f"Inference(mode={self.mode!r}{extra})"

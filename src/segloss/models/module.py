@@ -63,7 +63,8 @@ class SegmentationModule(L.LightningModule):
         scheduler: ``scheduler(optimizer=…, total_steps=…)`` factory stepped every optimizer step, or None.
         num_classes, ignore_index, class_names: the label space.
         channels_last: keep the net's weights and inputs in channels-last (NHWC) memory format; on
-            CPU (oneDNN) and on GPUs with tensor cores this runs convolutions faster.
+            CPU (oneDNN) and on GPUs with tensor cores this runs convolutions faster. 2D nets only: a net with
+            5-D (volumetric) weights keeps the default layout whatever this says.
         inference: an :class:`Inference` or its keyword dict (``{"mode": "slide", "crop_size": …}``);
             None = whole images.
         input_mean, input_std: the normalisation of the data config, ``(x/255 − mean)/std``: applied on the
@@ -142,8 +143,9 @@ class SegmentationModule(L.LightningModule):
         self.save_hyperparameters(
             {"num_classes": num_classes, "ignore_index": ignore_index, "class_names": class_names}
         )
-        self.channels_last = channels_last
-        self.net = net.to(memory_format=torch.channels_last) if channels_last else net
+        # NHWC is a 2D layout: a volumetric net (5-D weights, N×C×D×H×W inputs) keeps the default one.
+        self.channels_last = channels_last and not any(p.dim() == 5 for p in net.parameters())
+        self.net = net.to(memory_format=torch.channels_last) if self.channels_last else net
         if compile:
             self.net.compile()  # in place: the state_dict keys (and checkpoints) stay the same
         # uint8 batches (data.normalize_on_device) are normalised here: x·1/(255σ) − μ/σ per channel.

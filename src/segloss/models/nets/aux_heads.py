@@ -9,12 +9,17 @@ inference it returns the main logits only, so metrics, checkpoints' use and pred
   Cityscapes/VOC baselines (``auxiliary_head=FCNHead(in_index=2, channels=256, num_convs=1,
   concat_input=False, dropout 0.1, loss_weight=0.4)`` on ResNet stage C4): 3×3 conv → BN → ReLU →
   dropout → 1×1 conv to the classes. ``stage`` indexes the encoder's feature list (−2: C4 of a ResNet).
-* **the seed U-Net**: nnU-Net-style deep supervision, a 1×1 conv to the classes on the output of each of the
-  decoder stages before the last, finest first (``weights[k]`` for the k-th).
+* **the seed U-Net** and **the 3D U-Net** (:class:`segloss.models.nets.unet3d.UNet3D`): nnU-Net-style deep
+  supervision (Isensee et al., Nature Methods 2021), a 1×1 (1×1×1) conv to the classes on the output of each of
+  the decoder stages before the last, finest first (``weights[k]`` for the k-th); the 3D maps are upsampled
+  trilinearly. nnU-Net itself downsamples the *target* to each auxiliary output's resolution and takes the loss
+  there; upsampling the auxiliary *logits* to the full size, as here, is not the same loss (every full-size voxel
+  counts, the low-resolution logits are interpolated) but lets :class:`segloss.losses.DeepSupervision` apply the
+  loss unchanged.
 
 Features are taken with forward hooks, so the wrapped net's own forward (padding included) is untouched; the
 padded input size is recorded too, so an auxiliary map is upsampled to the padded frame and cropped like the
-main logits.
+main logits (2D and 3D alike: the frame is every spatial axis).
 """
 
 from __future__ import annotations
@@ -27,6 +32,7 @@ from torch.nn import functional as F
 from segloss.errors import ConfigError
 from segloss.models.nets.padding import PadToStride
 from segloss.models.nets.unet import UNet
+from segloss.models.nets.unet3d import UNet3D
 
 
 def fcn_head(in_channels: int, num_classes: int, channels: int = 256, dropout: float = 0.1) -> nn.Sequential:
@@ -56,10 +62,23 @@ class AuxiliaryHeads(nn.Module):
             raise ConfigError(f"model.aux.weights={list(weights)} must be one or more non-negative weights")
         self.net, self.weights = net, [float(w) for w in weights]
         inner = net.net if isinstance(net, PadToStride) else net
-        self.unet = isinstance(inner, UNet)
+        self.unet = isinstance(inner, (UNet, UNet3D))
         self._captured: list[Tensor] = []
-        self._frame: tuple[int, int] | None = None
-        if isinstance(inner, UNet):
+        self._frame: tuple[int, ...] | None = None
+        if isinstance(inner, UNet3D):
+            stages = list(inner.up)[:-1][::-1]  # decoder stages before the last, finest first
+            if len(self.weights) > len(stages):
+                raise ConfigError(
+                    f"model.aux.weights has {len(self.weights)} entries but this 3D U-Net (depth {inner.depth}) has "
+                    f"{len(stages)} decoder stages before the last; give at most {len(stages)} weights"
+                )
+            self.heads = nn.ModuleList(
+                nn.Conv3d(stage.out_channels, num_classes, 1) for stage in stages[: len(self.weights)]
+            )
+            for stage in stages[: len(self.weights)]:
+                stage.register_forward_hook(self._keep_output)
+            inner.stem.register_forward_pre_hook(self._keep_frame)
+        elif isinstance(inner, UNet):
             stages = list(inner.up)[:-1][::-1]  # decoder stages before the last, finest first
             if len(self.weights) > len(stages):
                 raise ConfigError(
@@ -81,12 +100,13 @@ class AuxiliaryHeads(nn.Module):
             inner.encoder.register_forward_pre_hook(self._keep_frame)
         else:
             raise ConfigError(
-                f"model.aux supports smp nets and the seed U-Net, not {type(inner).__name__}; set model.aux=null"
+                f"model.aux supports smp nets, the seed U-Net and UNet3D, not {type(inner).__name__}; "
+                "set model.aux=null"
             )
 
     def _keep_frame(self, module: nn.Module, inputs: tuple) -> None:
         if self.training:
-            self._frame = tuple(inputs[0].shape[-2:])
+            self._frame = tuple(inputs[0].shape[2:])
 
     def _keep_output(self, module: nn.Module, inputs: tuple, output: Tensor) -> None:
         if self.training:
@@ -103,11 +123,12 @@ class AuxiliaryHeads(nn.Module):
             return logits
         captured = self._captured[::-1] if self.unet else self._captured  # the U-Net runs coarse to fine
         self._captured = []
-        h, w = logits.shape[-2:]
+        crop = (..., *(slice(0, s) for s in logits.shape[2:]))
+        mode = "trilinear" if logits.dim() == 5 else "bilinear"
         aux = []
         for head, features in zip(self.heads, captured, strict=False):
-            out = F.interpolate(head(features), size=self._frame, mode="bilinear", align_corners=False)
-            aux.append(out[..., :h, :w])
+            out = F.interpolate(head(features), size=self._frame, mode=mode, align_corners=False)
+            aux.append(out[crop])
         return logits, aux
 
 
