@@ -15,7 +15,7 @@ export DATA_ROOT
 endif
 
 .DEFAULT_GOAL := help
-.PHONY: help install install-latest lock data download train sweep search compare rescore eval predict cityscapes-eval stats test lint format bench bench-losses bench-data bench-overhead bench-metrics bench-train-step bench-recipe bench-shared-cpu clean clean-logs clean-data
+.PHONY: bench-crf bench-volumes bench-sliding help install install-latest lock data download train sweep search compare rescore eval predict cityscapes-eval stats test lint format bench bench-losses bench-data bench-overhead bench-metrics bench-train-step bench-recipe bench-shared-cpu clean clean-logs clean-data
 
 help: ## show this help
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN{FS=":.*## "}{printf "  make %-11s %s\n", $$1, $$2}'
@@ -109,6 +109,15 @@ bench-overhead: $(STAMP) ## framework overhead: our LightningModule + Trainer vs
 
 bench-metrics: $(STAMP) ## metric update vs torchmetrics MulticlassJaccardIndex, host syncs (ARGS="--device cuda")
 	$(PY) benchmarks/bench_metrics.py $(ARGS)
+
+bench-crf: $(STAMP) ## CRF post-processing (inference.crf) vs the U-Net's forward on a 512×1024 frame
+	$(PY) benchmarks/bench_crf.py $(ARGS)
+
+bench-volumes: $(STAMP) ## 3D distance/skeleton losses vs dice_ce, and the dense-CRF loss vs CE, fwd+bwd
+	$(PY) benchmarks/bench_volumes.py $(ARGS)
+
+bench-sliding: $(STAMP) ## Gaussian sliding window vs MONAI's on a volume; time and memory per 3D patch
+	$(PY) benchmarks/bench_sliding.py $(ARGS)
 
 bench-train-step: $(STAMP) ## GPU training step: fp32 / bf16 / channels_last / compile, images/s, memory, MFU
 	$(PY) benchmarks/bench_train_step.py $(ARGS)
