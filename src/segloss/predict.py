@@ -12,6 +12,10 @@ palette and the normalisation only, so no dataset needs to be on disk. Nothing i
 ``overwrite=true``; unreadable images are collected and reported together at the end, after the
 readable ones have been written. torch and the model code are imported only once the folders have
 been checked, so a wrong folder or an existing output is reported at once.
+
+A folder of NIfTI volumes (.nii, .nii.gz) is labelled by :mod:`segloss.predict_volumes` instead (models of
+data=msd3d or data=msd; this needs their training data), written as ``<name>.nii.gz`` label maps on the
+input's grid; a folder mixing NIfTI and 2D images is refused.
 """
 
 from __future__ import annotations
@@ -181,6 +185,13 @@ def predict(cfg: DictConfig) -> dict:
             if not candidate.is_dir():
                 raise ConfigError(f"output_dir={output_dir} is not a folder: {candidate} is a file; give a folder")
             break
+    from segloss.predict_volumes import find_volumes, label_volumes, prepare_volumes  # NIfTI: their own path
+
+    volumes, broken = find_volumes(input_dir, IMAGE_EXTENSIONS)
+    if volumes or broken:
+        job = prepare_volumes(cfg, input_dir, output_dir, volumes, broken)
+        device = choose_device(str(cfg.get("device", "auto")))
+        return label_volumes(cfg, job, device, autocast_dtype(cfg, device))
     images, unusable = find_images(input_dir)
     if not images:
         raise UnreadableImagesError(unusable, [], output_dir)

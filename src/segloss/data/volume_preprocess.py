@@ -85,18 +85,66 @@ def resample(image: np.ndarray, label: np.ndarray, shape: Sequence[int]) -> tupl
     shape = tuple(int(n) for n in shape)
     if tuple(label.shape) == shape:
         return image, label
+    return resample_image(image, shape), resample_labels(label, shape).astype(np.uint8)
+
+
+def resample_image(image: np.ndarray, shape: Sequence[int]) -> np.ndarray:
+    """float32 ``image`` C×D×H×W trilinearly onto ``shape`` (``align_corners=False``); unchanged if already there."""
+    shape = tuple(int(n) for n in shape)
+    if tuple(image.shape[1:]) == shape:
+        return image
     with torch.no_grad():
-        img = F.interpolate(torch.from_numpy(np.ascontiguousarray(image))[None], size=shape, mode="trilinear",
-                            align_corners=False)[0]  # fmt: skip
+        return F.interpolate(torch.from_numpy(np.ascontiguousarray(image))[None], size=shape, mode="trilinear",
+                             align_corners=False)[0].numpy()  # fmt: skip
+
+
+def resample_labels(label: np.ndarray, shape: Sequence[int]) -> np.ndarray:
+    """Integer ``label`` D×H×W onto ``shape`` by nearest neighbour (``nearest-exact``), in its own dtype."""
+    shape = tuple(int(n) for n in shape)
+    if tuple(label.shape) == shape:
+        return label
+    with torch.no_grad():
         lab = F.interpolate(torch.from_numpy(np.ascontiguousarray(label))[None, None].float(), size=shape,
                             mode="nearest-exact")[0, 0]  # fmt: skip
-    return img.numpy(), lab.to(torch.uint8).numpy()
+    return lab.numpy().astype(label.dtype)
 
 
 def read_volume(task: mp.MSDTask, case: mp.MSDCase, channels: list[int]) -> tuple[np.ndarray, np.ndarray]:
     """Raw float32 image C×D×H×W (the ``channels`` in that order) and uint8 label D×H×W of ``case``."""
     image, label = mp.read_case(task, case, channels)  # (Z, C, H, W), (Z, H, W)
     return np.ascontiguousarray(image.transpose(1, 0, 2, 3)), label
+
+
+def read_image_volume(path: Path, modalities: list[str], channels: list[int]) -> tuple[np.ndarray, tuple]:
+    """One image volume without a label (``make predict``): raw float32 C×D×H×W of the selected ``channels`` in
+    :func:`read_volume`'s orientation, and its (z, y, x) spacing in mm; ``modalities`` are dataset.json's, whose
+    count the file's 4th dimension must match (a 3D file for one modality)."""
+    image = mp._read(path, np.float32)
+    if image.ndim == 3 and len(modalities) == 1:
+        image = image[..., None]
+    if image.ndim != 4 or image.shape[3] != len(modalities):
+        raise DatasetFormatError(
+            f"{path} has shape {image.shape} but the model's dataset.json lists {len(modalities)} modalities "
+            f"({', '.join(modalities)}); expected {'X×Y×Z' if len(modalities) == 1 else f'X×Y×Z×{len(modalities)}'}"
+        )
+    selected = image[..., channels]
+    broken = int(selected.size - np.count_nonzero(np.isfinite(selected)))
+    if broken:
+        raise DatasetFormatError(f"{path} holds {broken} non-finite voxel(s) (NaN or ±Inf) of {selected.size}")
+    return np.ascontiguousarray(mp.to_display(selected).transpose(1, 0, 2, 3)), mp.read_spacing(path)
+
+
+def preprocess_image(
+    image: np.ndarray,
+    spacing: Sequence[float],
+    stats: list[dict[str, float] | None],
+    zscore_mask: str,
+    target: Sequence[float],
+) -> np.ndarray:
+    """Steps 2–3 of the module docstring for one image volume (C×D×H×W float32, normalised in place) without a
+    label: normalised with ``stats`` (the training set's) and resampled to the ``target`` spacing."""
+    normalise(image, stats, zscore_mask)
+    return resample_image(image, resampled_shape(image.shape[1:], spacing, target)).astype(np.float32, copy=False)
 
 
 def ct_foreground_statistics(
