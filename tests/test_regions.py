@@ -9,7 +9,6 @@ import pytest
 import torch
 from omegaconf import OmegaConf
 
-from segloss.utils.regions import BRATS_REGIONS, Regions, regions_from_config
 from segloss.errors import ConfigError, LabelValueError
 from segloss.metrics.regions import (
     CaseRegionDice,
@@ -19,6 +18,7 @@ from segloss.metrics.regions import (
     scores_from_counts,
 )
 from segloss.metrics.surface import surface_distances
+from segloss.utils.regions import BRATS_REGIONS, Regions, regions_from_config
 
 IGNORE = 255
 
