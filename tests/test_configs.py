@@ -20,8 +20,12 @@ LOSSES = sorted(p.stem for p in (CONFIG_DIR / "loss").glob("*.yaml"))
 
 
 def _shrink_synthetic(cfg):
-    if cfg.data.get("generator"):
-        with open_dict(cfg):
+    if not cfg.data.get("generator"):
+        return
+    with open_dict(cfg):
+        if "cases" in cfg.data.generator:  # synthetic volumes: 4 training cases and 1 validation case, 4 patches
+            cfg.data.generator.cases, cfg.data.dataset.samples_per_epoch = 5, 4
+        else:
             cfg.data.generator.num_train, cfg.data.generator.num_val = 4, 2
 
 

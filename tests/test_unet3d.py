@@ -140,8 +140,11 @@ def test_the_seed_unet_and_its_aux_heads_are_unchanged():
 
 def test_the_config_builds_the_demo_net_with_the_data_channels(make_cfg):
     cfg = make_cfg(["model=unet3d"])
-    assert cfg.model.channels_last is False and cfg.model.net.in_channels == 1  # data without in_channels: 1
+    assert cfg.model.net.in_channels == 1  # data without in_channels: 1
     net = hydra.utils.instantiate(cfg.model.net).eval()
+    from segloss.models.module import SegmentationModule
+
+    assert SegmentationModule(net, nn.Identity(), None, channels_last=True).channels_last is False  # 5-D weights
     assert isinstance(net, UNet3D) and net.widths == [8, 16, 32, 64]
     with torch.no_grad():
         assert net(_volume(7, 12, 20, n=1)).shape == (1, cfg.data.num_classes, 7, 12, 20)
