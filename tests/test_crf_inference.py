@@ -359,3 +359,12 @@ def test_the_whole_window_agrees_with_pydensecrf(params, iterations, max_diff, m
     assert difference.max() < max_diff and difference.mean() < mean_diff, (difference.max(), difference.mean())
     assert (theirs.argmax(0) == ours.argmax(0)).mean() >= min_agree
     assert (ours.argmax(0) != logits[0].argmax(0).numpy()).mean() > 0.2  # the CRF did change labels
+
+
+def test_the_crf_on_volumes_is_refused_naming_the_switch():
+    from segloss.errors import ConfigError
+    from segloss.models.inference import Inference
+
+    with pytest.raises(ConfigError, match=r"inference.crf=true refines 2D images .* set inference.crf=false"):
+        Inference(mode="gaussian", patch_size=[8, 16, 16], crf=True)
+    assert Inference(mode="gaussian", patch_size=[16, 16], crf=True).crf is not None  # 2D windows may take it

@@ -172,6 +172,11 @@ class Inference:
         self.crop_size = tuple(crop_size) if crop_size is not None else None
         self.stride = tuple(stride) if stride is not None else None
         self.crf = DenseCRF.from_config(crf)
+        if self.crf is not None and self.patch_size is not None and len(self.patch_size) == 3:
+            raise ConfigError(
+                "inference.crf=true refines 2D images by their RGB colours; volumes (inference.mode=gaussian with a "
+                "3-D patch_size) cannot take it: set inference.crf=false"
+            )
 
     def __call__(self, forward: Callable[[Tensor], Tensor], image: Tensor, rgb: Tensor | None = None) -> Tensor:
         """Logits N×C×H×W of ``image``; with the CRF on, its log-marginals log Q given the image ``rgb``."""
