@@ -206,3 +206,24 @@ def test_a_volume_seen_twice_counts_once_for_surfaces_and_bad_inputs_are_refused
         CaseSurfaceDistance(num_classes=C).update(preds, target, ["case_a", "case_b"], None, spacing)
     with pytest.raises(ValueError, match="N case ids"):
         CaseDice(num_classes=C).update(preds, target[:, 0], ["case_a"])
+
+
+def test_the_quality_metrics_take_volumes():
+    """Small objects are 3D components (26-connectivity, voxels); calibration counts voxels; Boundary IoU's bands
+    are per axial slice: a volume scores what its slices score for BIoU, and one 3D object is one small object."""
+    from segloss.metrics.quality import QualityMetrics
+
+    target = torch.zeros(1, 4, 8, 8, dtype=torch.int64)
+    target[0, 1:3, 2:4, 2:4] = 1  # one 2×2×2 object spanning two slices
+    target[0, 3, 6, 6] = 1  # a single voxel far from it: a second object
+    preds = torch.zeros_like(target)
+    preds[0, 1:3, 2:4, 2:4] = 1  # the first found whole, the second missed
+    logits = torch.nn.functional.one_hot(preds, 2).permute(0, 4, 1, 2, 3).float() * 4
+    metrics = QualityMetrics(2, boundary_iou=True, calibration=True, small_objects=True, small_object_area=100)
+    metrics.accumulate(preds, target, logits)
+    result = metrics.compute()
+    # background: one component of 247 voxels (not small); class 1: two objects, the first found
+    assert result["small_objects"].tolist() == [0, 2] and result["small_recall"][1].item() == 0.5
+    slices = QualityMetrics(2, boundary_iou=True, calibration=False, small_objects=False)
+    slices.accumulate(preds[0], target[0], logits[0].permute(1, 0, 2, 3))  # the same voxels as 4 images
+    assert torch.equal(result["BIoU"], slices.compute()["BIoU"])

@@ -21,6 +21,11 @@ over the whole split (summed over ranks under DDP), like the confusion matrix of
   CPU with ``scipy.ndimage.label`` (one component labelling per image and class present: the costliest of
   these metrics, ``make bench-metrics``).
 
+On volumes (N×D×H×W) each item is a volume: small objects are 26-connected components counted in voxels, the
+calibration bins count voxels, and Boundary IoU's bands are taken in each axial slice (the chessboard distance
+within the H×W plane, d from the slice's diagonal) — a slice-wise version of the 2D metric, not a 3D surface band;
+per-case HD95/ASSD (:mod:`segloss.metrics.surface`) measure boundaries in 3D.
+
 Each metric also keeps its last batch's counts per image (``latest``: N×K arrays, int64 or float64) — the
 band intersections and unions, the small objects and those found, the calibration bins and the NLL sum — which
 :class:`segloss.metrics.per_image.PerImageCounts` stores with the TP/FP/FN, so that ``make compare`` can give
@@ -196,10 +201,11 @@ class Calibration(Metric):
 
 
 def components(mask: np.ndarray) -> tuple[np.ndarray, int]:
-    """8-connected components of a bool H×W array: (labels, count)."""
+    """Fully connected components of a bool array — 8-connectivity for an H×W image, 26 for a D×H×W volume:
+    (labels, count)."""
     from scipy.ndimage import label
 
-    return label(mask, structure=np.ones((3, 3), dtype=bool))
+    return label(mask, structure=np.ones((3,) * mask.ndim, dtype=bool))
 
 
 class SmallObjectRecall(PerClassRatio):
