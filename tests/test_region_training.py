@@ -38,6 +38,7 @@ def test_a_region_trained_net_logs_region_scores_and_writes_label_maps(brats, tm
     rows = list(csv.DictReader((Path(out["output_dir"]) / "csv" / "metrics.csv").open()))
     scored = [r for r in rows if r.get("val/region_case_mDice")]
     assert scored, "the validation logged no region score"
+    assert "val/ECE" not in scored[-1], "a softmax calibration of independent region sigmoids means nothing"
     for name in ("whole_tumour", "tumour_core", "enhancing_tumour"):
         assert 0.0 <= float(scored[-1][f"val/region_Dice/{name}"]) <= 1.0
     # what the module predicts is the label map its sigmoids write: WT alone → 1, WT+TC → 2, ET → 3

@@ -42,6 +42,8 @@ class EvaluationMetrics(nn.Module):
     ) -> None:
         super().__init__()
         quality = dict(quality)
+        if regions is not None:  # independent sigmoids per region: the softmax calibration of labels does not apply
+            quality["calibration"] = False
         surface = quality.pop("surface_distance", False)  # per-case HD95/ASSD of volume data (MSD)
         self.RULES["surface_distance"].require(surface)
         self.class_names = list(class_names)
