@@ -82,12 +82,9 @@ def plan_outputs(images: list[Path], input_dir: Path, output_dir: Path, overlay:
                 raise ConfigError(f"{sources[target]} and {image} would both be written to {target}; rename one")
             sources[target] = image
         plan[image] = (mask, extra)
-    existing = [target for target in sources if target.exists()]
-    if existing and not overwrite:
-        raise ConfigError(
-            f"{existing[0]} already exists ({len(existing)} of the {len(sources)} output files do); "
-            "choose another output_dir or pass overwrite=true"
-        )
+    from segloss.predict_volumes import refuse_existing
+
+    refuse_existing(list(sources), overwrite)
     return plan
 
 

@@ -96,13 +96,19 @@ def plan_volume_outputs(volumes: list[Path], input_dir: Path, output_dir: Path, 
             raise ConfigError(f"{sources[target]} and {volume} would both be written to {target}; rename one")
         sources[target] = volume
         plan[volume] = target
-    existing = [target for target in sources if target.exists()]
+    refuse_existing(list(sources), overwrite)
+    return plan
+
+
+def refuse_existing(targets: list[Path], overwrite: bool) -> None:
+    """Stop before writing anything when an output file exists already (unless ``overwrite``): a
+    :class:`ConfigError` naming the first and how many (2D images and volumes alike)."""
+    existing = [target for target in targets if target.exists()]
     if existing and not overwrite:
         raise ConfigError(
-            f"{existing[0]} already exists ({len(existing)} of the {len(sources)} output files do); "
+            f"{existing[0]} already exists ({len(existing)} of the {len(targets)} output files do); "
             "choose another output_dir or pass overwrite=true"
         )
-    return plan
 
 
 def volume_kind(cfg: DictConfig) -> str:

@@ -65,6 +65,25 @@ def split_cases(case_ids: Sequence[str], val_fraction: float, seed: int) -> tupl
     return sorted(shuffled[:cut]), sorted(shuffled[cut:])
 
 
+def task_split(root: Path, task, split: str, val_fraction: float, seed: int, cache_dir) -> tuple[dict, list, list]:
+    """``(cases by id, train ids, the ids of split)`` of an MSD task by :func:`split_cases`, and the cache folder
+    checked: a split left empty or a cache inside the dataset folder is a :class:`ConfigError` naming the key."""
+    by_id = {c.case: c for c in task.cases}
+    train, val = split_cases(list(by_id), val_fraction, seed)
+    chosen = {"train": train, "val": val, "all": sorted(by_id)}[split]
+    if not chosen:
+        raise ConfigError(
+            f"the {split} split of {root} is empty ({len(by_id)} cases, val_fraction={val_fraction}); "
+            "raise data.dataset.val_fraction or add cases"
+        )
+    if cache_dir is not None and Path(cache_dir).expanduser().resolve().is_relative_to(root.resolve()):
+        raise ConfigError(
+            f"data.dataset.cache_dir={Path(cache_dir).expanduser()} is inside the dataset folder {root}; "
+            "point it elsewhere (the default is ${paths.cache_dir})"
+        )
+    return by_id, train, chosen
+
+
 def background_count(n_foreground: int, n_background: int, fg_ratio: float) -> int:
     """How many background-only slices to keep so foreground slices are closest to ``fg_ratio`` of all."""
     ideal = n_foreground * (1.0 - fg_ratio) / fg_ratio
@@ -148,20 +167,8 @@ class MSDSliceDataset(Dataset):
         self.CLASS_NAMES, self.PALETTE = self.task.class_names, msd_palette(len(self.task.class_names))
         self.channels = select_channels(self.task.modalities, modalities, self.task.meta)
         self._channel_index = np.array([*range(len(self.channels)), *[len(self.channels) - 1] * 3][:3])
-        by_id = {c.case: c for c in self.task.cases}
-        train, val = split_cases(list(by_id), val_fraction, seed)
-        self.cases = {"train": train, "val": val, "all": sorted(by_id)}[split]
-        if not self.cases:
-            raise ConfigError(
-                f"the {split} split of {self.root} is empty ({len(by_id)} cases, val_fraction={val_fraction}); "
-                "raise data.dataset.val_fraction or add cases"
-            )
+        by_id, train, self.cases = task_split(self.root, self.task, split, val_fraction, seed, cache_dir)
         self.cache_dir = None if cache_dir is None else Path(cache_dir).expanduser()
-        if self.cache_dir is not None and self.cache_dir.resolve().is_relative_to(self.root.resolve()):
-            raise ConfigError(
-                f"data.dataset.cache_dir={self.cache_dir} is inside the dataset folder {self.root}; "
-                "point it elsewhere (the default is ${paths.cache_dir})"
-            )
         self.intensity_stats = self._intensity_stats([by_id[c] for c in train])
         self._memory: dict[str, dict[str, np.ndarray]] = {}
         self._files: dict[str, dict[str, Path]] = {}

@@ -40,7 +40,7 @@ from torch.utils.data import Dataset
 
 from segloss.data import medical_preprocess as mp
 from segloss.data import volume_preprocess as vp
-from segloss.data.medical import SPLITS, msd_palette, split_cases
+from segloss.data.medical import SPLITS, msd_palette, task_split
 from segloss.errors import ConfigError
 
 
@@ -136,20 +136,8 @@ class MSDVolumeDataset(Dataset):
         self.task = mp.read_task(self.root)
         self.CLASS_NAMES, self.PALETTE = self.task.class_names, msd_palette(len(self.task.class_names))
         self.channels = self._channels(modalities)
-        by_id = {c.case: c for c in self.task.cases}
-        train, val = split_cases(list(by_id), val_fraction, seed)
-        self.cases = {"train": train, "val": val, "all": sorted(by_id)}[split]
-        if not self.cases:
-            raise ConfigError(
-                f"the {split} split of {self.root} is empty ({len(by_id)} cases, val_fraction={val_fraction}); "
-                "raise data.dataset.val_fraction or add cases"
-            )
+        by_id, train, self.cases = task_split(self.root, self.task, split, val_fraction, seed, cache_dir)
         self.cache_dir = None if cache_dir is None else Path(cache_dir).expanduser()
-        if self.cache_dir is not None and self.cache_dir.resolve().is_relative_to(self.root.resolve()):
-            raise ConfigError(
-                f"data.dataset.cache_dir={self.cache_dir} is inside the dataset folder {self.root}; "
-                "point it elsewhere (the default is ${paths.cache_dir})"
-            )
         self.folder = None if self.cache_dir is None else self.cache_dir / "msd3d" / self.root.name
         train_cases = [by_id[c] for c in train]
         self.target_spacing = vp.target_spacing(spacing, [mp.read_spacing(c.label) for c in train_cases])
