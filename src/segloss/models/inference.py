@@ -128,14 +128,14 @@ class Inference:
     ``whole`` runs the net once on the full image; ``slide`` runs it on windows, ``window_batch`` of them per call,
     averaging the logits; ``gaussian`` is nnU-Net's sliding window for 2D images or 3D volumes (windows of
     ``patch_size`` every ``step``·patch, blended with a Gaussian importance map, σ = patch/8, mirrored over every
-    flip of the spatial axes ``mirror_axes`` — :func:`segloss.models.sliding.gaussian_sliding_window`). ``crf``
-    (None/false: off; true: DeepLab-v2's
-    parameters; a mapping or a :class:`DenseCRF`: those) refines the logits with mean-field inference of the
-    fully connected CRF, which needs ``rgb`` (N×3×H×W in [0, 255]) in :meth:`__call__` and :meth:`classes`.
+    flip of the spatial axes ``mirror_axes`` — :func:`segloss.models.sliding.gaussian_sliding_window`).
+    ``crf`` (None/false: off; true: DeepLab-v2's parameters; a mapping or a :class:`DenseCRF`: those) refines the
+    logits with mean-field inference of the fully connected CRF, which needs ``rgb`` (N×3×H×W in [0, 255]) in
+    :meth:`__call__` and :meth:`classes` (2D images only).
 
     Raises:
-        ConfigError: a wrong mode, window, ``window_batch`` or CRF parameter; the message names the key
-            (``inference.crf.<key>`` for the CRF's).
+        ConfigError: a wrong mode, window, patch, step, mirror axis, ``window_batch`` or CRF parameter, or the
+            CRF on volumes; the message names the key (``inference.crf.<key>`` for the CRF's).
     """
 
     def __init__(
