@@ -61,3 +61,14 @@ def test_a_net_with_the_wrong_channel_count_for_the_regions_is_named(brats, make
     named = r"net outputs 4 channels but data.regions names 3 regions \(whole_tumour, .*\); set model.net.num_classes=3"
     with pytest.raises(ConfigError, match=named):
         train(cfg)
+
+
+def test_a_label_map_loss_with_regions_is_named(brats, make_cfg, tmp_path):
+    from segloss.errors import ConfigError
+    from segloss.train import train
+
+    cfg = make_cfg(["experiment=dice_bce_brats_regions", f"paths.data_dir={brats}", *TINY, "loss=dice_ce",
+                    f"paths.cache_dir={tmp_path / 'c'}"])  # fmt: skip
+    named = r"data.regions trains one sigmoid per region, .* refused .* loss=dice_bce_regions"
+    with pytest.raises(ConfigError, match=named):
+        train(cfg)

@@ -211,9 +211,19 @@ class SegmentationModule(L.LightningModule):
         (:meth:`rgb`); the others are called without it and pay nothing."""
         out = self(batch["image"]) if logits is None else logits
         self._check_channels(out[0] if isinstance(out, tuple) else out)
-        if wants_image(self.loss):
-            return self.supervision(self.loss, out, self.loss_target(batch), image=self.rgb(batch["image"]))
-        return self.supervision(self.loss, out, self.loss_target(batch))
+        image = {"image": self.rgb(batch["image"])} if wants_image(self.loss) else {}
+        if self.regions is None:
+            return self.supervision(self.loss, out, batch["mask"], **image)
+        try:
+            return self.supervision(self.loss, out, self.loss_target(batch), **image)
+        except ValueError as err:  # a loss of label maps (CE, Dice…) given the regions' multi-hot target
+            if "target" not in str(err):
+                raise
+            raise ConfigError(
+                f"data.regions trains one sigmoid per region, so the loss gets a multi-hot target N×R×…, which "
+                f"{type(self.loss).__name__} refused ({err}). Use a multi-label loss: loss=dice_bce_regions or the "
+                "losses of segloss.losses.multilabel"
+            ) from err
 
     def loss_target(self, batch: dict) -> Tensor:
         """The target the loss compares with: the label map, or with ``regions`` its multi-hot N×R×S…."""
