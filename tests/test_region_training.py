@@ -52,23 +52,20 @@ def test_a_region_trained_net_logs_region_scores_and_writes_label_maps(brats, tm
     assert set(results) >= {"region_Dice", "region_case_mDice"}
 
 
-def test_a_net_with_the_wrong_channel_count_for_the_regions_is_named(brats, make_cfg, tmp_path):
+@pytest.mark.parametrize(
+    ("override", "named"),
+    [
+        ("model.net.num_classes=4",  # one output per class, not per region
+         r"net outputs 4 channels but data.regions names 3 regions \(whole_tumour, .*\); set model.net.num_classes=3"),
+        ("loss=dice_ce",  # a loss of label maps given the regions' multi-hot target
+         r"data.regions trains one sigmoid per region, .* refused .* loss=dice_bce_regions"),
+    ],
+)  # fmt: skip
+def test_a_region_setting_that_does_not_fit_is_named(brats, make_cfg, tmp_path, override, named):
     from segloss.errors import ConfigError
     from segloss.train import train
 
-    cfg = make_cfg(["experiment=dice_bce_brats_regions", f"paths.data_dir={brats}", *TINY, "model.net.num_classes=4",
+    cfg = make_cfg(["experiment=dice_bce_brats_regions", f"paths.data_dir={brats}", *TINY, override,
                     f"paths.cache_dir={tmp_path / 'c'}"])  # fmt: skip
-    named = r"net outputs 4 channels but data.regions names 3 regions \(whole_tumour, .*\); set model.net.num_classes=3"
-    with pytest.raises(ConfigError, match=named):
-        train(cfg)
-
-
-def test_a_label_map_loss_with_regions_is_named(brats, make_cfg, tmp_path):
-    from segloss.errors import ConfigError
-    from segloss.train import train
-
-    cfg = make_cfg(["experiment=dice_bce_brats_regions", f"paths.data_dir={brats}", *TINY, "loss=dice_ce",
-                    f"paths.cache_dir={tmp_path / 'c'}"])  # fmt: skip
-    named = r"data.regions trains one sigmoid per region, .* refused .* loss=dice_bce_regions"
     with pytest.raises(ConfigError, match=named):
         train(cfg)
