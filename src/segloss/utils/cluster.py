@@ -26,17 +26,9 @@ from lightning.fabric.plugins.environments import ClusterEnvironment, SLURMEnvir
 from lightning.pytorch.strategies import DDPStrategy
 
 from segloss.errors import ConfigError
+from segloss.utils.ranks import RANK_VARIABLES, launch_rank
 
-RANK_VARIABLES = ("RANK", "SLURM_PROCID", "SUBMITIT_LOCAL_GLOBALID", "LOCAL_RANK")
-
-
-def launch_rank() -> int:
-    """Global rank of this process as its launcher set it (0 when started alone). Known before the
-    Trainer exists, so run-directory writes and printing can be limited to rank 0 from the start."""
-    for name in RANK_VARIABLES:
-        if os.environ.get(name, "").isdigit():
-            return int(os.environ[name])
-    return 0
+__all__ = ["RANK_VARIABLES", "SubmititLocalEnvironment", "check_launch", "cluster_plugins", "launch_rank"]
 
 
 class SubmititLocalEnvironment(ClusterEnvironment):

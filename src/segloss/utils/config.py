@@ -57,7 +57,7 @@ def set_environment() -> None:
 def rank_suffix() -> str:
     """``""`` in the first process of a run, ``"_rank<N>"`` in the others (``${rank_suffix:}`` in the
     Hydra log file name keeps the ranks of a DDP run from writing one file at once)."""
-    from segloss.utils.cluster import launch_rank
+    from segloss.utils.ranks import launch_rank  # the environment only: no Lightning import for a log name
 
     rank = launch_rank()
     return f"_rank{rank}" if rank else ""
