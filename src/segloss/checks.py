@@ -54,6 +54,7 @@ RULES: list[Rule] = [Rule(*rule) for rule in [
     ("float32_matmul_precision", one_of(*MATMUL_PRECISIONS, allow_none=True),
      f"one of {list(MATMUL_PRECISIONS)} or null", "float32_matmul_precision=high"),
     ("threads", lambda v: v == "auto" or int_at_least(1)(v), "auto or a number of threads ≥ 1", "threads=2"),
+    ("test_after_training", lambda v: isinstance(v, bool), "true or false", "test_after_training=true"),
 ]]  # fmt: skip
 
 
@@ -99,6 +100,10 @@ def check_values(cfg: DictConfig) -> list[str]:
             continue
         shown = OmegaConf.to_container(value) if isinstance(value, DictConfig | ListConfig) else value
         problems.append(str(ConfigError.value(key, shown, expected, example)))
+    if _value(cfg, "test_after_training") is True and _value(cfg, "data.splits.test") in (None, _MISSING):
+        problems.append("test_after_training=true but the data config has no test split (data.splits.test is null); "
+                        "name one (e.g. data.splits.test=val to score the best checkpoint on the validation split "
+                        "again) or set test_after_training=false")  # fmt: skip
     max_epochs, max_steps = _value(cfg, "trainer.max_epochs"), _value(cfg, "trainer.max_steps")
     if max_epochs == -1 and max_steps == -1:
         problems.append("trainer.max_epochs=-1 and trainer.max_steps=-1 would train forever; set one of them")

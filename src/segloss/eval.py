@@ -11,14 +11,11 @@ are loaded with ``torch.load(weights_only=True)``: a checkpoint is data, never c
 
 from __future__ import annotations
 
-import json
-import math
 import time
 from pathlib import Path
 
 import hydra
 import rich
-import torch
 from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from lightning.pytorch.utilities import rank_zero_only
@@ -29,6 +26,7 @@ from segloss.callbacks import PredictionWriter
 from segloss.checks import check_config
 from segloss.errors import ConfigError
 from segloss.metrics.per_image import save_per_image
+from segloss.metrics.results import save_results
 from segloss.models.best import metric_value
 from segloss.utils.checkpoints import load_weights
 from segloss.utils.cluster import launch_rank
@@ -87,20 +85,6 @@ def evaluate(cfg: DictConfig) -> dict:
         if cfg.get("save_predictions"):
             rich.print(f"predictions written to {cfg.predictions_dir}")
     return results
-
-
-def save_results(results: dict, class_names: list[str], path: Path) -> None:
-    """The results as JSON: every tensor as a (nested) list of numbers, NaN as null."""
-
-    def plain(value):
-        value = value.tolist() if isinstance(value, torch.Tensor) else value
-        if isinstance(value, list):
-            return [plain(v) for v in value]
-        return None if isinstance(value, float) and math.isnan(value) else value
-
-    path.parent.mkdir(parents=True, exist_ok=True)
-    payload = {"class_names": class_names, **{key: plain(value) for key, value in results.items()}}
-    path.write_text(json.dumps(payload, indent=1))
 
 
 @hydra.main(version_base="1.3", config_path=str(CONFIG_DIR), config_name="eval")

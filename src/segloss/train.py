@@ -23,6 +23,7 @@ from segloss.build import build_module, build_trainer
 from segloss.callbacks import StoppedBySignal
 from segloss.checks import check_config
 from segloss.metrics.per_image import save_per_image
+from segloss.metrics.results import save_results
 from segloss.utils.cluster import launch_rank
 from segloss.utils.config import CONFIG_DIR, instantiate, report_user_errors, set_environment
 from segloss.utils.markers import FAILED
@@ -86,15 +87,37 @@ def _train_in(cfg: DictConfig, run: RunDirectory) -> dict:
     if module.nonfinite.skipped and trainer.is_global_zero:  # a skipped batch is never silent
         print(f"segloss: {module.nonfinite.skipped} training batch(es) had a non-finite loss and were skipped "
               "(model.nonfinite=skip; logged as train/skipped_batches)", file=sys.stderr)  # fmt: skip
+    tested = None
+    if cfg.get("test_after_training") and trainer.state.status == TrainerStatus.FINISHED:
+        tested = test_best(trainer, module, datamodule, best_path, run.path)
     if trainer.is_global_zero and trainer.state.status == TrainerStatus.FINISHED:  # last: the run is finished
         write_completed(run.path, completion_record(cfg, trainer, module))
     return {
+        "test_results": tested,
         "results": best,
         "best_value": module.best.value,
         "best_ckpt": best_path,
         "output_dir": str(run.path),
         "trainer": trainer,
     }
+
+
+def test_best(trainer: L.Trainer, module, datamodule, best_path: str, run_dir: Path) -> dict | None:
+    """``test_after_training=true`` (lightning-hydra-template's ``test: True``): the best checkpoint scored on the
+    test split into the run directory (``results_test.json``, ``per_image_test.npz``) and printed; its results.
+    A training that saved no best checkpoint (it never validated) is said and not tested."""
+    if not best_path:
+        rank_zero_only(print)("segloss: test_after_training: no best checkpoint was saved, nothing to test")
+        return None
+    trainer.test(module, datamodule=datamodule, ckpt_path=best_path, weights_only=True, verbose=False)
+    results = dict(module.last_results["test"])
+    if trainer.is_global_zero:
+        print_results(f"test — best checkpoint ({Path(best_path).name})", module.class_names, results)
+        per_image = results.pop("per_image", None)
+        save_results(results, module.class_names, run_dir / "results_test.json")
+        if per_image is not None:
+            save_per_image(run_dir / "per_image_test.npz", per_image, module.class_names, "test/mIoU", None)
+    return results
 
 
 def completion_record(cfg: DictConfig, trainer: L.Trainer, module) -> dict:
