@@ -15,7 +15,7 @@ export DATA_ROOT
 endif
 
 .DEFAULT_GOAL := help
-.PHONY: bench-crf bench-volumes bench-sliding help install install-latest lock data download train sweep search compare rescore eval predict cityscapes-eval stats test lint format bench bench-losses bench-data bench-overhead bench-metrics bench-train-step bench-recipe bench-shared-cpu clean clean-logs clean-data
+.PHONY: bench-crf bench-tta bench-volumes bench-sliding help install install-latest lock data download train sweep search compare rescore eval predict cityscapes-eval stats test lint format bench bench-losses bench-data bench-overhead bench-metrics bench-train-step bench-recipe bench-shared-cpu clean clean-logs clean-data
 
 help: ## show this help
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN{FS=":.*## "}{printf "  make %-11s %s\n", $$1, $$2}'
@@ -112,6 +112,9 @@ bench-metrics: $(STAMP) ## metric update vs torchmetrics MulticlassJaccardIndex,
 
 bench-crf: $(STAMP) ## CRF post-processing (inference.crf) vs the U-Net's forward on a 512×1024 frame
 	$(PY) benchmarks/bench_crf.py $(ARGS)
+
+bench-tta: $(STAMP) ## test-time augmentation (inference.tta) vs the same net without it on a 512×1024 frame
+	$(PY) benchmarks/bench_tta.py $(ARGS)
 
 bench-volumes: $(STAMP) ## 3D distance/skeleton losses vs dice_ce, and the dense-CRF loss vs CE, fwd+bwd
 	$(PY) benchmarks/bench_volumes.py $(ARGS)

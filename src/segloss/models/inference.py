@@ -8,6 +8,9 @@ windows are summed and divided by the number of windows covering each pixel, i.e
 averaged** (not probabilities), as MMSegmentation's ``slide_inference`` does. The Cityscapes recipe is
 window 512×1024, stride 341×683 (3 × 3 windows on a 1024×2048 frame).
 
+``tta`` averages the logits of test-time views (:func:`tta_logits`: the image rescaled and flipped, each view's
+logits brought back to the original size), around whichever mode computes a view's logits, before the CRF.
+
 ``crf`` refines the logits of either mode with DeepLab's fully connected CRF (:mod:`segloss.models.crf`):
 ``inference.crf=true`` (DeepLab-v2's parameters) or a mapping of CRF parameters. The CRF's log-marginals log Q
 replace the logits (val/test loss, NLL and ECE are then those of Q), and it needs the batch's RGB image in
@@ -23,6 +26,7 @@ from collections.abc import Callable, Sequence
 
 import torch
 from torch import Tensor
+from torch.nn import functional as F
 
 from segloss.errors import ConfigError
 from segloss.models.crf import DenseCRF
@@ -108,6 +112,47 @@ def slide_classes(
     return out_classes
 
 
+def tta_logits(logits_of: Callable[[Tensor], Tensor], image: Tensor, scales: Sequence[float], flip: bool) -> Tensor:
+    """Test-time augmentation (MMSegmentation's ``SegTTAModel`` semantics): the logits of every view — the image
+    resized by each of ``scales`` (bilinear, ``align_corners=False``), and with ``flip`` also mirrored left-right —
+    brought back to the original size (bilinear; a flipped view flipped back) and averaged, float32. The two views
+    of a scale go through ``logits_of`` together (one batch of 2N); views of different sizes cannot share a batch.
+    A uint8 image (``data.normalize_on_device``) is resized as float and rounded back to uint8."""
+    height, width = image.shape[-2:]
+    total, views = None, 0
+    for scale in scales:
+        x = image
+        if scale != 1:
+            size = (max(1, round(height * scale)), max(1, round(width * scale)))
+            x = F.interpolate(image.float(), size=size, mode="bilinear", align_corners=False)
+            x = x.round().clamp(0, 255).to(torch.uint8) if image.dtype == torch.uint8 else x.to(image.dtype)
+        n = x.shape[0]
+        out = logits_of(torch.cat([x, x.flip(-1)]) if flip else x).float()
+        out = out[:n] + out[n:].flip(-1) if flip else out
+        if scale != 1:
+            out = F.interpolate(out, size=(height, width), mode="bilinear", align_corners=False)
+        total = out if total is None else total + out
+        views += 2 if flip else 1
+    return total / views
+
+
+def check_tta(tta) -> tuple[tuple[float, ...], bool] | None:
+    """``inference.tta``: null/false (off), true (flip at scale 1) or ``{scales: [...], flip: bool}``."""
+    if tta is None or tta is False:
+        return None
+    if tta is True:
+        return (1.0,), True
+    if not hasattr(tta, "get") or set(tta) - {"scales", "flip"}:
+        raise ConfigError.value("inference.tta", tta, "null, true or {scales: [s, …], flip: true|false}",
+                                "inference.tta='{scales:[0.75,1.0,1.25],flip:true}'")  # fmt: skip
+    scales, flip = tta.get("scales", [1.0]), tta.get("flip", True)
+    if not scales or not all(isinstance(v, int | float) and not isinstance(v, bool) and v > 0 for v in scales):
+        raise ConfigError.value("inference.tta.scales", scales, "a list of positive factors", "[0.75,1.0,1.25]")
+    if not isinstance(flip, bool):
+        raise ConfigError.value("inference.tta.flip", flip, "true or false", "inference.tta.flip=true")
+    return tuple(float(v) for v in scales), flip
+
+
 def check_gaussian(patch_size, step, mirror_axes) -> None:
     """The settings of ``inference.mode=gaussian`` (ConfigErrors naming the key)."""
     if patch_size is None or len(patch_size) not in (2, 3) or min(patch_size) <= 0:
@@ -134,8 +179,8 @@ class Inference:
     :meth:`__call__` and :meth:`classes` (2D images only).
 
     Raises:
-        ConfigError: a wrong mode, window, patch, step, mirror axis, ``window_batch`` or CRF parameter, or the
-            CRF on volumes; the message names the key (``inference.crf.<key>`` for the CRF's).
+        ConfigError: a wrong mode, window, patch, step, mirror axis, ``window_batch``, TTA or CRF parameter, or the
+            CRF or TTA on volumes; the message names the key (``inference.crf.<key>`` for the CRF's).
     """
 
     def __init__(
@@ -148,6 +193,7 @@ class Inference:
         patch_size: Sequence[int] | None = None,
         step: float = 0.5,
         mirror_axes: Sequence[int] = (),
+        tta: bool | dict | None = None,
     ) -> None:
         if mode not in MODES:
             raise ConfigError(f"inference.mode={mode!r}: choose one of {MODES}")
@@ -172,6 +218,10 @@ class Inference:
         self.crop_size = tuple(crop_size) if crop_size is not None else None
         self.stride = tuple(stride) if stride is not None else None
         self.crf = DenseCRF.from_config(crf)
+        self.tta = check_tta(tta)
+        if self.tta is not None and self.patch_size is not None and len(self.patch_size) == 3:
+            raise ConfigError("inference.tta resizes and flips 2D images; volumes mirror with inference.mirror_axes "
+                              "instead: set inference.tta=null")  # fmt: skip
         if self.crf is not None and self.patch_size is not None and len(self.patch_size) == 3:
             raise ConfigError(
                 "inference.crf=true refines 2D images by their RGB colours; volumes (inference.mode=gaussian with a "
@@ -179,15 +229,12 @@ class Inference:
             )
 
     def __call__(self, forward: Callable[[Tensor], Tensor], image: Tensor, rgb: Tensor | None = None) -> Tensor:
-        """Logits N×C×H×W of ``image``; with the CRF on, its log-marginals log Q given the image ``rgb``."""
-        if self.mode == "gaussian":
-            logits = gaussian_sliding_window(
-                forward, image, self.patch_size, self.step, self.window_batch, self.mirror_axes
-            )
-        elif self.mode == "whole":
-            logits = forward(image)
+        """Logits N×C×H×W of ``image`` (averaged over the test-time views with ``tta``); with the CRF on, its
+        log-marginals log Q given the image ``rgb``."""
+        if self.tta is not None:
+            logits = tta_logits(lambda x: self._logits(forward, x), image, *self.tta)
         else:
-            logits = slide_inference(forward, image, self.crop_size, self.stride, self.window_batch)
+            logits = self._logits(forward, image)
         if self.crf is None:
             return logits
         if rgb is None:
@@ -197,12 +244,24 @@ class Inference:
             )
         return self.crf(logits, rgb)
 
+    def _logits(self, forward: Callable[[Tensor], Tensor], image: Tensor) -> Tensor:
+        """The logits of the mode (whole, slide or gaussian), without test-time views or CRF."""
+        if self.mode == "gaussian":
+            logits = gaussian_sliding_window(
+                forward, image, self.patch_size, self.step, self.window_batch, self.mirror_axes
+            )
+        elif self.mode == "whole":
+            logits = forward(image)
+        else:
+            logits = slide_inference(forward, image, self.crop_size, self.stride, self.window_batch)
+        return logits
+
     def classes(
         self, forward: Callable[[Tensor], Tensor], image: Tensor, to_classes: Callable, rgb: Tensor | None = None
     ) -> Tensor:
         """Class indices N×H×W; with ``slide`` and no CRF, never holding the whole image's logits
         (:func:`slide_classes`); with the CRF, ``to_classes`` of :meth:`__call__`'s refined logits."""
-        if self.crf is not None or self.mode == "gaussian":
+        if self.crf is not None or self.tta is not None or self.mode == "gaussian":
             return to_classes(self(forward, image, rgb))
         if self.mode == "whole":
             return to_classes(forward(image))
@@ -217,6 +276,8 @@ class Inference:
         if self.mode == "gaussian":
             extra = (f", patch_size={self.patch_size}, step={self.step}, mirror_axes={self.mirror_axes}, "
                      f"window_batch={self.window_batch}")  # fmt: skip
+        if self.tta is not None:
+            extra += f", tta=(scales={list(self.tta[0])}, flip={self.tta[1]})"
         if self.crf is not None:
             extra += f", crf={self.crf}"
         return f"Inference(mode={self.mode!r}{extra})"
