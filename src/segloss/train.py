@@ -87,11 +87,14 @@ def _train_in(cfg: DictConfig, run: RunDirectory) -> dict:
     if module.nonfinite.skipped and trainer.is_global_zero:  # a skipped batch is never silent
         print(f"segloss: {module.nonfinite.skipped} training batch(es) had a non-finite loss and were skipped "
               "(model.nonfinite=skip; logged as train/skipped_batches)", file=sys.stderr)  # fmt: skip
-    tested = None
-    if cfg.get("test_after_training") and trainer.state.status == TrainerStatus.FINISHED:
-        tested = test_best(trainer, module, datamodule, best_path, run.path)
-    if trainer.is_global_zero and trainer.state.status == TrainerStatus.FINISHED:  # last: the run is finished
+    finished = trainer.state.status == TrainerStatus.FINISHED
+    if trainer.is_global_zero and finished:  # the training is finished (a failing test after it does not undo that)
         write_completed(run.path, completion_record(cfg, trainer, module))
+    tested = (
+        test_best(trainer, module, datamodule, best_path, run.path)
+        if cfg.get("test_after_training") and finished
+        else None
+    )
     return {
         "test_results": tested,
         "results": best,
