@@ -61,6 +61,21 @@ def decode_name(columns: Tensor) -> str:
     return raw.rstrip(b"\0").decode(errors="replace")
 
 
+def counts_per_case(rows: Tensor, width: int, names: dict[int, str]) -> tuple[list[str], Tensor]:
+    """The rows ``[case key, width counts…, encoded name]`` of a per-case metric summed per case: ``(case names,
+    int64 K×width)`` in name order. A key is named by ``names`` (this process's) or by the name its first row
+    carries (a row from another rank)."""
+    keys, inverse = torch.unique(rows[:, 0], return_inverse=True)
+    counts = torch.zeros(len(keys), width, dtype=torch.int64)
+    counts.index_add_(0, inverse, rows[:, 1 : 1 + width])
+    first = torch.full((len(keys),), len(rows), dtype=torch.int64)
+    first.scatter_reduce_(0, inverse, torch.arange(len(rows)), reduce="amin")
+    found = [names[key] if key in names else decode_name(rows[row, -(NAME_BYTES // 8) :])
+             for key, row in zip(keys.tolist(), first.tolist())]  # fmt: skip
+    order = sorted(range(len(found)), key=found.__getitem__)
+    return [found[i] for i in order], counts[order]
+
+
 class CaseDice(RowsMetric):
     """Dice per case and class from slices or volumes: ``update(preds, target, cases)``, ``compute()`` → dict.
 
@@ -122,24 +137,14 @@ class CaseDice(RowsMetric):
     def compute(self) -> dict:
         # a few rows per case and update: reduce them on the CPU (no device syncs per case, no
         # non-deterministic CUDA index_add_/scatter under torch.use_deterministic_algorithms)
-        rows = self.all_rows()
-        keys, inverse = torch.unique(rows[:, 0], return_inverse=True)
-        counts = torch.zeros(len(keys), 3 * self.num_classes, dtype=torch.int64)
-        counts.index_add_(0, inverse, rows[:, 1 : 1 + 3 * self.num_classes])
-        first = torch.full((len(keys),), len(rows), dtype=torch.int64)
-        first.scatter_reduce_(0, inverse, torch.arange(len(rows)), reduce="amin")
-        names = [
-            self.names[key] if key in self.names else decode_name(rows[row, -(NAME_BYTES // 8) :])
-            for key, row in zip(keys.tolist(), first.tolist())
-        ]
-        order = sorted(range(len(names)), key=names.__getitem__)
-        tp, fp, fn = counts[order].double().split(self.num_classes, dim=1)
+        cases, counts = counts_per_case(self.all_rows(), 3 * self.num_classes, self.names)
+        tp, fp, fn = counts.double().split(self.num_classes, dim=1)
         dice = (2 * tp / (2 * tp + fp + fn)).float()  # 0/0 -> NaN: class absent from truth and prediction
-        per_class = torch.nanmean(dice, dim=0) if len(order) else torch.full((self.num_classes,), float("nan"))
+        per_class = torch.nanmean(dice, dim=0) if cases else torch.full((self.num_classes,), float("nan"))
         scored = per_class if self.include_background else per_class[1:]
         return {
             "dice_per_case": dice,
-            "cases": [names[i] for i in order],
+            "cases": cases,
             "Dice": per_class,
             "mDice": torch.nanmean(scored),
         }

@@ -38,7 +38,7 @@ import torch
 from torch import Tensor
 from torchmetrics import Metric
 
-from segloss.metrics.per_case import NAME_BYTES, case_key, decode_name, encode_names
+from segloss.metrics.per_case import NAME_BYTES, case_key, counts_per_case, encode_names
 from segloss.metrics.rows import RowsMetric
 from segloss.metrics.surface import surface_distances
 
@@ -176,26 +176,16 @@ class CaseRegionDice(RowsMetric):
 
     def compute(self) -> dict:
         r = self.num_regions
-        rows = self.all_rows()
-        keys, inverse = torch.unique(rows[:, 0], return_inverse=True)
-        counts = torch.zeros(len(keys), 3 * r, dtype=torch.int64)
-        counts.index_add_(0, inverse, rows[:, 1 : 1 + 3 * r])
-        first = torch.full((len(keys),), len(rows), dtype=torch.int64)
-        first.scatter_reduce_(0, inverse, torch.arange(len(rows)), reduce="amin")
-        names = [
-            self.names[key] if key in self.names else decode_name(rows[row, -(NAME_BYTES // 8) :])
-            for key, row in zip(keys.tolist(), first.tolist())
-        ]
-        order = sorted(range(len(names)), key=names.__getitem__)
-        tp, fp, fn = counts[order].split(r, dim=1)
+        cases, counts = counts_per_case(self.all_rows(), 3 * r, self.names)
+        tp, fp, fn = counts.split(r, dim=1)
         dice, iou = scores_from_counts(tp, fp, fn, self.empty_score)
         nothing = torch.full((r,), math.nan)
-        per_region_dice = _mean(dice, 0) if len(order) else nothing
-        per_region_iou = _mean(iou, 0) if len(order) else nothing
+        per_region_dice = _mean(dice, 0) if cases else nothing
+        per_region_iou = _mean(iou, 0) if cases else nothing
         return {
             "dice_per_case": dice,
             "iou_per_case": iou,
-            "cases": [names[i] for i in order],
+            "cases": cases,
             "Dice": per_region_dice,
             "IoU": per_region_iou,
             "mDice": _mean(per_region_dice),
