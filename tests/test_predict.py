@@ -223,3 +223,53 @@ def test_make_predict_takes_paths_with_non_ascii_letters_spaces_and_commas(tmp_p
     )  # fmt: skip
     assert proc.returncode == 2, proc.stderr
     assert f"segloss: error: input_dir={inputs} holds no images" in proc.stderr  # the path arrived whole
+
+
+def same_size_inputs(root: Path) -> list[str]:
+    """Five images: three of one size, then two of another (sorted order), random RGB."""
+    rng = np.random.default_rng(1)
+    names = {"p1.png": (24, 32), "p2.png": (24, 32), "p3.png": (24, 32), "q1.png": (16, 40), "q2.png": (16, 40)}
+    root.mkdir(parents=True)
+    for name, size in names.items():
+        Image.fromarray(rng.integers(0, 256, (*size, 3), dtype=np.uint8)).save(root / name)
+    return sorted(names)
+
+
+def test_images_of_one_size_go_through_the_net_together_and_give_the_per_image_labels(setup, tmp_path):
+    """Trainer.predict with batch_size=2: batches [p1 p2] [p3] [q1 q2] (one size each, in order), each a single
+    forward of the net, and every mask equal to the image's own forward."""
+    module, cfg, _ = setup
+    inputs, out = tmp_path / "in", tmp_path / "out"
+    names = same_size_inputs(inputs)
+    from segloss.models.module import SegmentationModule
+
+    shapes = []
+    real = SegmentationModule.forward
+    SegmentationModule.forward = lambda self, x: (shapes.append(tuple(x.shape)), real(self, x))[1]
+    try:
+        result = predict(cfg(inputs, out, "batch_size=2", "overlay=true"))
+    finally:
+        SegmentationModule.forward = real
+    assert shapes == [(2, 3, 24, 32), (1, 3, 24, 32), (2, 3, 16, 40)]
+    assert result["written"] == [out / n for n in names] and len(result["overlays"]) == 5
+    for name in names:
+        np.testing.assert_array_equal(mask_of(out / name)[1], expected(module, inputs / name))
+
+
+@pytest.mark.slow
+def test_two_processes_label_each_image_once_and_equal_one_process(setup, tmp_path):
+    """trainer=ddp_cpu with 2 processes: the batches are dealt round-robin, every mask written once, the same
+    bytes as the one-process prediction."""
+    from tests.conftest import run_cli
+
+    _, cfg, data_dir = setup
+    inputs = tmp_path / "in"
+    names = same_size_inputs(inputs)
+    one = cfg(inputs, tmp_path / "one", "batch_size=2")
+    predict(one)
+    run_cli("predict", [*TINY, f"paths.data_dir={data_dir}", f"ckpt_path={one.ckpt_path}", f"input_dir={inputs}",
+                        f"output_dir={tmp_path / 'two'}", "batch_size=2", "trainer=ddp_cpu", "trainer.devices=2",
+                        f"hydra.run.dir={tmp_path / 'run'}"])  # fmt: skip
+    assert sorted(p.name for p in (tmp_path / "two").iterdir()) == names
+    for name in names:
+        assert (tmp_path / "two" / name).read_bytes() == (tmp_path / "one" / name).read_bytes(), name

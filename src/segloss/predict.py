@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import os
 import time
+import warnings
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -29,14 +30,13 @@ import hydra
 import rich
 from omegaconf import DictConfig, OmegaConf
 
-from segloss.errors import ConfigError, DatasetFormatError, UnreadableImagesError
+from segloss.errors import ConfigError, UnreadableImagesError
 from segloss.utils.config import CONFIG_DIR, report_user_errors, set_environment
 from segloss.utils.rich_output import config_tree
 
 if TYPE_CHECKING:
     import numpy as np
     import torch
-    from PIL import Image
 
 set_environment()
 
@@ -117,15 +117,6 @@ def choose_device(name: str) -> torch.device:
     return torch.device(name)
 
 
-def blend_classes(image: torch.Tensor, indices: np.ndarray, lut: np.ndarray) -> Image.Image:
-    """``round((image + colour) / 2)`` per channel (halves rounded up): the image blended 50 % with the classes."""
-    import numpy as np
-    from PIL import Image
-
-    rgb = image.permute(1, 2, 0).numpy().astype(np.uint16)
-    return Image.fromarray(((rgb + lut[indices] + 1) // 2).astype(np.uint8))
-
-
 def autocast_dtype(cfg: DictConfig, device: torch.device):
     """The autocast dtype of the run's precision on ``device`` (``trainer.precision``, ``auto`` resolved as
     training resolves it): bfloat16 for bf16, float16 for 16 (CUDA only), None for full precision."""
@@ -202,59 +193,81 @@ def predict(cfg: DictConfig) -> dict:
 
 
 def label_images(cfg: DictConfig, plan: dict, output_dir: Path, unusable: dict | None = None) -> dict:
-    """Build the net, load the checkpoint and write the files of ``plan`` (see :func:`predict`); the inputs
-    of ``unusable`` are counted and reported with the unreadable ones."""
-    from rich.progress import track
+    """Build the net, load the checkpoint and write the files of ``plan`` (see :func:`predict`) through
+    ``Trainer.predict``: the images read and normalised by the loader (:mod:`segloss.data.image_folder`),
+    ``batch_size`` of one size at a time through the configured inference under the run's precision, each
+    batch written by :class:`segloss.callbacks.folder_writer.FolderWriter`; with several devices
+    (``trainer=ddp|ddp_cpu``) each process labels its own share. The inputs of ``unusable`` are counted and
+    reported with the unreadable ones."""
+    from lightning.pytorch.utilities import rank_zero_only
+    from omegaconf import open_dict
 
-    from segloss.build import build_module, without_named_class_weights
-    from segloss.data.image_io import read_image
+    from segloss.build import build_module, build_trainer, without_named_class_weights
+    from segloss.callbacks.folder_writer import FolderWriter
+    from segloss.data.image_folder import ImageFolderData
     from segloss.utils.checkpoints import load_weights
+    from segloss.utils.cluster import launch_rank
     from segloss.utils.config import instantiate
-    from segloss.utils.precision import set_matmul_precision
-    from segloss.utils.threads import configure_threads
-    from segloss.utils.visualize import palette_lut, save_palette_png
 
+    rank_zero_only.rank = launch_rank()
     device = choose_device(str(cfg.get("device", "auto")))
-    set_matmul_precision(cfg.get("float32_matmul_precision"), device.type)
-    configure_threads(cfg, announce=lambda message: print(f"segloss: {message}", flush=True))
+    with open_dict(cfg):  # device=cpu|cuda picks the Trainer's accelerator; auto leaves trainer.accelerator
+        if str(cfg.get("device", "auto")) != "auto":
+            cfg.trainer.accelerator = "gpu" if device.type == "cuda" else "cpu"
+        cfg.trainer.use_distributed_sampler = False  # ImageFolderData deals the batches to the processes
+        cfg.trainer.enable_model_summary = False
     module = build_module(without_named_class_weights(cfg), with_optimizer=False)
     load_weights(module, cfg.ckpt_path)
-    module.to(device).eval()
     node = cfg.data.get("eval_transform")
     transform = instantiate(node, "data.eval_transform") if node else None
     if transform is None:
         raise ConfigError("data.eval_transform is not set: prediction normalises images as evaluation does")
-    palette = class_palette(cfg)
-    lut = palette_lut(palette)
-    dtype = autocast_dtype(cfg, device)
-
-    written, overlays, failures = [], [], dict(unusable or {})
+    paths = list(plan)
+    writer = FolderWriter([plan[path] for path in paths], class_palette(cfg))
+    data = ImageFolderData(paths, transform, int(cfg.get("batch_size", 1)), int(cfg.get("num_workers", 0)))
+    trainer = build_trainer(cfg, [], [writer])
     start = time.perf_counter()
-    for path in track(list(plan), description="predicting", transient=True):
-        try:
-            image = read_image(path)
-        except DatasetFormatError as err:
-            failures[path] = str(err)  # names the file and the decoder's complaint
-            continue
-        indices = predict_indices(module, transform, image, device, dtype)
-        mask_path, overlay_path = plan[path]
-        save_palette_png(indices, palette, mask_path)
-        written.append(mask_path)
-        if overlay_path is not None:
-            blend_classes(image, indices, lut).save(overlay_path)
-            overlays.append(overlay_path)
-
+    with warnings.catch_warnings():  # Lightning's note on custom batch samplers: FixedBatches returns every image
+        warnings.filterwarnings("ignore", message=".*custom batch sampler.*")
+        trainer.predict(module, datamodule=data, return_predictions=False)
     seconds = time.perf_counter() - start  # reading, inference and writing
+    written, overlays, failed = gathered(trainer, writer)
+
+    failures = dict(unusable or {})
+    failures.update({paths[i]: reason for i, reason in sorted(failed.items())})
+    written_paths = [plan[paths[i]][0] for i in sorted(written)]
+    overlay_paths = [plan[paths[i]][1] for i in sorted(overlays)]
     inputs = len(plan) + len(unusable or {})
-    rich.print(
-        f"[bold]predict[/]: {len(written)} of {inputs} images labelled ({module.inference}, {device}, "
-        f"{dtype or 'float32'}) → {output_dir}"
-        + (f" (with {len(overlays)} overlays)" if overlays else "")
-        + f"; {len(written) / seconds:.2f} frames/s"
-    )
-    if failures:
-        raise UnreadableImagesError(failures, written, output_dir)
-    return {"written": written, "overlays": overlays, "failed": [], "frames_per_s": len(written) / seconds}
+    if trainer.is_global_zero:
+        rich.print(
+            f"[bold]predict[/]: {len(written_paths)} of {inputs} images labelled ({module.inference}, "
+            f"{trainer.precision}, {trainer.world_size} process(es), batch_size={data.batch_size}) "
+            f"→ {output_dir}"
+            + (f" (with {len(overlay_paths)} overlays)" if overlay_paths else "")
+            + f"; {len(written_paths) / seconds:.2f} frames/s"
+        )
+    if failures and trainer.is_global_zero:
+        raise UnreadableImagesError(failures, written_paths, output_dir)
+    return {
+        "written": written_paths,
+        "overlays": overlay_paths,
+        "failed": [],
+        "frames_per_s": len(written_paths) / seconds,
+    }
+
+
+def gathered(trainer, writer) -> tuple[list[int], list[int], dict[int, str]]:
+    """What every process's writer wrote and could not read (indices into the plan), on every process."""
+    parts = [(writer.written, writer.overlays, writer.failed)]
+    if trainer.world_size > 1:
+        import torch.distributed as dist
+
+        parts = [None] * trainer.world_size
+        dist.all_gather_object(parts, (writer.written, writer.overlays, writer.failed))
+    written = [i for part in parts for i in part[0]]
+    overlays = [i for part in parts for i in part[1]]
+    failed = {i: reason for part in parts for i, reason in part[2].items()}
+    return written, overlays, failed
 
 
 @hydra.main(version_base="1.3", config_path=str(CONFIG_DIR), config_name="predict")

@@ -256,6 +256,24 @@ class SegmentationModule(L.LightningModule):
             return self.regions.to_label_map(logits, self.binary_threshold)
         return to_classes(logits, self.binary_threshold)
 
+    def predict_step(self, batch: dict, batch_idx: int = 0) -> list[Tensor]:
+        """Class indices (uint8 H×W, on the CPU) of each image of ``batch["image"]`` — a tensor N×C×H×W or a list
+        of C×H×W images of any sizes (``make predict``: :mod:`segloss.data.image_folder`), those of one size run
+        through the configured inference together. ``batch["rgb"]`` (uint8, same layout) feeds the CRF."""
+        images, rgbs = list(batch["image"]), batch.get("rgb")
+        by_size: dict[tuple, list[int]] = {}
+        for i, image in enumerate(images):
+            by_size.setdefault(tuple(image.shape), []).append(i)
+        classes: list[Tensor] = [torch.empty(0)] * len(images)
+        for members in by_size.values():
+            stacked = torch.stack([images[i] for i in members])
+            crf = {}
+            if self.inference.crf is not None:  # the CRF compares colours
+                crf["rgb"] = self.rgb(stacked) if rgbs is None else torch.stack([rgbs[i] for i in members]).float()
+            for i, labels in zip(members, self.inference.classes(self, stacked, self.to_classes, **crf), strict=True):
+                classes[i] = labels.to(torch.uint8).cpu()
+        return classes
+
     def training_step(self, batch: dict, batch_idx: int) -> Tensor | None:
         self.nonfinite.before_step(self.net)
         loss, logits, terms = self.model_step(batch)
