@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import ClassVar
 
 import pytest
 
@@ -50,3 +51,50 @@ def test_testing_after_training_without_a_test_split_is_refused_before_anything_
     cfg = make_cfg([*TINY_SYNTHETIC, data, "test_after_training=true"])
     with pytest.raises(ConfigError, match=r"test_after_training=true but the data config has no test split"):
         check_config(cfg)
+
+
+class WeightRecorder:
+    """A Lightning callback (built by Hydra from the test's config) that keeps the live weights after every step."""
+
+    steps: ClassVar[list[dict]] = []
+
+    def __new__(cls):
+        from lightning.pytorch.callbacks import Callback
+
+        class _Recorder(Callback):
+            def on_train_batch_end(self, trainer, pl_module, *args) -> None:
+                cls.steps.append({k: v.detach().clone() for k, v in pl_module.state_dict().items()})
+
+        return _Recorder()
+
+
+def test_ema_weights_are_validated_checkpointed_and_tested(make_cfg, data):
+    """callbacks=ema: the checkpoint's state_dict is the EMA of the live weights after each step (recomputed here
+    from the recorded steps: e₁ = θ₁, eₖ = d·eₖ₋₁ + (1 − d)·θₖ), the live weights ride along for resuming, and the
+    best validation was computed on the EMA weights (scoring the checkpoint on the same split gives it again)."""
+    import torch
+
+    from segloss.utils.checkpoints import read_checkpoint
+
+    decay = 0.5  # far from 1, so the EMA and the live weights differ clearly after a few steps
+    WeightRecorder.steps = []
+    cfg = make_cfg([*TINY_SYNTHETIC, *QUIET_RUN, data, "trainer.max_epochs=1", "+trainer.limit_train_batches=3",
+                    "callbacks=ema", f"callbacks.ema.decay={decay}", "test_after_training=true",
+                    "data.splits.test=val", f"+callbacks.recorder._target_={__name__}.WeightRecorder"])  # fmt: skip
+    from segloss.train import train
+
+    out = train(cfg)
+    checkpoint = read_checkpoint(Path(out["output_dir"]) / "checkpoints" / "last.ckpt")  # weights_only=True
+    steps = WeightRecorder.steps
+    assert len(steps) == 3
+    for name, saved in checkpoint["state_dict"].items():
+        if not saved.is_floating_point():
+            continue
+        expected = steps[0][name].double()
+        for step in steps[1:]:
+            expected = decay * expected + (1 - decay) * step[name].double()
+        assert torch.allclose(saved.double(), expected, atol=1e-6), name
+        torch.testing.assert_close(checkpoint["current_model_state"][name], steps[-1][name])
+    moved = [n for n, v in checkpoint["state_dict"].items() if v.is_floating_point() and n.startswith("net.")]
+    assert any(not torch.equal(checkpoint["state_dict"][n], steps[-1][n]) for n in moved)
+    assert float(out["test_results"]["mIoU"]) == pytest.approx(float(out["results"]["mIoU"]), abs=1e-6)
