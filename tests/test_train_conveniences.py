@@ -4,6 +4,7 @@ metric, and the best checkpoint scored on the test split at the end of the train
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 from typing import ClassVar
 
@@ -75,6 +76,7 @@ def test_ema_weights_are_validated_checkpointed_and_tested(make_cfg, data):
     import torch
 
     from segloss.utils.checkpoints import read_checkpoint
+    from segloss.utils.environment import read_environment
 
     decay = 0.5  # far from 1, so the EMA and the live weights differ clearly after a few steps
     WeightRecorder.steps = []
@@ -98,3 +100,8 @@ def test_ema_weights_are_validated_checkpointed_and_tested(make_cfg, data):
     moved = [n for n, v in checkpoint["state_dict"].items() if v.is_floating_point() and n.startswith("net.")]
     assert any(not torch.equal(checkpoint["state_dict"][n], steps[-1][n]) for n in moved)
     assert float(out["test_results"]["mIoU"]) == pytest.approx(float(out["results"]["mIoU"]), abs=1e-6)
+
+    # what make report shows of the run: one environment record for its one start
+    (record,) = read_environment(Path(out["output_dir"]))
+    assert record["packages"]["torch"] == torch.__version__.split("+")[0]  # metadata drops the local tag
+    assert (record["precision"], record["processes"]) == ("32-true", 1) and record["cpu_count"] == os.cpu_count()

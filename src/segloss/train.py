@@ -26,6 +26,7 @@ from segloss.metrics.per_image import save_per_image
 from segloss.metrics.results import save_results
 from segloss.utils.cluster import launch_rank
 from segloss.utils.config import CONFIG_DIR, instantiate, report_user_errors, set_environment
+from segloss.utils.environment import record_environment
 from segloss.utils.markers import FAILED
 from segloss.utils.rich_output import print_results
 from segloss.utils.run_dir import RunDirectory, completed_config, write_completed
@@ -67,6 +68,8 @@ def _train_in(cfg: DictConfig, run: RunDirectory) -> dict:
     loggers = start_tracking(cfg, run.path, run.resumed_step)
     trainer = build_trainer(cfg, loggers, run_dir=run.path, multirun=is_multirun())
     datamodule.check_world_size(trainer.world_size)
+    if trainer.is_global_zero:
+        record_environment(run.path, trainer)  # versions, machine, command: what make report shows
 
     try:  # weights_only: a resumed checkpoint is data, never code (segloss.utils.checkpoints)
         trainer.fit(module, datamodule=datamodule, ckpt_path=run.ckpt_path, weights_only=True)
