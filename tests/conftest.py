@@ -123,7 +123,9 @@ def run_cli(module: str, overrides: list[str], timeout: int = 300, check: bool =
     import sys
 
     root = Path(__file__).resolve().parents[1]
-    env = {k: v for k, v in os.environ.items() if k != "SEGLOSS_TRACEBACK"}
+    # a fresh command: no rendezvous of a process group that an earlier test of this worker may have left behind
+    stale = ("SEGLOSS_TRACEBACK", "MASTER_ADDR", "MASTER_PORT", "WORLD_SIZE", "RANK", "LOCAL_RANK", "NODE_RANK")
+    env = {k: v for k, v in os.environ.items() if k not in stale}
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(root), env.get("PYTHONPATH")]))
     overrides = pinned_precision(module, overrides)
     proc = subprocess.run(

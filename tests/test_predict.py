@@ -269,7 +269,26 @@ def test_two_processes_label_each_image_once_and_equal_one_process(setup, tmp_pa
     predict(one)
     run_cli("predict", [*TINY, f"paths.data_dir={data_dir}", f"ckpt_path={one.ckpt_path}", f"input_dir={inputs}",
                         f"output_dir={tmp_path / 'two'}", "batch_size=2", "trainer=ddp_cpu", "trainer.devices=2",
-                        f"hydra.run.dir={tmp_path / 'run'}"])  # fmt: skip
+                        f"hydra.run.dir={tmp_path / 'run'}"], timeout=120)  # fmt: skip
     assert sorted(p.name for p in (tmp_path / "two").iterdir()) == names
     for name in names:
         assert (tmp_path / "two" / name).read_bytes() == (tmp_path / "one" / name).read_bytes(), name
+
+
+def test_batches_are_dealt_round_robin_each_image_once_and_an_idle_process_gets_an_empty_batch(tmp_path):
+    """Five images in batches [0 1] [2] [3 4] over 4 processes: ranks 0–2 one batch each, rank 3 one empty batch
+    (Lightning refuses a loader of length zero), which the module and the writer pass through."""
+    from types import SimpleNamespace
+
+    from segloss.data.image_folder import ImageFolderData
+
+    names = same_size_inputs(tmp_path / "in")
+    as_float = lambda item: {**item, "image": item["image"].float()}  # noqa: E731
+    data = ImageFolderData([tmp_path / "in" / n for n in names], as_float, batch_size=2)
+    seen = []
+    for rank in range(4):
+        data.trainer = SimpleNamespace(global_rank=rank, world_size=4)
+        batches = list(data.predict_dataloader())
+        assert len(batches) == 1
+        seen.append(batches[0]["index"])
+    assert seen == [[0, 1], [2], [3, 4], []]

@@ -9,7 +9,8 @@ the others at the end; it does not stop the run.
 
 Sharding: batches are dealt round-robin to the processes (batch ``b`` to rank ``b mod world_size``), so each
 image is predicted exactly once — Lightning's ``DistributedSampler`` pads the last round with repeats, which
-would write some files twice.
+would write some files twice. A process left without a batch (fewer batches than processes) gets one empty
+batch, since Lightning refuses a loader of length zero.
 """
 
 from __future__ import annotations
@@ -114,7 +115,7 @@ class ImageFolderData(L.LightningDataModule):
         rank, world = (self.trainer.global_rank, self.trainer.world_size) if self.trainer is not None else (0, 1)
         return DataLoader(
             self.dataset,
-            batch_sampler=FixedBatches(self.batches[rank::world]),
+            batch_sampler=FixedBatches(self.batches[rank::world] or [[]]),  # Lightning wants ≥ 1 batch per process
             collate_fn=collate_items,
             num_workers=self.num_workers,
         )
