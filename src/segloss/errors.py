@@ -127,6 +127,11 @@ class CheckpointWriteError(SeglossError, OSError):
     """A checkpoint could not be written (a full disk, a read-only folder); the previous one is intact."""
 
 
+class ExportParityError(SeglossError):
+    """``make export``: the exported file does not give the module's logits (or does not run) on the parity
+    images; nothing was written."""
+
+
 class DownloadError(SeglossError, RuntimeError):
     """``make download``: fetching, verifying, unpacking or preparing a dataset or encoder weights failed.
     The message names the file or URL, what went wrong and the fix; nothing half-written is left in the
