@@ -303,7 +303,7 @@ def test_the_module_s_evaluation_step_passes_the_rgb_image_to_the_crf(uint8):
 
 
 def test_predict_passes_the_uint8_image_to_the_crf():
-    from segloss.predict import predict_indices
+    from segloss.models.inference import predict_indices
 
     logits, rgb, truth = noisy_scene()
 

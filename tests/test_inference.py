@@ -118,7 +118,7 @@ def test_streamed_classes_equal_the_argmax_of_the_whole_slide(size, crop, stride
 def test_make_predict_on_a_tall_image_never_holds_the_whole_image_s_logits(monkeypatch):
     """An 8000×8000 frame with inference=slide took more memory than whole-image inference: the logits of
     every pixel (4.9 GB at 19 classes) were accumulated before the argmax. Now one band of windows at a time."""
-    from segloss.predict import predict_indices
+    from segloss.models.inference import predict_indices
 
     class Module(nn.Module):  # what predict_indices needs of a SegmentationModule
         def __init__(self) -> None:

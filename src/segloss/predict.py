@@ -28,14 +28,13 @@ from typing import TYPE_CHECKING
 
 import hydra
 import rich
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 
 from segloss.errors import ConfigError, UnreadableImagesError
 from segloss.utils.config import CONFIG_DIR, report_user_errors, set_environment
 from segloss.utils.rich_output import config_tree
 
 if TYPE_CHECKING:
-    import numpy as np
     import torch
 
 set_environment()
@@ -88,23 +87,6 @@ def plan_outputs(images: list[Path], input_dir: Path, output_dir: Path, overlay:
     return plan
 
 
-def class_palette(cfg: DictConfig) -> list:
-    """The dataset class's ``PALETTE`` (class attribute) if it has one per class, else a default palette."""
-    from segloss.utils.visualize import default_palette
-
-    num_classes = int(cfg.data.num_classes)
-    target = OmegaConf.select(cfg, "data.dataset._target_")
-    palette = None
-    if target:
-        try:
-            palette = getattr(hydra.utils.get_class(target), "PALETTE", None)
-        except (ImportError, ValueError):
-            palette = None
-    if palette is None or len(palette) < num_classes:
-        palette = default_palette(num_classes)
-    return [tuple(int(v) for v in colour) for colour in palette]
-
-
 def choose_device(name: str) -> torch.device:
     import torch
 
@@ -132,24 +114,6 @@ def autocast_dtype(cfg: DictConfig, device: torch.device):
 
         return torch.float16
     return None
-
-
-def predict_indices(module, transform, image: torch.Tensor, device: torch.device, dtype=None) -> np.ndarray:
-    """Class indices H×W (uint8) of one uint8 3×H×W image, under autocast to ``dtype`` if given."""
-    import torch
-
-    height, width = image.shape[-2:]
-    mask = torch.zeros((height, width), dtype=torch.int64)  # the joint transform wants one; unused
-    normalised = transform({"image": image, "mask": mask, "name": ""})["image"]
-    if normalised.shape[-2:] != (height, width):
-        raise ConfigError(
-            f"data.eval_transform changed the image size ({height}×{width} → {tuple(normalised.shape[-2:])}); "
-            "prediction needs a normalising-only eval transform"
-        )
-    with torch.no_grad(), torch.autocast(device.type, dtype=dtype or torch.float32, enabled=dtype is not None):
-        crf = {"rgb": image.unsqueeze(0).to(device).float()} if module.inference.crf is not None else {}
-        classes = module.inference.classes(module, normalised.unsqueeze(0).to(device), module.to_classes, **crf)
-    return classes[0].to(torch.uint8).cpu().numpy()
 
 
 def predict(cfg: DictConfig) -> dict:
@@ -208,6 +172,7 @@ def label_images(cfg: DictConfig, plan: dict, output_dir: Path, unusable: dict |
     from segloss.utils.checkpoints import load_weights
     from segloss.utils.cluster import launch_rank
     from segloss.utils.config import instantiate
+    from segloss.utils.visualize import class_palette
 
     rank_zero_only.rank = launch_rank()
     device = choose_device(str(cfg.get("device", "auto")))

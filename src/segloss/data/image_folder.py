@@ -19,10 +19,10 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import lightning.pytorch as L
-import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
 from segloss.errors import ConfigError, DatasetFormatError
+from segloss.utils.normalisation import normalise_image
 
 
 def header_size(path: Path) -> tuple[int, int] | None:
@@ -64,14 +64,7 @@ class ImageFolderDataset(Dataset):
             rgb = read_image(self.paths[index])
         except DatasetFormatError as err:
             return {"index": index, "error": str(err)}  # names the file and the decoder's complaint
-        height, width = rgb.shape[-2:]
-        mask = torch.zeros((height, width), dtype=torch.int64)  # the joint transform wants one; unused
-        image = self.transform({"image": rgb, "mask": mask, "name": ""})["image"]
-        if image.shape[-2:] != (height, width):
-            raise ConfigError(
-                f"data.eval_transform changed the image size ({height}×{width} → {tuple(image.shape[-2:])}); "
-                "prediction needs a normalising-only eval transform"
-            )
+        image = normalise_image(self.transform, rgb)
         return {"index": index, "image": image, "rgb": rgb}
 
 

@@ -289,3 +289,15 @@ def to_classes(logits: Tensor, threshold: float = 0.5) -> Tensor:
     if logits.shape[1] != 1:
         return logits.argmax(1)
     return (logits[:, 0] > math.log(threshold / (1 - threshold))).long()
+
+
+def predict_indices(module, transform, image: Tensor, device: torch.device, dtype=None):
+    """Class indices H×W (uint8 numpy) of one uint8 3×H×W image through ``module.inference`` (normalised by
+    ``transform``: :func:`segloss.utils.normalisation.normalise_image`), under autocast to ``dtype`` if given."""
+    from segloss.utils.normalisation import normalise_image
+
+    normalised = normalise_image(transform, image)
+    with torch.no_grad(), torch.autocast(device.type, dtype=dtype or torch.float32, enabled=dtype is not None):
+        crf = {"rgb": image.unsqueeze(0).to(device).float()} if module.inference.crf is not None else {}
+        classes = module.inference.classes(module, normalised.unsqueeze(0).to(device), module.to_classes, **crf)
+    return classes[0].to(torch.uint8).cpu().numpy()

@@ -15,6 +15,25 @@ import torch
 from PIL import Image
 
 
+def class_palette(cfg) -> list[tuple[int, int, int]]:
+    """The colours of a run's classes: its dataset class's ``PALETTE`` (``data.dataset._target_``) when that has one
+    per class (``data.num_classes``), else :func:`default_palette` — what ``make predict`` paints with."""
+    import hydra
+    from omegaconf import OmegaConf
+
+    num_classes = int(cfg.data.num_classes)
+    target = OmegaConf.select(cfg, "data.dataset._target_")
+    palette = None
+    if target:
+        try:
+            palette = getattr(hydra.utils.get_class(target), "PALETTE", None)
+        except (ImportError, ValueError):
+            palette = None
+    if palette is None or len(palette) < num_classes:
+        palette = default_palette(num_classes)
+    return [tuple(int(v) for v in colour) for colour in palette]
+
+
 def palette_lut(palette: Sequence[Sequence[int]], ignore_color=(0, 0, 0)) -> np.ndarray:
     """A 256×3 uint8 table: class c → palette[c]; every other value (ignore) → ``ignore_color``."""
     lut = np.tile(np.asarray(ignore_color, dtype=np.uint8), (256, 1))
