@@ -15,7 +15,7 @@ export DATA_ROOT
 endif
 
 .DEFAULT_GOAL := help
-.PHONY: bench-crf bench-tta bench-volumes bench-sliding help install install-latest lock data download train sweep search compare rescore eval predict cityscapes-eval stats test lint format bench bench-losses bench-data bench-overhead bench-metrics bench-train-step bench-recipe bench-shared-cpu clean clean-logs clean-data
+.PHONY: browser export report bench-crf bench-tta bench-volumes bench-sliding help install install-latest lock data download train sweep search compare rescore eval predict cityscapes-eval stats test lint format bench bench-losses bench-data bench-overhead bench-metrics bench-train-step bench-recipe bench-shared-cpu clean clean-logs clean-data
 
 help: ## show this help
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN{FS=":.*## "}{printf "  make %-11s %s\n", $$1, $$2}'
@@ -70,6 +70,9 @@ search: $(STAMP) $(SYNTHETIC) ## Optuna search of loss hyper-parameters: make se
 compare: $(STAMP) ## table (intervals over seeds × images, Holm-corrected tests) + plots of a sweep: make compare [DIR=…] [ARGS="--baseline ce --plan 1 --out folder"]
 	$(PY) -m segloss.compare $(DIR) $(ARGS)
 
+report: $(STAMP) ## the study as a self-contained HTML page + PNG/PDF/SVG figures: make report [DIR=sweep] [ARGS="--baseline ce --pair lovasz,ce --out folder"]
+	$(PY) -m segloss.report $(if $(DIR),"$(DIR)") $(ARGS)
+
 rescore: $(STAMP) ## add the per-image quality counts to older runs from their best checkpoints: make rescore DIR=…
 	@test -n "$(DIR)" || { echo "usage: make rescore DIR=logs/train/multiruns/<sweep>"; exit 2; }
 	$(PY) -m segloss.rescore $(DIR) $(ARGS)
@@ -81,6 +84,10 @@ eval: $(STAMP) ## evaluate a checkpoint: make eval CKPT=logs/.../best.ckpt [EXP=
 predict: $(STAMP) ## label a folder of images: make predict CKPT=… INPUT=folder OUTPUT=folder [EXP=name] [ARGS="overlay=true"]
 	@test -n "$(CKPT)" -a -n "$(INPUT)" -a -n "$(OUTPUT)" || { echo "usage: make predict CKPT=… INPUT=folder OUTPUT=folder [EXP=name] [ARGS=…]"; exit 2; }
 	$(PY) -m segloss.predict 'ckpt_path="$(CKPT)"' 'input_dir="$(INPUT)"' 'output_dir="$(OUTPUT)"' $(EXP_ARG) $(ARGS)
+
+export: $(STAMP) ## ONNX/TorchScript file of a checkpoint's net, normalisation folded in, parity checked: make export CKPT=… [FORMAT=onnx|torchscript] [OUTPUT=file] [EXP=…] [ARGS=…]
+	@test -n "$(CKPT)" || { echo "usage: make export CKPT=path/to/checkpoint.ckpt [FORMAT=onnx|torchscript] [OUTPUT=file] [EXP=name]"; exit 2; }
+	$(PY) -m segloss.export 'ckpt_path="$(CKPT)"' $(if $(FORMAT),format=$(FORMAT)) $(if $(OUTPUT),'output="$(OUTPUT)"') $(EXP_ARG) $(ARGS)
 
 cityscapes-eval: $(STAMP) ## official Cityscapes evaluation (iIoU too) of exported PNGs: make cityscapes-eval PRED=<run>/predictions/val [DATASET=data/cityscapes] [ARGS="--export-dir DIR"]
 	@test -n "$(PRED)" || { echo "usage: make cityscapes-eval PRED=logs/eval/runs/<run>/predictions/val [DATASET=…]"; exit 2; }
@@ -94,8 +101,17 @@ stats: $(STAMP) ## label statistics + class weights: make stats [DATA=cityscapes
 # One pytest worker per core (pytest-xdist), each test module on one worker (its module fixtures built once);
 # each worker runs torch single-threaded. TEST_WORKERS=0 runs in one process.
 TEST_WORKERS ?= auto
-test: $(STAMP) ## run the whole test suite (in parallel: TEST_WORKERS=auto|N|0)
+test: $(STAMP) browser ## run the whole test suite (in parallel: TEST_WORKERS=auto|N|0)
 	$(PY) -m pytest -q -n $(TEST_WORKERS) --dist loadscope $(ARGS)
+
+# The report test opens make report's page in a real browser: Debian's chromium, installed here when missing and
+# this is root on Debian (CI); elsewhere the test says how to install it (in CI, CI=true, it fails without one).
+browser:
+	@command -v chromium >/dev/null 2>&1 || { \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+	    echo "installing Debian's chromium (the report test renders its page)"; \
+	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; \
+	  else echo "make test: no chromium; the report's browser test needs it (sudo apt-get install chromium)"; fi; }
 
 bench-losses: $(STAMP) ## loss fwd+bwd time and peak memory vs smp / MONAI / torch (ARGS="--device cuda")
 	$(PY) benchmarks/bench_losses.py $(ARGS)

@@ -65,8 +65,8 @@ def test_the_wheel_holds_every_module_and_config_and_no_local_settings(wheel):
     assert modules <= names and configs <= names and "segloss/py.typed" in names
     assert "segloss/configs/local/default.yaml" not in names  # a user's machine settings never ship
     scripts = zipfile.ZipFile(wheel).read(next(n for n in names if n.endswith("entry_points.txt"))).decode()
-    commands = ("train", "eval", "predict", "stats", "compare", "rescore", "download", "search", "synthetic",
-                "cityscapes-eval")  # fmt: skip
+    commands = ("train", "eval", "predict", "export", "stats", "compare", "report", "rescore", "download", "search",
+                "synthetic", "cityscapes-eval")  # fmt: skip
     for command in commands:
         assert f"segloss-{command} = " in scripts
 

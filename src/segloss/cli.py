@@ -1,7 +1,7 @@
 """The command-line entry points of an installed segloss (``[project.scripts]`` in pyproject.toml).
 
-One script per command — ``segloss-train``, ``segloss-eval``, ``segloss-predict``, ``segloss-stats``,
-``segloss-compare``, ``segloss-rescore``, ``segloss-download``, ``segloss-search``, ``segloss-synthetic``,
+One script per command — ``segloss-train``, ``segloss-eval``, ``segloss-predict``, ``segloss-export``,
+``segloss-stats``, ``segloss-compare``, ``segloss-report``, ``segloss-rescore``, ``segloss-download``, ``segloss-search``, ``segloss-synthetic``,
 ``segloss-cityscapes-eval`` — and
 ``segloss COMMAND [ARGS…]`` for all of them, with ``segloss --version``. Each does what ``python -m
 segloss.<module>`` (and the Makefile target of the same name) does; Hydra commands take the same overrides,
@@ -19,8 +19,10 @@ COMMANDS = {  # name: (module:function, what it does)
     "train": ("segloss.train:main", "train a model (Hydra overrides: experiment=…, loss=…, trainer.…)"),
     "eval": ("segloss.eval:main", "evaluate a checkpoint: ckpt_path=… [split=val] [save_predictions=true]"),
     "predict": ("segloss.predict:main", "label a folder of images: ckpt_path=… input_dir=… output_dir=…"),
+    "export": ("segloss.export:main", "ONNX/TorchScript file of a checkpoint's net: ckpt_path=… [format=onnx]"),
     "stats": ("segloss.stats:main", "label statistics and class weights of a dataset: [data=…]"),
     "compare": ("segloss.cli:compare", "compare the losses of a sweep: [DIR] [--baseline ce] [--plan 1]"),
+    "report": ("segloss.report.cli:main", "HTML report + figures of a sweep: [DIR] [--baseline ce] [--pair A,B]"),
     "rescore": ("segloss.rescore:main", "add per-image quality counts to older runs: DIR"),
     "download": ("segloss.download.cli:main", "fetch and verify a dataset or encoder weights: download=…"),
     "search": ("segloss.cli:search", "Optuna search of loss hyper-parameters: [hparams_search=focal_optuna]"),
