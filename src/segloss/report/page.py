@@ -250,8 +250,8 @@ def _environment(recorded: list[str], environments: tuple, machine: dict[str, st
         out.append(_table(head, cells, names=len(head), kind="environments"))
     if missing:
         scope = f"{missing} of the runs" if rows else "The runs"
-        out.append(_missing(f"{scope} did not record package versions or the machine they ran on (environment.json "
-                            "is written by trainings since issue 27). The tables below describe the process that "
+        out.append(_missing(f"{scope} did not record package versions or the machine they ran on (they were trained "
+                            "before trainings wrote environment.json). The tables below describe the process that "
                             "built this report, not necessarily the training's."))  # fmt: skip
     out.append("<h3>Machine of this report's process</h3>")
     out.append(_table(["", "value"], [[escape(k), escape(v)] for k, v in machine.items()], names=2))
