@@ -22,8 +22,9 @@ from segloss.report.calibration import Pooled
 FORMATS = ("png", "pdf", "svg")
 EMBED_DPI = 100  # the page's copies: small enough for a page of a few hundred kB
 FILE_DPI = 200  # the PNG files: sharp on slides
-RC = {"pdf.fonttype": 42, "svg.hashsalt": "segloss-report", "svg.fonttype": "path", "font.size": 9,
-      "axes.titlesize": 9, "axes.labelsize": 9, "xtick.labelsize": 8, "ytick.labelsize": 8}  # fmt: skip
+# TrueType fonts in PDFs (LaTeX and journals refuse Type 3), and SVG ids from a fixed salt, so that the same runs
+# give the same files byte for byte (the PDF and SVG dates are left out when saving).
+RC = {"pdf.fonttype": 42, "svg.hashsalt": "segloss-report"}
 GOOD, BAD, NEUTRAL = "#1f5fa8", "#b2182b", "#6e6e6e"
 
 
@@ -70,12 +71,13 @@ def save(fig, folder: Path, stem: str, formats: tuple[str, ...]) -> tuple[bytes,
     fig.savefig(buffer, format="png", dpi=EMBED_DPI, bbox_inches="tight")
     files = {}
     folder.mkdir(parents=True, exist_ok=True)
-    for fmt in formats:
-        path = folder / f"{stem}.{fmt}"
-        metadata = {"png": None, "pdf": {"CreationDate": None}, "svg": {"Date": None}}[fmt]
-        fig.savefig(path, format=fmt, dpi=FILE_DPI if fmt == "png" else "figure", bbox_inches="tight",
-                    metadata=metadata)  # fmt: skip
-        files[fmt] = path
+    with plt.rc_context(RC):
+        for fmt in formats:
+            path = folder / f"{stem}.{fmt}"
+            metadata = {"png": None, "pdf": {"CreationDate": None}, "svg": {"Date": None}}[fmt]
+            fig.savefig(path, format=fmt, dpi=FILE_DPI if fmt == "png" else "figure", bbox_inches="tight",
+                        metadata=metadata)  # fmt: skip
+            files[fmt] = path
     plt.close(fig)
     return buffer.getvalue(), files
 
