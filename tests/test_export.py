@@ -124,6 +124,9 @@ def test_torchscript_next_to_the_checkpoint_and_never_over_an_existing_file(unet
         assert close(loaded(torch.from_numpy(images)).numpy(), by_hand(module, images))
     with pytest.raises(ConfigError, match=r"unet\.pt already exists; pass overwrite=true"):
         export(cfg("format=torchscript"))
+    with pytest.raises(ConfigError, match=r"cannot write there .* choose output="):  # a file where a folder must be
+        export(cfg("format=torchscript", f"output={root / 'unet.pt' / 'net.pt'}"))
+    assert sorted(p.name for p in root.glob("unet.pt*")) == ["unet.pt", "unet.pt.json"]  # nothing else left
 
 
 def test_an_smp_net_with_a_binary_sigmoid_head(tmp_path):

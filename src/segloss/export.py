@@ -32,6 +32,7 @@ classes and palette, parity figures, versions and the checkpoint's path and sha2
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import hashlib
 import json
@@ -196,9 +197,14 @@ def write_checked(cfg: DictConfig, module, options: dict, target: Path) -> tuple
 
     fmt, channels = options["format"], int(module.input_scale.shape[1])
     net = ExportedNet.of(module)
-    target.parent.mkdir(parents=True, exist_ok=True)
     temporary = target.with_name(f".{target.name}.{os.getpid()}.tmp")
     try:
+        try:
+            target.parent.mkdir(parents=True, exist_ok=True)
+            temporary.touch()
+        except OSError as err:
+            raise ConfigError(f"output={target}: cannot write there ({err.strerror}); choose output=… in a folder "
+                              "you can write to") from err  # fmt: skip
         if fmt == "onnx":
             export_onnx(net, temporary, options["opset"], channels)
         else:
@@ -220,7 +226,8 @@ def write_checked(cfg: DictConfig, module, options: dict, target: Path) -> tuple
             )
         os.replace(temporary, target)
     finally:
-        temporary.unlink(missing_ok=True)
+        with contextlib.suppress(OSError):  # also where the folder could not be made
+            temporary.unlink(missing_ok=True)
     return spec, figures, net.multiple
 
 
