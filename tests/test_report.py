@@ -291,3 +291,16 @@ def test_chromium_renders_the_page_with_every_image_and_the_table(report, tmp_pa
     near = np.abs(colours[:, None, :] - viridis[None]).max(2).min(1) <= 6  # the heatmap's cells
     levels = np.abs(colours[near][:, None, :] - viridis[None]).max(2).argmin(1)
     assert counts[near].sum() > 2000 and len(set(levels // 8)) >= 3, counts[near].sum()
+
+
+def test_a_killed_report_s_partial_folder_is_removed_by_the_next_and_a_running_one_s_is_kept(tmp_path):
+    from segloss.report.build import staging
+
+    killed = tmp_path / ".report.partial-99999999-0a1b2c3d"  # above any pid_max: its process is gone
+    running = tmp_path / f".report.partial-{os.getpid()}-0a1b2c3d"  # this process: still writing
+    for folder in (killed, running):
+        (folder / "figures").mkdir(parents=True)
+    with staging(tmp_path / "report") as tmp:
+        (tmp / "report.html").write_text("page")
+    assert sorted(p.name for p in tmp_path.iterdir()) == [running.name, "report"]
+    assert (tmp_path / "report" / "report.html").read_text() == "page"

@@ -12,6 +12,7 @@ report.
 from __future__ import annotations
 
 import math
+import os
 import re
 import secrets
 import shutil
@@ -178,9 +179,13 @@ def check_out(out: Path, directory: Path) -> None:
 @contextmanager
 def staging(out: Path) -> Iterator[Path]:
     """A hidden folder beside ``out`` to write into; renamed to ``out`` (replacing an earlier report) when the
-    block ends, removed if it fails."""
+    block ends, removed if it fails. Such folders of killed reports (whose process no longer runs) are removed."""
     out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.parent / f".{out.name}.partial-{secrets.token_hex(4)}"
+    for stale in out.parent.glob(f".{out.name}.partial-*-*"):  # left by a killed report (its process is gone)
+        pid = stale.name.rsplit("-", 2)[-2]
+        if pid.isdigit() and not Path(f"/proc/{pid}").exists() and Path("/proc/self").exists():
+            shutil.rmtree(stale, ignore_errors=True)
+    tmp = out.parent / f".{out.name}.partial-{os.getpid()}-{secrets.token_hex(4)}"
     tmp.mkdir()
     try:
         yield tmp
