@@ -1,8 +1,8 @@
 """The command-line entry points of an installed segloss (``[project.scripts]`` in pyproject.toml).
 
 One script per command — ``segloss-train``, ``segloss-eval``, ``segloss-predict``, ``segloss-export``,
-``segloss-stats``, ``segloss-compare``, ``segloss-report``, ``segloss-rescore``, ``segloss-download``, ``segloss-search``, ``segloss-synthetic``,
-``segloss-cityscapes-eval`` — and
+``segloss-stats``, ``segloss-compare``, ``segloss-report``, ``segloss-rescore``, ``segloss-download``,
+``segloss-search``, ``segloss-synthetic``, ``segloss-cityscapes-eval`` — and
 ``segloss COMMAND [ARGS…]`` for all of them, with ``segloss --version``. Each does what ``python -m
 segloss.<module>`` (and the Makefile target of the same name) does; Hydra commands take the same overrides,
 ``--config-dir DIR`` included (a folder of the user's own configs, searched beside the packaged ones).

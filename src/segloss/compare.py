@@ -29,7 +29,6 @@ import csv
 import json
 import re
 import shutil
-import sys
 from collections import Counter
 from dataclasses import asdict
 from pathlib import Path
@@ -39,6 +38,7 @@ from segloss.comparison.groups import group_runs, kept_setting
 from segloss.comparison.runs import LeftOut, Run, latest_sweep, load_runs
 from segloss.comparison.summary import add_statistics, summarise
 from segloss.comparison.table import csv_rows, markdown_table
+from segloss.utils.arguments import OneLineParser, significance_level
 
 
 def write_outputs(runs: list[Run], summary: dict, out: Path, left_out: list[LeftOut] = ()) -> dict[str, Path]:
@@ -123,19 +123,6 @@ def report_folders(directory: Path, runs: list[Run], left_out: list[LeftOut]) ->
     return lines
 
 
-class _Parser(argparse.ArgumentParser):
-    def error(self, message: str) -> None:  # one line, naming the argument
-        print(f"segloss compare: error: {message} (see --help)", file=sys.stderr)
-        sys.exit(2)
-
-
-def _fraction(text: str) -> float:
-    value = float(text)
-    if not 0 < value < 0.5:
-        raise argparse.ArgumentTypeError(f"{text} is not a significance level in (0, 0.5)")
-    return value
-
-
 def _points(text: str) -> float:
     value = float(text)
     if not 0 < value < 100:
@@ -147,12 +134,12 @@ def main(argv: list[str] | None = None) -> dict:
     from segloss.comparison.render import print_table
     from segloss.utils.config import PROJECT_ROOT, report_user_errors
 
-    parser = _Parser(description=__doc__.split("\n\n")[0])
+    parser = OneLineParser(prog="segloss compare", description=__doc__.split("\n\n")[0])
     parser.add_argument("dir", nargs="?", help="sweep directory (default: the newest under logs/train/multiruns)")
     parser.add_argument("--out", help="output folder (default: DIR/compare)")
     parser.add_argument("--baseline", help="the loss the others are tested against (default: the first)")
     parser.add_argument(
-        "--alpha", type=_fraction, default=significance.ALPHA, help="family-wise error rate (default 0.05)"
+        "--alpha", type=significance_level, default=significance.ALPHA, help="family-wise error rate (default 0.05)"
     )
     parser.add_argument("--plan", type=_points, metavar="POINTS", help="seeds needed to detect POINTS of mIoU")
     parser.add_argument("--ignore", action="append", default=[], metavar="KEY",

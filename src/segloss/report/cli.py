@@ -17,12 +17,7 @@ from pathlib import Path
 from segloss.comparison import significance
 from segloss.report.build import IMAGES, build_report
 from segloss.report.figures import FORMATS
-
-
-class _Parser(argparse.ArgumentParser):
-    def error(self, message: str) -> None:  # one line, naming the argument
-        print(f"segloss report: error: {message} (see --help)", file=sys.stderr)
-        sys.exit(2)
+from segloss.utils.arguments import OneLineParser, significance_level
 
 
 def _formats(text: str) -> tuple[str, ...]:
@@ -40,19 +35,12 @@ def _count(text: str) -> int:
     return value
 
 
-def _fraction(text: str) -> float:
-    value = float(text)
-    if not 0 < value < 0.5:
-        raise argparse.ArgumentTypeError(f"{text} is not a significance level in (0, 0.5)")
-    return value
-
-
 def main(argv: list[str] | None = None) -> int:
     """Build the report; 0 when written (the console script ``segloss-report`` points here)."""
     from segloss.comparison.runs import latest_sweep
     from segloss.utils.config import PROJECT_ROOT, report_user_errors
 
-    parser = _Parser(prog="segloss report", description=__doc__.split("\n\n")[0])
+    parser = OneLineParser(prog="segloss report", description=__doc__.split("\n\n")[0])
     parser.add_argument("dir", nargs="?", help="sweep directory, or a make compare output with runs.json "
                         "(default: the newest under logs/train/multiruns)")  # fmt: skip
     parser.add_argument("--out", help="output folder (default: DIR/report), replaced whole")
@@ -63,7 +51,7 @@ def main(argv: list[str] | None = None) -> int:
                         help=f"validation images shown for the pair (default {IMAGES}; 0: none)")  # fmt: skip
     parser.add_argument("--formats", type=_formats, default=FORMATS, metavar="png,pdf,svg",
                         help="figure files written under OUT/figures (default all three)")  # fmt: skip
-    parser.add_argument("--alpha", type=_fraction, default=significance.ALPHA,
+    parser.add_argument("--alpha", type=significance_level, default=significance.ALPHA,
                         help="family-wise error rate (default 0.05)")  # fmt: skip
     parser.add_argument("--ignore", action="append", default=[], metavar="KEY",
                         help="a config key whose values do not split the runs into groups (repeatable)")  # fmt: skip
