@@ -19,7 +19,9 @@ from PIL import Image
 
 from segloss.comparison.runs import load_runs
 from segloss.errors import ConfigError
-from segloss.report.disagree import GAP, TITLE_HEIGHT, choose_runs, render_pairs, replay_config, select_pairs
+from segloss.report.disagree import choose_runs, render_pairs, select_pairs
+from segloss.report.panels import GAP, TITLE_HEIGHT
+from segloss.report.replay import replay_config
 from segloss.utils.config import CONFIG_DIR
 from tests.helpers.runs import write_counts, write_run
 

@@ -102,7 +102,7 @@ def class_legend(run: Run) -> list[tuple[str, tuple[int, int, int]]]:
         return []
     from omegaconf import OmegaConf
 
-    from segloss.report.disagree import allowed_targets
+    from segloss.report.replay import allowed_targets
     from segloss.utils.visualize import class_palette
 
     target = run.setting.get("data.dataset._target_")

@@ -11,39 +11,28 @@ the runs must list the same validation images in the same order (they are paired
 
 :func:`render_pairs` draws those images: image | ground truth | loss A | loss B, the predictions made now by one run
 of each loss from its best checkpoint (``checkpoints/epoch_<best epoch>.ckpt``), in float32, with that run's
-inference settings. **A run folder is data, not code** (docs/security.md): its ``.hydra/config.yaml`` is read with
-``yaml.safe_load``, resolved (interpolations included) before anything is built, and refused — nothing imported,
-nothing called — when any ``_target_`` in what is built (data, model, loss) is not one that this project's own
-configs name. Pretrained-weight downloads are switched off (the checkpoint supplies every weight), and nothing is
-written into the dataset folder (a missing dataset is an error, not generated).
+inference settings, its configuration replayed safely (:mod:`segloss.report.replay`: a run folder is data, not
+code), nothing written into the dataset folder (a missing dataset is an error, not generated); the picture is
+:mod:`segloss.report.panels`'.
 """
 
 from __future__ import annotations
 
 import math
-import os
 import re
 import zipfile
-from functools import lru_cache
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
-import yaml
 
 from segloss.comparison.runs import PER_IMAGE, Run
 from segloss.errors import ConfigError, SeglossError
+from segloss.report.panels import display_rgb, panel, tiles
+from segloss.report.replay import replay_config
 
 if TYPE_CHECKING:
     from omegaconf import DictConfig
-    from PIL import Image
-
-MAX_TILE_HEIGHT = 256  # taller images are scaled down (bilinear for the image, nearest for label maps)
-GAP = 4  # white pixels between the tiles
-TITLE_HEIGHT = 30  # the band of two title lines above the tiles
-# The parts of a run's config that building its module and reading its validation images need (the trainer,
-# callbacks and loggers are not replayed).
-KEPT = ("data", "model", "loss", "inference", "metrics", "paths", "optimized_metric")
 
 
 # ---------------------------------------------------------------------------------------------------- selection
@@ -205,107 +194,6 @@ def choose_runs(
     return _median_run(candidates[loss_a]), _median_run(candidates[loss_b])
 
 
-# ---------------------------------------------------------------------------------------------- replaying a run
-
-
-@lru_cache(maxsize=1)
-def allowed_targets() -> frozenset[str]:
-    """Every ``_target_`` that this project's configs (``segloss.utils.config.CONFIG_DIR``) name, plus the
-    module class that ``segloss.build`` supplies itself: what a run folder's config may build."""
-    from segloss.models.module import SegmentationModule
-    from segloss.utils.config import CONFIG_DIR
-
-    found = {f"{SegmentationModule.__module__}.{SegmentationModule.__name__}"}
-
-    def walk(tree) -> None:
-        if isinstance(tree, dict):
-            for key, value in tree.items():
-                if key == "_target_" and isinstance(value, str):
-                    found.add(value)
-                walk(value)
-        elif isinstance(tree, list):
-            for value in tree:
-                walk(value)
-
-    for path in sorted(Path(CONFIG_DIR).rglob("*.yaml")):
-        try:
-            walk(yaml.safe_load(path.read_text()))
-        except (OSError, UnicodeDecodeError, yaml.YAMLError):
-            continue  # a config that does not parse adds no target
-    return frozenset(found)
-
-
-def foreign_targets(tree, where: str = "") -> list[tuple[str, object]]:
-    """``(key path, value)`` of every ``_target_`` in ``tree`` (plain dicts and lists) that is not in
-    :func:`allowed_targets`."""
-    found = []
-    if isinstance(tree, dict):
-        for key, value in tree.items():
-            here = f"{where}.{key}" if where else str(key)
-            if key == "_target_":
-                if not isinstance(value, str) or value not in allowed_targets():
-                    found.append((here, value))
-            else:
-                found.extend(foreign_targets(value, here))
-    elif isinstance(tree, list):
-        for i, value in enumerate(tree):
-            found.extend(foreign_targets(value, f"{where}[{i}]"))
-    return found
-
-
-def replay_config(run_dir: Path) -> DictConfig:
-    """The parts of a run's configuration that build its module and read its data (:data:`KEPT`), from
-    ``run_dir/.hydra/config.yaml`` (``yaml.safe_load``), resolved now (``paths.output_dir`` = the run folder;
-    ``DATA_ROOT``/``PROJECT_ROOT`` as set now) and checked before anything is built: every ``_target_`` must be
-    one of :func:`allowed_targets`. Pretrained weights are not asked for (``encoder_weights``/``weights_backbone``
-    set to null: the checkpoint holds every weight).
-
-    Raises:
-        ConfigError: no or an unreadable config, one that does not resolve, or a foreign ``_target_``.
-    """
-    from omegaconf import OmegaConf
-
-    from segloss.utils.config import CONFIG_DIR, set_environment
-
-    path = Path(run_dir) / ".hydra" / "config.yaml"
-    try:
-        stored = yaml.safe_load(path.read_text())
-    except FileNotFoundError:
-        raise ConfigError(
-            f"{path} does not exist: the run's configuration (written by segloss.train) is needed to rebuild its "
-            "model and read its validation images"
-        ) from None
-    except (OSError, UnicodeDecodeError, yaml.YAMLError) as err:
-        raise ConfigError(f"cannot read {path}: {str(err).splitlines()[0]}; repair or remove that run") from None
-    missing = [key for key in ("data", "model", "loss") if not isinstance((stored or {}).get(key), dict)]
-    if not isinstance(stored, dict) or missing:
-        raise ConfigError(f"{path} is not a training configuration (no {', '.join(missing) or 'mapping'})")
-    kept = {key: stored[key] for key in KEPT if key in stored}
-    paths = dict(kept["paths"]) if isinstance(kept.get("paths"), dict) else {}
-    kept["paths"] = {**paths, "output_dir": str(run_dir), "work_dir": os.getcwd()}  # Hydra's run-time values
-    set_environment()  # PROJECT_ROOT, which paths.root_dir reads
-    try:
-        resolved = OmegaConf.to_container(OmegaConf.create(kept), resolve=True)
-    except Exception as err:  # the file is data: whatever OmegaConf says about it, it is that file's fault
-        reason = str(err).splitlines()[0] if str(err) else type(err).__name__
-        raise ConfigError(f"cannot resolve {path}: {reason}; repair that run's configuration") from None
-    foreign = foreign_targets(resolved)
-    if foreign:
-        listed = ", ".join(f"{key}={value!r}" for key, value in foreign)
-        raise ConfigError(
-            f"refusing to rebuild the run in {run_dir}: its {path.name} names {listed}, which this project's configs "
-            f"({CONFIG_DIR}) do not. A run folder is data, not code (docs/security.md): only the classes and "
-            "functions of the project's own configs are built from it. If you trust that run, evaluate it by hand "
-            "(make eval CKPT=…)"
-        )
-    net = resolved["model"].get("net")
-    if isinstance(net, dict):
-        for key in ("encoder_weights", "weights_backbone"):
-            if key in net:
-                net[key] = None
-    return OmegaConf.create(resolved)
-
-
 def _validation_items(cfg: DictConfig, picks: list[dict], run_dir: Path) -> tuple[object, list[dict], list]:
     """``(eval transform, raw validation items of the picks, palette)`` of a replayed run's data config; the items
     are checked to be the named images."""
@@ -380,85 +268,19 @@ def class_counts(pred: np.ndarray, mask: np.ndarray, num_classes: int) -> tuple[
     return tp, confusion.sum(0) - tp, confusion.sum(1) - tp
 
 
-def display_rgb(image) -> np.ndarray:
-    """H×W×3 uint8 of a raw 3×H×W (or C×H×W) image: RGB as it is; another channel count shows its first channel
-    in grey; a non-uint8 image is scaled from its minimum to its maximum."""
-    array = image.detach().cpu().numpy() if hasattr(image, "detach") else np.asarray(image)
-    array = array if array.shape[0] == 3 else np.repeat(array[:1], 3, axis=0)
-    if array.dtype != np.uint8:
-        low, high = float(array.min()), float(array.max())
-        array = ((array - low) / (high - low or 1.0) * 255).round().astype(np.uint8)
-    return np.ascontiguousarray(array.transpose(1, 2, 0))
-
-
-def _font(size: int = 11):
-    from PIL import ImageFont
-
-    try:
-        return ImageFont.load_default(size=size)
-    except (TypeError, OSError, ImportError):  # an old Pillow or one without FreeType: its bitmap font
-        return ImageFont.load_default()
-
-
-def _fitted(draw, text: str, font, width: int) -> str:
-    """``text``, cut with ``...`` to fit ``width`` pixels (ASCII and Latin-1 only: Pillow's default font has no
-    other glyphs)."""
-    if draw.textlength(text, font=font) <= width:
-        return text
-    while text and draw.textlength(text + "...", font=font) > width:
-        text = text[:-1]
-    return text + "..."
-
-
-def panel(tiles: list[np.ndarray], titles: list[tuple[str, str]]) -> Image.Image:
-    """One row of equally tall H×W×3 uint8 tiles, :data:`GAP` white pixels apart, under a white band of
-    :data:`TITLE_HEIGHT` pixels holding each tile's two title lines."""
-    from PIL import Image, ImageDraw
-
-    height = tiles[0].shape[0]
-    width = sum(tile.shape[1] for tile in tiles) + GAP * (len(tiles) - 1)
-    canvas = Image.new("RGB", (width, TITLE_HEIGHT + height), (255, 255, 255))
-    draw, font = ImageDraw.Draw(canvas), _font()
-    x = 0
-    for tile, lines in zip(tiles, titles, strict=True):
-        canvas.paste(Image.fromarray(tile), (x, TITLE_HEIGHT))
-        for row, line in enumerate(lines):
-            draw.text((x + 2, 2 + 13 * row), _fitted(draw, line, font, tile.shape[1] - 4), fill=(0, 0, 0), font=font)
-        x += tile.shape[1] + GAP
-    return canvas
-
-
-def _tiles(image: np.ndarray, mask: np.ndarray, preds: list[np.ndarray], lut: np.ndarray) -> list[np.ndarray]:
-    """image | ground truth | predictions as palette colours (ignore in black), at most :data:`MAX_TILE_HEIGHT`
-    pixels high."""
-    from segloss.utils.visualize import fit_within
-
-    height, width = image.shape[:2]
-    if height > MAX_TILE_HEIGHT:
-        side = max(1, max(height, width) * MAX_TILE_HEIGHT // height)
-        scaled = [fit_within((image, mask, pred), side) for pred in preds]
-        image, mask, preds = scaled[0][0], scaled[0][1], [s[2] for s in scaled]
-    colour = [lut[np.clip(x, 0, 255).astype(np.uint8)] for x in (mask, *preds)]
-    return [image, *colour]
-
-
-def _file_name(rank: int, name: str) -> str:
-    return f"{rank:02d}_{re.sub(r'[^A-Za-z0-9._-]+', '_', name)[:80]}.png"
-
-
 def render_pairs(
     runs: list[Run], loss_a: str, loss_b: str, picks: list[dict], out: Path, seed: int | None = None
 ) -> list[dict]:
     """Draw each pick of :func:`select_pairs` into ``out`` as one PNG: image | ground truth | loss_a's prediction |
     loss_b's prediction, palette colours of the dataset (ignore pixels black), each tile titled (the predictions
     with loss, seed and that run's per-image IoU on that image), tiles at the image's resolution or at most
-    :data:`MAX_TILE_HEIGHT` pixels high.
+    :data:`segloss.report.panels.MAX_TILE_HEIGHT` pixels high.
 
     One run per loss (:func:`choose_runs`: ``seed`` when both have it, else the median-mIoU run), rebuilt from its
-    folder's configuration (:func:`replay_config`, checked before anything is built) with its best checkpoint;
-    one module per loss, the picks predicted in float32 with the run's inference settings. Returns the picks with
-    ``"png"`` (the file), ``"seed_a"``, ``"seed_b"`` and ``"iou_run_a"``, ``"iou_run_b"`` (the drawn runs'
-    per-image IoU) added.
+    folder's configuration (:func:`segloss.report.replay.replay_config`, checked before anything is built) with its
+    best checkpoint; one module per loss, the picks predicted in float32 with the run's inference settings. Returns
+    the picks with ``"png"`` (the file), ``"seed_a"``, ``"seed_b"`` and ``"iou_run_a"``, ``"iou_run_b"`` (the drawn
+    runs' per-image IoU) added.
 
     Raises:
         ConfigError: why nothing can be drawn — no checkpoint on disk, a refused or unreadable configuration, the
@@ -491,8 +313,8 @@ def render_pairs(
             (f"{loss_a} (seed {run_a.seed})", f"IoU {ious[0]:.3f}"),
             (f"{loss_b} (seed {run_b.seed})", f"IoU {ious[1]:.3f}"),
         ]
-        path = out / _file_name(rank, str(pick["image"]))
-        panel(_tiles(display_rgb(item["image"]), mask, [pred_a, pred_b], lut), titles).save(path)
+        path = out / f"{rank:02d}_{re.sub(r'[^A-Za-z0-9._-]+', '_', str(pick['image']))[:80]}.png"
+        panel(tiles(display_rgb(item["image"]), mask, [pred_a, pred_b], lut), titles).save(path)
         drawn.append({**pick, "png": path, "seed_a": run_a.seed, "seed_b": run_b.seed,
                       "iou_run_a": ious[0], "iou_run_b": ious[1]})  # fmt: skip
     return drawn
