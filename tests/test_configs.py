@@ -121,3 +121,21 @@ def test_the_module_options_are_decided_once_and_hydra_builds_the_module(make_cf
         assert not options & set(OmegaConf.load(CONFIG_DIR / "model" / f"{name}.yaml")), name
     module = build_module(make_cfg(["model.binary_threshold=0.3", "model.channels_last=false"]), with_optimizer=False)
     assert module.binary_threshold == 0.3 and module.channels_last is False
+
+
+def test_every_group_an_experiment_overrides_is_in_each_entry_config():
+    """`make predict EXP=study_synthetic_city` failed to compose: predict.yaml had no `metrics` group for the
+    experiment's `override /metrics: study`. Every entry that takes EXP= must list each group experiments override."""
+    import yaml
+
+    overridden = set()
+    for path in (CONFIG_DIR / "experiment").glob("*.yaml"):
+        for item in yaml.safe_load(path.read_text()).get("defaults", []):
+            key = next(iter(item)) if isinstance(item, dict) else ""
+            if key.startswith("override /"):
+                overridden.add(key.removeprefix("override /"))
+    assert {"metrics", "data", "model", "loss"} <= overridden
+    for entry in ("train", "eval", "predict", "export"):
+        groups = {next(iter(item)).removeprefix("optional ") for item in yaml.safe_load(
+            (CONFIG_DIR / f"{entry}.yaml").read_text())["defaults"] if isinstance(item, dict)}  # fmt: skip
+        assert overridden <= groups, (entry, sorted(overridden - groups))
