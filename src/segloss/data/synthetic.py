@@ -31,8 +31,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from segloss.data.generated import generated_format
 from segloss.data.synthetic_scene import render_scene_instances
-from segloss.errors import ConfigError
 
 MARKER = "synthetic_city.json"
 CITIES = {"train": ("ashford", "brookvale", "cedarburg"), "val": ("dunmore", "elmstead")}
@@ -57,24 +57,13 @@ class SyntheticCity:
         synthetic_city made with other parameters): nothing is overwritten.
         """
         root = Path(root)
-        marker = root / MARKER
-        if marker.is_file():
-            found = json.loads(marker.read_text())
-            made_as = found.pop("format", 1)
-            if found == asdict(self):
-                if made_as < FORMAT:
-                    self.add_instance_ids(root)
-                return root
-            raise ConfigError(
-                f"{root} holds a synthetic_city made with other parameters ({found}), not {asdict(self)}. "
-                "Delete that folder (make clean-data) or point data.root elsewhere."
-            )
-        if root.exists() and any(root.iterdir()):
-            raise ConfigError(
-                f"{root} exists and is not a generated synthetic_city (no {MARKER}); refusing to write "
-                "into it. Point data.root at an empty or missing folder."
-            )
-        self.write(root)
+        made_as = generated_format(root, MARKER, asdict(self), "a synthetic_city",
+                                   "Delete that folder (make clean-data) or point data.root elsewhere.",
+                                   "Point data.root at an empty or missing folder.")  # fmt: skip
+        if made_as is None:
+            self.write(root)
+        elif made_as < FORMAT:
+            self.add_instance_ids(root)
         return root
 
     def _jobs(self, folder: Path, instances_only: bool = False) -> list[tuple]:

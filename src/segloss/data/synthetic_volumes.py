@@ -34,6 +34,7 @@ from pathlib import Path
 
 import numpy as np
 
+from segloss.data.generated import generated_format
 from segloss.errors import ConfigError
 
 MARKER = "synthetic_volumes.json"
@@ -211,22 +212,12 @@ class SyntheticVolumes:
         """Return ``root``, generating the task there first if it is missing; a :class:`ConfigError` if ``root``
         holds something else (another dataset, or one generated with other parameters): nothing is overwritten."""
         root = Path(root).expanduser()
-        marker = root / MARKER
-        if marker.is_file():
-            found = json.loads(marker.read_text())
-            found.pop("format", None)
-            if found == asdict(self):
-                return root
-            raise ConfigError(
-                f"{root} holds a synthetic 3D task made with other parameters ({found}), not {asdict(self)}. "
-                "Delete that folder or point data.root elsewhere."
-            )
-        if root.exists() and any(root.iterdir()):
-            raise ConfigError(
-                f"{root} exists and is not a generated synthetic 3D task (no {MARKER}); refusing to write into "
-                "it. Point data.root at an empty or missing folder (or set data.generator=null for a real task)."
-            )
-        self.write(root)
+        made = generated_format(root, MARKER, asdict(self), "a synthetic 3D task",
+                                "Delete that folder or point data.root elsewhere.",
+                                "Point data.root at an empty or missing folder (or set data.generator=null for a "
+                                "real task).")  # fmt: skip
+        if made is None:
+            self.write(root)
         return root
 
     def write(self, root: Path) -> None:
