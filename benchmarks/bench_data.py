@@ -26,7 +26,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import statistics
 import tempfile
 import time
@@ -44,6 +43,7 @@ from torch.utils.data import DataLoader
 from segloss.data import device_augment
 from segloss.data.cityscapes import IMAGE_SUFFIX, MASK_SUFFIX, CityscapesDataset
 from segloss.data.synthetic_scene import render_scene
+from segloss.utils.environment import cpu_model
 
 os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")  # no version check over the network
 try:
@@ -179,12 +179,6 @@ def loader_rates(
     }
 
 
-def cpu_name() -> str:
-    cpuinfo = Path("/proc/cpuinfo").read_text() if Path("/proc/cpuinfo").is_file() else ""
-    names = [line.split(":", 1)[1].strip() for line in cpuinfo.splitlines() if line.startswith("model name")]
-    return names[0] if names else platform.machine()
-
-
 def print_tables(result: dict) -> None:
     from rich.console import Console
     from rich.table import Table
@@ -252,7 +246,7 @@ def main() -> None:
             "skipped": skipped,
         }
     result["meta"] = {
-        "cpu": cpu_name(), "cores": os.cpu_count(), "torch_threads": 1,
+        "cpu": cpu_model(), "cores": os.cpu_count(), "torch_threads": 1,
         "torch": torch.__version__, "torchvision": torchvision.__version__, "frames": args.count,
         "rounds": args.rounds, "frame_size": size, "crop_size": args.crop, "jitter": list(args.jitter), **sizes,
     }  # fmt: skip

@@ -21,13 +21,14 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
+
+from segloss.utils.environment import cpu_model
 
 BUSY = [sys.executable, "-c", "while True: pass"]
 
@@ -56,13 +57,6 @@ def timed(command: list[str], busy: bool, late_after: float | None = None) -> tu
     if proc.returncode != 0:
         raise SystemExit(f"{' '.join(command)} exited {proc.returncode}:\n{out[-2000:]}")
     return seconds, [line for line in out.splitlines() if line.startswith("segloss: thread")]
-
-
-def cpu_model() -> str:
-    for line in Path("/proc/cpuinfo").read_text().splitlines() if Path("/proc/cpuinfo").exists() else []:
-        if line.startswith("model name"):
-            return line.split(":", 1)[1].strip()
-    return platform.processor() or platform.machine()
 
 
 def main() -> None:

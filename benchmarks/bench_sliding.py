@@ -29,13 +29,14 @@ import argparse
 import json
 import multiprocessing
 import os
-import platform
 import statistics
 import time
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+
+from segloss.utils.environment import cpu_model
 
 NUM_CLASSES = 3
 NETS = {"demo": {"base_channels": 8, "max_channels": 320, "depth": 3},
@@ -48,13 +49,6 @@ def _status(key: str) -> int:
         if line.startswith(key + ":"):
             return int(line.split()[1]) * 1024
     raise KeyError(key)
-
-
-def cpu_name() -> str:
-    for line in Path("/proc/cpuinfo").read_text().splitlines() if Path("/proc/cpuinfo").exists() else []:
-        if line.startswith("model name"):
-            return line.split(":", 1)[1].strip()
-    return platform.processor() or platform.machine()
 
 
 def _sync(device: str) -> None:
@@ -177,7 +171,7 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=None)
     args = parser.parse_args()
     header = {"torch": torch.__version__, "threads": torch.get_num_threads(), "device": args.device,
-              "cpu": cpu_name(), "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS")}  # fmt: skip
+              "cpu": cpu_model(), "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS")}  # fmt: skip
     print(json.dumps(header))
     train = []  # forked before this process computes anything (no thread pools to inherit)
     for patch in [tuple(int(s) for s in p.split("x")) for p in args.train_patches.split(",") if p]:
