@@ -105,14 +105,20 @@ def test_a_gpu_trainer_without_a_gpu(make_cfg):
         check_config(make_cfg(["trainer=gpu"]))
 
 
-def test_a_wrong_type_on_the_command_line_costs_seconds_and_one_line(tmp_path):
+def test_a_wrong_type_on_the_command_line_costs_seconds_and_one_line(tmp_path, monkeypatch):
+    monkeypatch.setenv("PYTHONPROFILEIMPORTTIME", "1")  # stderr lists every module the command imported
     proc = run_cli("train", [f"hydra.run.dir={tmp_path}", "trainer.max_epochs=ten"], check=False)
     assert proc.returncode == 2 and "Traceback" not in proc.stderr
-    assert proc.stderr.strip().splitlines()[-1] == (
+    log = [line for line in proc.stderr.splitlines() if line.startswith("import time:")]
+    assert [line for line in proc.stderr.strip().splitlines() if line not in log][-1] == (
         "segloss: error: trainer.max_epochs='ten' must be an integer ≥ 1 (or -1 with trainer.max_steps > 0); "
         "0 epochs would train nothing (e.g. trainer.max_epochs=24)"
     )
     assert not (tmp_path / "config.yaml").exists() and not (tmp_path / "checkpoints").exists()
+    imported = {line.rsplit("|", 1)[1].strip() for line in log}
+    assert "segloss.checks" in imported  # the import log is there, and the check ran ...
+    heavy = sorted(m for m in imported if m.split(".")[0] in ("lightning", "torchmetrics", "torchvision"))
+    assert heavy == []  # ... before Lightning and torchmetrics (~4 s of a start on 2 cores) were imported
 
 
 def test_an_empty_data_root_never_writes_at_the_filesystem_root(make_cfg, monkeypatch):

@@ -60,19 +60,14 @@ RULES: list[Rule] = [Rule(*rule) for rule in [
 
 def consumer_rules() -> list[Rule]:
     """The rules that segloss's constructors apply to the values they consume (module, non-finite policy,
-    metrics, datamodule, training transform): read from their homes, so each rule is written once."""
-    from segloss.data.datamodule import SegmentationDataModule
-    from segloss.data.transforms import TRAIN_TRANSFORM_RULES
-    from segloss.metrics.quality import QualityMetrics
-    from segloss.models.crf import DenseCRF
-    from segloss.models.evaluation import EvaluationMetrics
-    from segloss.models.module import SegmentationModule
-    from segloss.models.nonfinite import NonFinitePolicy
+    metrics, datamodule, training transform, CRF, loss family): the same objects as the constructors'
+    ``RULES``, read from :mod:`segloss.utils.consumer_rules`, which imports neither torch nor Lightning."""
+    from segloss.utils import consumer_rules as homes
     from segloss.utils.loss_family import FAMILY_RULE
 
-    homes = (SegmentationDataModule.RULES, TRAIN_TRANSFORM_RULES, SegmentationModule.RULES, NonFinitePolicy.RULES,
-             QualityMetrics.RULES, EvaluationMetrics.RULES, DenseCRF.RULES, {"family": FAMILY_RULE})  # fmt: skip
-    return [rule for home in homes for rule in home.values()]
+    tables = (homes.DATAMODULE, homes.TRAIN_TRANSFORM, homes.MODULE, homes.NONFINITE, homes.QUALITY,
+              homes.EVALUATION, homes.CRF, {"family": FAMILY_RULE})  # fmt: skip
+    return [rule for table in tables for rule in table.values()]
 
 
 # problems are listed group by group

@@ -18,20 +18,13 @@ import hydra
 import rich
 from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
-from lightning.pytorch.utilities import rank_zero_only
 from omegaconf import DictConfig
 
-from segloss.build import build_module, build_trainer
-from segloss.callbacks import PredictionWriter
 from segloss.checks import check_config
 from segloss.errors import ConfigError
-from segloss.metrics.per_image import save_per_image
-from segloss.metrics.results import save_results
-from segloss.models.best import metric_value
-from segloss.utils.checkpoints import load_weights
-from segloss.utils.cluster import launch_rank
-from segloss.utils.config import CONFIG_DIR, instantiate, instantiate_group, report_user_errors, set_environment
-from segloss.utils.rich_output import config_tree, print_results
+from segloss.utils.config import CONFIG_DIR, report_user_errors, set_environment
+from segloss.utils.ranks import launch_rank
+from segloss.utils.rich_output import config_tree
 
 set_environment()
 
@@ -45,15 +38,25 @@ def evaluate(cfg: DictConfig) -> dict:
     Runs on several processes too (``trainer=ddp_cpu|ddp``): each image is scored exactly once and the
     results equal a single-process evaluation; only rank 0 prints and writes.
     """
-    rank_zero_only.rank = launch_rank()
     if not cfg.get("ckpt_path"):
         raise ConfigError("no checkpoint given: run `make eval CKPT=path/to/file.ckpt` (ckpt_path=…)")
-    check_config(cfg)
-    if cfg.get("print_config", True) and rank_zero_only.rank == 0:
-        rich.print(config_tree(cfg))
     split = cfg.get("split", "val")
     if split not in ("val", "test"):
         raise ConfigError(f"split={split!r}: choose val or test")
+    check_config(cfg)  # before Lightning is imported: a mistake costs ~2 s
+    if cfg.get("print_config", True) and launch_rank() == 0:
+        rich.print(config_tree(cfg))
+    from lightning.pytorch.utilities import rank_zero_only
+
+    from segloss.build import build_module, build_trainer
+    from segloss.callbacks import PredictionWriter
+    from segloss.metrics.per_image import save_per_image
+    from segloss.metrics.results import save_results
+    from segloss.utils.checkpoints import load_weights
+    from segloss.utils.config import instantiate, instantiate_group
+    from segloss.utils.rich_output import print_results
+
+    rank_zero_only.rank = launch_rank()
     datamodule = instantiate(cfg.data, "data")
     datamodule.prepare_data()
     module = build_module(cfg, with_optimizer=False, datamodule=datamodule)
@@ -92,6 +95,8 @@ def main(cfg: DictConfig) -> float:
     """Evaluate, and return the value of the run's ``optimized_metric`` (``val/mIoU`` unless the experiment
     names another, e.g. ``val/case_mDice``) on the evaluated split, as a sweeper reads it; NaN where the
     split has no labels."""
+    from segloss.models.best import metric_value
+
     with report_user_errors():
         results = evaluate(cfg)
         value = metric_value(results, cfg.get("optimized_metric") or "val/mIoU", list(cfg.data.class_names))

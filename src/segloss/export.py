@@ -173,12 +173,13 @@ def versions() -> dict:
 
 def build(cfg: DictConfig):
     """The module of ``cfg`` with the checkpoint's weights, on the CPU in float32, eval mode; 3D nets refused."""
-    from segloss.build import build_module, without_named_class_weights
     from segloss.checks import check_config
+
+    check_config(cfg)  # before Lightning is imported: a mistake costs ~2 s
+    from segloss.build import build_module, without_named_class_weights
     from segloss.utils.checkpoints import load_weights
     from segloss.utils.threads import configure_threads
 
-    check_config(cfg)
     configure_threads(cfg, announce=lambda message: print(f"segloss: {message}", flush=True))
     module = build_module(without_named_class_weights(cfg), with_optimizer=False)
     load_weights(module, cfg.ckpt_path)

@@ -10,27 +10,21 @@ from __future__ import annotations
 import sys
 import traceback
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import hydra
-import lightning.pytorch as L
 from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
-from lightning.pytorch.trainer.states import TrainerStatus
-from lightning.pytorch.utilities import rank_zero_only
 from omegaconf import DictConfig
 
-from segloss.build import build_module, build_trainer
-from segloss.callbacks import StoppedBySignal
 from segloss.checks import check_config
-from segloss.metrics.per_image import save_per_image
-from segloss.metrics.results import save_results
-from segloss.utils.cluster import launch_rank
-from segloss.utils.config import CONFIG_DIR, instantiate, report_user_errors, set_environment
-from segloss.utils.environment import record_environment
+from segloss.utils.config import CONFIG_DIR, report_user_errors, set_environment
 from segloss.utils.markers import FAILED
-from segloss.utils.rich_output import print_results
-from segloss.utils.run_dir import RunDirectory, completed_config, write_completed
-from segloss.utils.tracking import finish_wandb, start_tracking
+
+if TYPE_CHECKING:
+    import lightning.pytorch as L
+
+    from segloss.utils.run_dir import RunDirectory
 
 set_environment()
 
@@ -46,8 +40,13 @@ def train(cfg: DictConfig) -> dict:
     Every process of a multi-process run executes this; only rank 0 prints and writes the run
     directory (config, checkpoints, W&B run, tables), which all ranks share.
     """
+    check_config(cfg)  # types, values and metric names, before Lightning is imported: a mistake costs ~2 s
+    from lightning.pytorch.utilities import rank_zero_only
+
+    from segloss.utils.cluster import launch_rank
+    from segloss.utils.run_dir import RunDirectory, completed_config
+
     rank_zero_only.rank = launch_rank()  # known from the launcher's variables before the Trainer exists
-    check_config(cfg)  # types, values and metric names: a mistake costs seconds, not an epoch
     run = RunDirectory.open(cfg)  # one training per folder, resume, no overwriting
     try:
         cfg = completed_config(cfg, run)  # ckpt_path, the loss family's tag, the W&B run a resume continues
@@ -58,6 +57,18 @@ def train(cfg: DictConfig) -> dict:
 
 
 def _train_in(cfg: DictConfig, run: RunDirectory) -> dict:
+    import lightning.pytorch as L
+    from lightning.pytorch.trainer.states import TrainerStatus
+
+    from segloss.build import build_module, build_trainer
+    from segloss.callbacks import StoppedBySignal
+    from segloss.metrics.per_image import save_per_image
+    from segloss.utils.config import instantiate
+    from segloss.utils.environment import record_environment
+    from segloss.utils.rich_output import print_results
+    from segloss.utils.run_dir import write_completed
+    from segloss.utils.tracking import finish_wandb, start_tracking
+
     if cfg.get("seed") is not None:
         L.seed_everything(cfg.seed, workers=True)
 
@@ -112,6 +123,12 @@ def test_best(trainer: L.Trainer, module, datamodule, best_path: str, run_dir: P
     """``test_after_training=true`` (lightning-hydra-template's ``test: True``): the best checkpoint scored on the
     test split into the run directory (``results_test.json``, ``per_image_test.npz``) and printed; its results.
     A training that saved no best checkpoint (it never validated) is said and not tested."""
+    from lightning.pytorch.utilities import rank_zero_only
+
+    from segloss.metrics.per_image import save_per_image
+    from segloss.metrics.results import save_results
+    from segloss.utils.rich_output import print_results
+
     if not best_path:
         rank_zero_only(print)("segloss: test_after_training: no best checkpoint was saved, nothing to test")
         return None
@@ -154,6 +171,8 @@ def train_sweep_job(cfg: DictConfig) -> dict | None:
         output_dir.mkdir(parents=True, exist_ok=True)
         (output_dir / FAILED).write_text(traceback.format_exc())
         print(f"segloss: job {output_dir.name} failed; traceback in {output_dir / FAILED}", file=sys.stderr)
+        from segloss.utils.tracking import finish_wandb
+
         finish_wandb()
         return None
 

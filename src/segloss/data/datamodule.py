@@ -14,9 +14,10 @@ from torch.utils.data import DataLoader, Dataset, default_collate
 from segloss.data import device_augment
 from segloss.data.sampling import IndexedItems, ResumableLoader, SeededItems, ShardSampler
 from segloss.errors import ConfigError
+from segloss.utils import consumer_rules
 from segloss.utils.label_space import check_class_names
 from segloss.utils.regions import regions_from_config
-from segloss.utils.rules import Rule, bool_rule, int_at_least, is_int, require_all
+from segloss.utils.rules import Rule, require_all
 
 
 class PadCollate:
@@ -93,22 +94,8 @@ class SegmentationDataModule(L.LightningDataModule):
             space, so a wrong definition stops before any model is built.
     """
 
-    # The rules of the data config's values, checked here and read by segloss.checks.
-    RULES: ClassVar[dict[str, Rule]] = {
-        "batch_size": Rule("data.batch_size", int_at_least(1), "a positive integer (the global batch)",
-                           "data.batch_size=8"),
-        "val_batch_size": Rule("data.val_batch_size", int_at_least(1, allow_none=True), "a positive integer or null",
-                               "data.val_batch_size=2"),
-        "num_workers": Rule("data.num_workers", int_at_least(0), "an integer ≥ 0", "data.num_workers=4"),
-        "num_classes": Rule("data.num_classes", int_at_least(1), "a positive integer", "data.num_classes=19"),
-        "ignore_index": Rule("data.ignore_index", is_int, "an integer outside [0, num_classes)",
-                             "data.ignore_index=255"),
-        "class_names": Rule("data.class_names", lambda v: isinstance(v, Sequence) and not isinstance(v, str)
-                            and all(isinstance(x, str) for x in v), "a list of class names",
-                            "data.class_names=[background,spleen]"),
-        "normalize_on_device": bool_rule("data.normalize_on_device", True),
-        "augment_on_device": bool_rule("data.augment_on_device", True),
-    }  # fmt: skip
+    # The rules of the data config's values: applied here, declared in utils.consumer_rules (read by checks).
+    RULES: ClassVar[dict[str, Rule]] = consumer_rules.DATAMODULE
 
     def __init__(
         self,

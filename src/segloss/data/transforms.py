@@ -30,15 +30,11 @@ from segloss.data.device_augment import DeviceAugmentation
 from segloss.data.photometric import IMAGENET_MEAN, IMAGENET_STD, Normalise, PhotometricJitter
 from segloss.data.scale_crop import sample_scale_crop, scale_crop
 from segloss.errors import ConfigError
-from segloss.utils.rules import Rule, require_all, size_pair
+from segloss.utils import consumer_rules
+from segloss.utils.rules import require_all
 
-# The rules of data.train_transform's sizes, checked by train_transform and read by segloss.checks.
-TRAIN_TRANSFORM_RULES = {
-    "crop_size": Rule("data.train_transform.crop_size", size_pair, "[height, width] in pixels",
-                      "data.train_transform.crop_size=[512,1024]"),
-    "base_size": Rule("data.train_transform.base_size", size_pair, "[height, width] in pixels",
-                      "data.train_transform.base_size=[1024,2048]"),
-}  # fmt: skip
+# The rules of data.train_transform's sizes: applied by train_transform, declared in utils.consumer_rules.
+TRAIN_TRANSFORM_RULES = consumer_rules.TRAIN_TRANSFORM
 
 
 class JointTransform:

@@ -44,7 +44,8 @@ from torch.nn import functional as F
 from torchmetrics import Metric
 
 from segloss.metrics.confusion import count_bins
-from segloss.utils.rules import Rule, bool_rule, int_at_least, number_between, require_all
+from segloss.utils import consumer_rules
+from segloss.utils.rules import Rule, require_all
 
 ECE_BINS = 15
 
@@ -251,16 +252,8 @@ class QualityMetrics(torch.nn.ModuleDict):
         ConfigError: a switch or option breaks its rule in :attr:`RULES` (the message names the ``metrics`` key).
     """
 
-    # The rules of the metrics config node's options, checked here and read by segloss.checks.
-    RULES: ClassVar[dict[str, Rule]] = {
-        "boundary_iou": bool_rule("metrics.boundary_iou", True),
-        "boundary_dilation": Rule("metrics.boundary_dilation", number_between(0, 1),
-                                  "a fraction of the image diagonal in (0, 1)", "metrics.boundary_dilation=0.02"),
-        "calibration": bool_rule("metrics.calibration", True),
-        "small_objects": bool_rule("metrics.small_objects", False),
-        "small_object_area": Rule("metrics.small_object_area", int_at_least(1), "a positive number of pixels",
-                                  "metrics.small_object_area=1024"),
-    }  # fmt: skip
+    # The rules of the metrics config node's options: applied here, declared in utils.consumer_rules (read by checks).
+    RULES: ClassVar[dict[str, Rule]] = consumer_rules.QUALITY
 
     def __init__(
         self,

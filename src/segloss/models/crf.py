@@ -68,9 +68,9 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from segloss.errors import ConfigError
-from segloss.utils.rules import Rule, int_at_least, number_above, one_of, require_all
-
-NORMALIZATIONS = ("pixel", "none")
+from segloss.utils import consumer_rules
+from segloss.utils.consumer_rules import CRF_NORMALIZATIONS as NORMALIZATIONS
+from segloss.utils.rules import Rule, require_all
 
 
 def _pool(x: Tensor, s: int) -> Tensor:
@@ -199,24 +199,8 @@ class DenseCRF:
     downsample: int = 4
     normalize: str = "pixel"
 
-    RULES: ClassVar[dict[str, Rule]] = {
-        "iterations": Rule("inference.crf.iterations", int_at_least(1), "a whole number ≥ 1 of mean-field steps",
-                           "inference.crf.iterations=10"),
-        "w1": Rule("inference.crf.w1", number_above(0, inclusive=True), "a weight ≥ 0", "inference.crf.w1=4"),
-        "theta_alpha": Rule("inference.crf.theta_alpha", number_above(0), "a length in pixels > 0",
-                            "inference.crf.theta_alpha=67"),
-        "theta_beta": Rule("inference.crf.theta_beta", number_above(0), "a colour distance > 0 (0–255 scale)",
-                           "inference.crf.theta_beta=3"),
-        "w2": Rule("inference.crf.w2", number_above(0, inclusive=True), "a weight ≥ 0", "inference.crf.w2=3"),
-        "theta_gamma": Rule("inference.crf.theta_gamma", number_above(0), "a length in pixels > 0",
-                            "inference.crf.theta_gamma=1"),
-        "radius": Rule("inference.crf.radius", int_at_least(1), "a whole number ≥ 1 of grid cells",
-                       "inference.crf.radius=8"),
-        "downsample": Rule("inference.crf.downsample", int_at_least(1), "a whole factor ≥ 1 (1: full resolution)",
-                           "inference.crf.downsample=4"),
-        "normalize": Rule("inference.crf.normalize", one_of(*NORMALIZATIONS), f"one of {NORMALIZATIONS}",
-                          "inference.crf.normalize=pixel"),
-    }  # fmt: skip
+    # The rules of inference.crf.*: applied by __post_init__, declared in utils.consumer_rules (read by checks).
+    RULES: ClassVar[dict[str, Rule]] = consumer_rules.CRF
 
     def __post_init__(self) -> None:
         require_all(self.RULES, asdict(self))

@@ -24,13 +24,14 @@ from segloss.metrics.per_image import PerImageCounts
 from segloss.metrics.quality import QualityMetrics
 from segloss.metrics.regions import CaseRegionDice, RegionScores
 from segloss.metrics.surface import CaseSurfaceDistance
+from segloss.utils import consumer_rules
 from segloss.utils.regions import Regions
-from segloss.utils.rules import Rule, bool_rule
+from segloss.utils.rules import Rule
 
 
 class EvaluationMetrics(nn.Module):
     # metrics.surface_distance is read here; the other metrics options by QualityMetrics (its RULES).
-    RULES: ClassVar[dict[str, Rule]] = {"surface_distance": bool_rule("metrics.surface_distance", False)}
+    RULES: ClassVar[dict[str, Rule]] = consumer_rules.EVALUATION
 
     def __init__(
         self,

@@ -18,11 +18,12 @@ from segloss.models.best import BestScore
 from segloss.models.evaluation import EvaluationMetrics
 from segloss.models.inference import Inference, to_classes
 from segloss.models.nonfinite import NonFinitePolicy, non_finite_tensors
+from segloss.utils import consumer_rules
 from segloss.utils.label_space import check_class_names
 from segloss.utils.lightning_adapter import attached_trainer, batches_started, logs_this_step
 from segloss.utils.normalisation import IMAGENET_MEAN, IMAGENET_STD
 from segloss.utils.regions import regions_from_config
-from segloss.utils.rules import Rule, bool_rule, number_between, require_all
+from segloss.utils.rules import Rule, require_all
 from segloss.utils.seeding import reseed_step
 
 
@@ -101,14 +102,8 @@ class SegmentationModule(L.LightningModule):
             class names do not fit ``num_classes``; the message names the config key.
     """
 
-    # The rules of the module's own options (configs/model/_module.yaml), checked here and read by segloss.checks.
-    RULES: ClassVar[dict[str, Rule]] = {
-        "channels_last": bool_rule("model.channels_last", True),
-        "compile": bool_rule("model.compile", False),
-        "train_metrics": bool_rule("model.train_metrics", True),
-        "binary_threshold": Rule("model.binary_threshold", number_between(0, 1), "a probability in (0, 1)",
-                                 "model.binary_threshold=0.5"),
-    }  # fmt: skip
+    # The rules of its own options (configs/model/_module.yaml): applied here, declared in utils.consumer_rules.
+    RULES: ClassVar[dict[str, Rule]] = consumer_rules.MODULE
 
     def __init__(
         self,

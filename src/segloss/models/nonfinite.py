@@ -31,20 +31,13 @@ from typing import ClassVar
 import torch
 from torch import Tensor, nn
 
-from segloss.utils.rules import Rule, int_at_least, is_bool, one_of, require_all
-
-MODES = ("raise", "skip", "ignore")
+from segloss.utils import consumer_rules
+from segloss.utils.rules import Rule, require_all
 
 
 class NonFinitePolicy:
-    # The rules of its config values (model.nonfinite*), checked here and read by segloss.checks.
-    RULES: ClassVar[dict[str, Rule]] = {
-        "mode": Rule("model.nonfinite", one_of(*MODES), "raise, skip or ignore", "model.nonfinite=raise"),
-        "defer": Rule("model.nonfinite_defer", lambda v: v is None or is_bool(v), "true, false or null",
-                      "model.nonfinite_defer=null"),
-        "max_skips": Rule("model.nonfinite_max_skips", int_at_least(1), "a whole number ≥ 1",
-                          "model.nonfinite_max_skips=20"),
-    }  # fmt: skip
+    # The rules of model.nonfinite*: applied here, declared in utils.consumer_rules (read by checks).
+    RULES: ClassVar[dict[str, Rule]] = consumer_rules.NONFINITE
 
     def __init__(self, mode: str = "raise", defer: bool | None = None, max_skips: int = 20) -> None:
         """Raises:

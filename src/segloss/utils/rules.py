@@ -4,8 +4,8 @@ A :class:`Rule` names the config key, says what the value must be and gives an e
 constructor that consumes the value calls :meth:`Rule.require` (one :class:`ConfigError` naming the key);
 :func:`segloss.checks.check_config` reads the same rules from their homes
 (``SegmentationModule.RULES``, ``NonFinitePolicy.RULES``, ``QualityMetrics.RULES``, ``SegmentationDataModule.RULES``,
-``segloss.data.transforms.TRAIN_TRANSFORM_RULES``) to report every problem in one message before anything is
-built.
+``segloss.data.transforms.TRAIN_TRANSFORM_RULES``; the tables are declared in :mod:`segloss.utils.consumer_rules`,
+which imports neither torch nor Lightning) to report every problem in one message before anything is built.
 """
 
 from __future__ import annotations
