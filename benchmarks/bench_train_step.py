@@ -172,7 +172,7 @@ def model_flops_utilisation(flops_per_step: float, images_per_s: float, batch: i
     return flops_per_step * images_per_s / batch / peak_flops
 
 
-def main() -> int:
+def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--device", choices=("cuda", "cpu"), default="cuda")
     parser.add_argument("--steps", type=int, default=None, help="timed steps (default 20; 2 with --quick)")
@@ -181,7 +181,7 @@ def main() -> int:
     parser.add_argument("--variants", default=None, help=f"comma-separated subset of {','.join(VARIANTS)}")
     parser.add_argument("--quick", action="store_true", help="tiny sizes for a smoke run (batch 2, 64×128)")
     parser.add_argument("--out", type=Path, default=None, help="JSON path (default benchmarks/results/...)")
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
 
     if args.device == "cuda" and not torch.cuda.is_available():
         print(

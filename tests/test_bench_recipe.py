@@ -5,8 +5,6 @@ no-GPU exit."""
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -14,18 +12,9 @@ import torch
 
 from tests.conftest import load_benchmark
 
-ROOT = Path(__file__).resolve().parents[1]
-SCRIPT = ROOT / "benchmarks" / "bench_recipe.py"
-
 
 def load_bench():
     return load_benchmark("bench_recipe")
-
-
-def run_bench(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [sys.executable, str(SCRIPT), *args], cwd=ROOT, capture_output=True, text=True, timeout=300, check=False
-    )
 
 
 def test_step_phases_on_fixed_numbers():
@@ -49,12 +38,11 @@ def test_refuses_settings_that_time_nothing(argv):
     assert exit_info.value.code == 2
 
 
-def test_quick_cpu(tmp_path: Path) -> None:
+def test_quick_cpu(tmp_path: Path, capsys) -> None:
     out, steps, warmup = tmp_path / "recipe.json", 5, 2
-    args = ("--device", "cpu", "--quick", "--steps", str(steps), "--warmup", str(warmup), "--frames", "3")
-    proc = run_bench(*args, "--data-dir", str(tmp_path / "data"), "--out", str(out))
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    assert "real / raw img/s" in proc.stdout
+    args = ["--device", "cpu", "--quick", "--steps", str(steps), "--warmup", str(warmup), "--frames", "3"]
+    assert load_bench().main([*args, "--data-dir", str(tmp_path / "data"), "--out", str(out)]) == 0  # in this process
+    assert "real / raw img/s" in capsys.readouterr().out
     report = json.loads(out.read_text())
     machine, settings, results = report["machine"], report["settings"], report["results"]
     assert machine["device"] == "cpu" and machine["gpu"] is None and machine["cpu"]

@@ -4,17 +4,12 @@ consistently — never how fast: speed depends on the machine and its load) and 
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import torch
 
 from tests.conftest import load_benchmark
-
-ROOT = Path(__file__).resolve().parents[1]
-SCRIPT = ROOT / "benchmarks" / "bench_train_step.py"
 
 
 def load_bench():
@@ -28,10 +23,10 @@ def test_mfu_arithmetic_on_fixed_numbers():
     assert mfu(1e9, 10.0, 2, 1e12) == pytest.approx(0.005)
 
 
-def run_bench(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [sys.executable, str(SCRIPT), *args], cwd=ROOT, capture_output=True, text=True, timeout=300, check=False
-    )
+def run_bench(capsys, *args: str) -> str:
+    """``bench_train_step.py args`` through its ``main(argv)``, in this process; what it printed."""
+    assert load_bench().main(list(args)) == 0
+    return capsys.readouterr().out
 
 
 def check_variant(r: dict) -> None:
@@ -42,12 +37,11 @@ def check_variant(r: dict) -> None:
     assert r["peak_memory_bytes"] is None  # CPU: no peak memory
 
 
-def test_quick_cpu_unet(tmp_path: Path) -> None:
+def test_quick_cpu_unet(tmp_path: Path, capsys) -> None:
     out = tmp_path / "ts.json"
     args = ("--device", "cpu", "--quick", "--nets", "unet", "--variants", "fp32,bf16", "--steps", "1", "--warmup", "0")
-    proc = run_bench(*args, "--out", str(out))
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    assert "unet" in proc.stdout and "bf16 matmul peak" in proc.stdout
+    printed = run_bench(capsys, *args, "--out", str(out))
+    assert "unet" in printed and "bf16 matmul peak" in printed
     report = json.loads(out.read_text())
     assert report["machine"]["device"] == "cpu" and report["machine"]["cpu_count"] >= 1
     assert report["machine"]["torch"] == torch.__version__
@@ -67,12 +61,11 @@ def test_quick_cpu_unet(tmp_path: Path) -> None:
         assert r["mfu"] == pytest.approx(r["flops_per_step"] / step_s / (report["peak_bf16_matmul_tflops"] * 1e12))
 
 
-def test_quick_cpu_deeplabv3plus_fp32(tmp_path: Path) -> None:
+def test_quick_cpu_deeplabv3plus_fp32(tmp_path: Path, capsys) -> None:
     # DeepLabV3+ R-50 built from configs/model/deeplabv3plus.yaml; bf16 on CPU is too slow for a smoke test.
     out = tmp_path / "ts.json"
     args = ("--device", "cpu", "--quick", "--nets", "deeplabv3plus", "--variants", "fp32", "--steps", "1")
-    proc = run_bench(*args, "--warmup", "0", "--out", str(out))
-    assert proc.returncode == 0, proc.stderr[-3000:]
+    run_bench(capsys, *args, "--warmup", "0", "--out", str(out))
     r = json.loads(out.read_text())["results"]["deeplabv3plus"]["fp32"]
     check_variant(r)
     # A ResNet-50 DeepLabV3+ step costs far more than the seed U-Net's: > 10 GFLOP at 2×64×128.
@@ -80,10 +73,9 @@ def test_quick_cpu_deeplabv3plus_fp32(tmp_path: Path) -> None:
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the message printed without a GPU")
-def test_cuda_without_gpu_exits_cleanly(tmp_path: Path) -> None:
+def test_cuda_without_gpu_exits_cleanly(tmp_path: Path, capsys) -> None:
     out = tmp_path / "ts.json"
-    proc = run_bench("--out", str(out))
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    assert "needs a CUDA GPU" in proc.stdout
-    assert "--device cpu --quick" in proc.stdout
+    printed = run_bench(capsys, "--out", str(out))
+    assert "needs a CUDA GPU" in printed
+    assert "--device cpu --quick" in printed
     assert not out.exists()

@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import json
 import os
+import re
 
 import lightning.pytorch as L
 import numpy as np
@@ -51,7 +52,11 @@ def test_ddp_evaluation_equals_one_process_exactly_on_an_uneven_split(checkpoint
     ckpt, data = checkpoint
     common = [*UNEVEN, f"paths.data_dir={data}", f"ckpt_path={ckpt}", "print_config=false", "data.val_batch_size=4"]
     evaluate(compose_config("eval", [*common, "trainer=cpu", "trainer.precision=32-true"], tmp_path / "one"))
-    run_cli("eval", [*common, "trainer=ddp_cpu", "trainer.devices=2", f"hydra.run.dir={tmp_path / 'two'}"])
+    proc = run_cli("eval", [*common, "trainer=ddp_cpu", "trainer.devices=2", f"hydra.run.dir={tmp_path / 'two'}"])
+    said = " ".join(proc.stdout.split())  # the command's table and throughput, printed once, by rank 0
+    assert said.count("traffic sign") == 1 and "mIoU" in said, proc.stdout[-1000:]
+    throughput = r"13 frames in [0-9.]+ s: [0-9.]+ frames/s \(Inference\(mode='whole'\), 32-true, 2 process\(es\)\)"
+    assert len(re.findall(throughput, said)) == 1, proc.stdout[-500:]
     expected, two = (json.loads((tmp_path / run / "results_val.json").read_text()) for run in ("one", "two"))
     assert sum(map(sum, expected["confmat"])) > 0.9 * 13 * 64 * 128  # the non-ignored pixels of 13 images
     assert two["confmat"] == expected["confmat"]  # every pixel of every image counted once, none twice

@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 
 import pytest
 import torch
@@ -12,7 +10,7 @@ import torch
 from segloss.data.transforms import eval_transform, train_transform
 from segloss.models.module import SegmentationModule
 from segloss.models.nets.unet import UNet
-from segloss.utils.config import PROJECT_ROOT
+from tests.conftest import load_benchmark
 
 
 def _module(**kwargs) -> SegmentationModule:
@@ -68,9 +66,10 @@ def test_compile_keeps_the_checkpoint_keys_and_train_metrics_can_be_off(monkeypa
 
 
 def _bench(script: str, *args: str, tmp_path) -> dict:
+    """``benchmarks/<script>.py args`` through its ``main(argv)``, in this process (no interpreter start-up);
+    the JSON file it writes, as read back."""
     out = tmp_path / f"{script}.json"
-    cmd = [sys.executable, f"benchmarks/{script}.py", *args, "--json", str(out)]
-    subprocess.run(cmd, check=True, capture_output=True, text=True, cwd=PROJECT_ROOT, timeout=300)
+    load_benchmark(script).main([*args, "--json", str(out)])
     return json.loads(out.read_text())
 
 
@@ -99,8 +98,7 @@ def test_overhead_benchmark_runs_all_three_variants(tmp_path):
         "32",
         "--precision",
         "32-true",
-        "--default-malloc",
-    )  # no re-execution with heap reuse: one interpreter start-up less
+    )  # in this process: the script's re-execution with heap reuse is its command line's (__main__)
     result = _bench("bench_overhead", *args, tmp_path=tmp_path)
     assert set(result["ratio_to_loop"]) == {"loop", "lightning", "lightning+metrics"}
     assert result["ratio_to_loop"]["loop"] == 1.0 and all(r > 0 for r in result["ratio_to_loop"].values())
