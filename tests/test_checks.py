@@ -105,9 +105,11 @@ def test_a_gpu_trainer_without_a_gpu(make_cfg):
         check_config(make_cfg(["trainer=gpu"]))
 
 
-def test_a_wrong_type_on_the_command_line_costs_seconds_and_one_line(tmp_path, monkeypatch):
+@pytest.mark.parametrize("entry", ["train", "eval", "export"])
+def test_a_wrong_type_on_the_command_line_costs_seconds_and_one_line(tmp_path, monkeypatch, entry):
     monkeypatch.setenv("PYTHONPROFILEIMPORTTIME", "1")  # stderr lists every module the command imported
-    proc = run_cli("train", [f"hydra.run.dir={tmp_path}", "trainer.max_epochs=ten"], check=False)
+    given = {"train": [], "eval": [f"ckpt_path={tmp_path / 'x.ckpt'}"], "export": [f"ckpt_path={tmp_path / 'x.ckpt'}"]}
+    proc = run_cli(entry, [*given[entry], f"hydra.run.dir={tmp_path}", "trainer.max_epochs=ten"], check=False)
     assert proc.returncode == 2 and "Traceback" not in proc.stderr
     log = [line for line in proc.stderr.splitlines() if line.startswith("import time:")]
     assert [line for line in proc.stderr.strip().splitlines() if line not in log][-1] == (

@@ -148,23 +148,21 @@ def test_an_interrupted_checkpoint_write_leaves_the_previous_one_loadable(tmp_pa
 @pytest.mark.slow
 @pytest.mark.parametrize("failure", ["online without an API key", "unwritable wandb folder"])
 def test_a_failing_wandb_does_not_stop_training_and_csv_metrics_are_complete(base, tmp_path, failure):
-    overrides = [o for o in base if o != "logger=csv"] + ["logger=default", f"hydra.run.dir={tmp_path}/run",
-                                                           "+trainer.limit_train_batches=3"]  # fmt: skip
-    env = {}
-    if failure == "online without an API key":
+    overrides = [o for o in base if o != "logger=csv"] + ["logger=default", "+trainer.limit_train_batches=3"]
+    if failure == "online without an API key":  # a command of its own: W&B reads its settings at start-up
         env = {"WANDB_MODE": "online", "HOME": str(tmp_path), "WANDB_API_KEY": "", "WANDB_INIT_TIMEOUT": "20"}
-    else:
-        (tmp_path / "not_a_folder").write_text("")
-        overrides.append(f"logger.wandb.save_dir={tmp_path / 'not_a_folder'}")
-    old = {k: os.environ.get(k) for k in env}
-    os.environ.update(env)
-    try:
-        proc = run_cli("train", overrides)
-    finally:
-        for k, v in old.items():
-            os.environ.pop(k) if v is None else os.environ.__setitem__(k, v)
-    if failure == "online without an API key":  # wandb itself falls back to a temp folder when it cannot write
+        old = {k: os.environ.get(k) for k in env}
+        os.environ.update(env)
+        try:
+            proc = run_cli("train", [*overrides, f"hydra.run.dir={tmp_path}/run"])
+        finally:
+            for k, v in old.items():
+                os.environ.pop(k) if v is None else os.environ.__setitem__(k, v)
+        # wandb itself falls back to a temp folder when it cannot write
         assert "W&B could not start" in proc.stderr and "training goes on without it" in proc.stderr
+    else:  # in this process
+        (tmp_path / "not_a_folder").write_text("")
+        fit([*overrides, f"logger.wandb.save_dir={tmp_path / 'not_a_folder'}"], tmp_path / "run")
     rows = _rows(tmp_path / "run")
     assert [r["epoch"] for r in rows if "val/mIoU" in r] == ["0", "1"]
     assert load_ckpt(tmp_path / "run" / "checkpoints" / "last.ckpt")["global_step"] == 2 * 3

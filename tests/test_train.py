@@ -1,11 +1,8 @@
-"""End to end: train on a small synthetic_city, the run directory, eval reproduces the metric, the CLI."""
+"""End to end: train on a small synthetic_city, the run directory, eval reproduces the metric."""
 
 from __future__ import annotations
 
 import csv
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -14,7 +11,6 @@ from PIL import Image
 
 from segloss.eval import evaluate
 from segloss.train import train
-from segloss.utils.config import PROJECT_ROOT
 from tests.conftest import TINY_SYNTHETIC, compose_config
 
 
@@ -138,33 +134,18 @@ def test_focal_cityscapes_trains_when_the_data_is_there(make_cfg, cityscapes_tre
     assert 0.0 <= float(out["results"]["mIoU"]) <= 1.0
 
 
-def _cli(args, data_dir, tmp_path):
-    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-    return subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            *args,
-            f"paths.data_dir={data_dir}",
-            f"hydra.run.dir={tmp_path}/cli",
-            "print_config=false",
-        ],
-        cwd=PROJECT_ROOT,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
+def test_missing_cityscapes_stops_with_one_clear_paragraph(make_cfg, tmp_path):
+    """(The command line prints it as one line without a traceback, as for every error: test_checks.)"""
+    from segloss.errors import DatasetNotFoundError
 
-
-def test_cli_missing_cityscapes_stops_with_one_clear_paragraph(tmp_path):
-    proc = _cli(["segloss.train", "experiment=focal_cityscapes"], tmp_path / "empty", tmp_path)
-    assert proc.returncode == 2
-    assert "Traceback" not in proc.stderr
-    message = proc.stderr.strip().splitlines()[-1]
-    assert message.startswith("segloss: error: Cityscapes not found")
+    cfg = make_cfg(["experiment=focal_cityscapes", f"paths.data_dir={tmp_path / 'empty'}"])
+    with pytest.raises(DatasetNotFoundError) as stop:
+        train(cfg)
+    message = str(stop.value)
+    assert "\n" not in message and message.startswith("Cityscapes not found")
     assert f"data.root={tmp_path / 'empty' / 'cityscapes'}" in message
     assert "leftImg8bit/{train,val}/<city>/*_leftImg8bit.png" in message and "cityscapes-dataset.com" in message
+    assert not (Path(cfg.paths.output_dir) / "checkpoints").exists()
 
 
 def test_compound_loss_terms_are_logged(make_cfg, data_dir):
