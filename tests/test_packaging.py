@@ -50,10 +50,11 @@ def installed(wheel, tmp_path_factory) -> tuple[Path, dict]:
     subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(venv)], check=True, timeout=120)
     site = next((venv / "lib").glob("python3*/site-packages"))
     (site / "dependencies.pth").write_text(sysconfig.get_paths()["purelib"] + "\n")
-    subprocess.run([sys.executable, "-m", "pip", "--python", str(venv / "bin" / "python"), "install", "--no-deps",
-                    "--no-index", "-q", str(wheel)], check=True, capture_output=True, timeout=300)  # fmt: skip
     drop = ("PYTHONPATH", "PROJECT_ROOT", "SEGLOSS_CONFIG_DIR", "DATA_ROOT", "SEGLOSS_WEIGHTS", "SEGLOSS_TRACEBACK")
     env = {k: v for k, v in os.environ.items() if k not in drop}
+    # the same environment for pip: with PYTHONPATH=src it would see src/segloss.egg-info and install no scripts
+    subprocess.run([sys.executable, "-m", "pip", "--python", str(venv / "bin" / "python"), "install", "--no-deps",
+                    "--no-index", "-q", str(wheel)], check=True, capture_output=True, env=env, timeout=300)  # fmt: skip
     return venv / "bin", env
 
 
