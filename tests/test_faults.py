@@ -147,17 +147,13 @@ def test_an_interrupted_checkpoint_write_leaves_the_previous_one_loadable(tmp_pa
 
 @pytest.mark.slow
 @pytest.mark.parametrize("failure", ["online without an API key", "unwritable wandb folder"])
-def test_a_failing_wandb_does_not_stop_training_and_csv_metrics_are_complete(base, tmp_path, failure):
+def test_a_failing_wandb_does_not_stop_training_and_csv_metrics_are_complete(base, tmp_path, monkeypatch, failure):
     overrides = [o for o in base if o != "logger=csv"] + ["logger=default", "+trainer.limit_train_batches=3"]
     if failure == "online without an API key":  # a command of its own: W&B reads its settings at start-up
-        env = {"WANDB_MODE": "online", "HOME": str(tmp_path), "WANDB_API_KEY": "", "WANDB_INIT_TIMEOUT": "20"}
-        old = {k: os.environ.get(k) for k in env}
-        os.environ.update(env)
-        try:
-            proc = run_cli("train", [*overrides, f"hydra.run.dir={tmp_path}/run"])
-        finally:
-            for k, v in old.items():
-                os.environ.pop(k) if v is None else os.environ.__setitem__(k, v)
+        for key, value in {"WANDB_MODE": "online", "HOME": str(tmp_path), "WANDB_API_KEY": "",
+                           "WANDB_INIT_TIMEOUT": "20"}.items():  # fmt: skip
+            monkeypatch.setenv(key, value)  # for the command run_cli starts, not for this process after the test
+        proc = run_cli("train", [*overrides, f"hydra.run.dir={tmp_path}/run"])
         # wandb itself falls back to a temp folder when it cannot write
         assert "W&B could not start" in proc.stderr and "training goes on without it" in proc.stderr
     else:  # in this process
