@@ -173,14 +173,20 @@ def reliability_plot(pooled: dict[str, Pooled], losses: list[str], colours: dict
         ax.set_ylim(0, 1)
         ax.set_aspect("equal")
         ax.grid(alpha=0.25)
-    for ax in axes.flat[len(shown) :]:
-        ax.set_visible(False)
-    for ax in axes[-1]:
-        ax.set_xlabel("confidence")
-    for ax in axes[:, 0]:
-        ax.set_ylabel("accuracy")
+    _finish_grid(axes, len(shown), "confidence", "accuracy")
     fig.tight_layout()
     return fig
+
+
+def _finish_grid(axes, used: int, xlabel: str, ylabel: str) -> None:
+    """A rows × cols panel grid: the panels after the first ``used`` hidden, x labels on the bottom row and y
+    labels on the left column."""
+    for ax in axes.flat[used:]:
+        ax.set_visible(False)
+    for ax in axes[-1]:
+        ax.set_xlabel(xlabel)
+    for ax in axes[:, 0]:
+        ax.set_ylabel(ylabel)
 
 
 def _band(values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -217,12 +223,7 @@ def curves_plot(runs: list[Run], losses: list[str], baseline: str, colours: dict
         ax.set_title(f"{label(loss)} (n = {seeds})", fontsize=8.5)
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.grid(alpha=0.25)
-    for ax in axes.flat[len(losses) :]:
-        ax.set_visible(False)
-    for ax in axes[-1]:
-        ax.set_xlabel("epoch")
-    for ax in axes[:, 0]:
-        ax.set_ylabel("val mIoU %")
+    _finish_grid(axes, len(losses), "epoch", "val mIoU %")
     if len(losses) > 1 and baseline in series:
         fig.legend(*next(ax for ax in axes.flat if ax.get_legend_handles_labels()[0]).get_legend_handles_labels(),
                    loc="upper right", fontsize=8, frameon=False)  # fmt: skip
